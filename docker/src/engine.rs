@@ -1,0 +1,709 @@
+//! The engine: connects to Docker, resolves images, runs plans in pooled sandboxes, streams events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bollard::container::ListContainersOptions;
+use bollard::image::{ListImagesOptions, RemoveImageOptions};
+use bollard::Docker;
+use isol8_api::{
+    CleanupCounts, CleanupResponse, ExecutionResult, ExecutionStatus, Runtime, StreamPhase,
+};
+use tokio::sync::mpsc;
+
+use crate::agent::{AgentEvent, AgentRequest, Sandbox};
+use crate::error::{Error, Result};
+use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
+use crate::limits::Limits;
+use crate::output::OutputFilter;
+use crate::plan::{Program, RunPlan};
+use crate::pool::{Pool, PoolConfig, PoolStats};
+use crate::spec::{ContainerSpec, LABEL_MANAGED};
+
+/// Extra time past a run's timeout before the engine stops waiting for the agent and destroys the
+/// container itself.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything the engine is configured with.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Docker address (`unix:///…`, `tcp://…`); `None` uses `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
+    /// Limits used where a request says nothing.
+    pub default_limits: Limits,
+    pub pool: PoolConfig,
+    /// Runtimes whose default sandboxes are kept warm.
+    pub warm_runtimes: Vec<Runtime>,
+    /// OCI runtime for sandboxes (e.g. `runsc` for gVisor); `None` is Docker's default.
+    pub oci_runtime: Option<String>,
+    pub images: ImageConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            docker_host: None,
+            default_limits: Limits::default(),
+            pool: PoolConfig::default(),
+            warm_runtimes: vec![Runtime::Python, Runtime::Bash],
+            oci_runtime: None,
+            images: ImageConfig::default(),
+        }
+    }
+}
+
+/// One thing that happened during a run, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    Stdout { phase: StreamPhase, text: String },
+    Stderr { phase: StreamPhase, text: String },
+    Exit { phase: StreamPhase, code: i64 },
+    Error { phase: StreamPhase, message: String },
+    /// Always last. `stdout`/`stderr` are empty here: they were sent as events.
+    Finished(ExecutionResult),
+}
+
+/// The events of one run. Dropping it cancels the run and destroys its container.
+pub type RunEvents = mpsc::Receiver<RunEvent>;
+
+/// The sandbox engine. Cheap to clone; all clones share one pool.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    address: String,
+    config: Arc<EngineConfig>,
+    pool: Arc<Pool>,
+    images: ImageBuilder,
+    /// Runtime → resolved image tag. Guards a small map; never held across `.await`.
+    resolved: Arc<Mutex<HashMap<Runtime, String>>>,
+}
+
+impl Engine {
+    /// Connects to Docker (negotiating the API version), removes sandboxes left by dead instances, and
+    /// starts keeping warm containers for the configured runtimes whose images are built.
+    pub async fn connect(config: EngineConfig) -> Result<Engine> {
+        let (docker, address) = connect_docker(config.docker_host.as_deref()).await?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let pool = Arc::new(Pool::new(
+            docker.clone(),
+            config.pool.clone(),
+            instance,
+            config.oci_runtime.clone(),
+        ));
+        match pool.reclaim_orphans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed sandboxes left by a dead instance"),
+            Err(err) => tracing::warn!(error = %err, "could not look for orphaned sandboxes"),
+        }
+        let engine = Engine {
+            images: ImageBuilder::new(docker.clone(), config.images.clone()),
+            docker,
+            address,
+            config: Arc::new(config),
+            pool: Arc::clone(&pool),
+            resolved: Arc::new(Mutex::new(HashMap::new())),
+        };
+        engine.refresh_warm_set().await;
+        tokio::spawn(pool.replenish());
+        Ok(engine)
+    }
+
+    /// The Docker address this engine talks to.
+    pub fn docker_address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn default_limits(&self) -> &Limits {
+        &self.config.default_limits
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Answers when Docker answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::DockerUnavailable {
+                address: self.address.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The image tag of each runtime built from the current recipes (missing ones absent).
+    pub async fn built_runtimes(&self) -> Result<BTreeMap<Runtime, String>> {
+        let mut out = BTreeMap::new();
+        for runtime in Runtime::ALL {
+            if let Some(tag) = self.images.find_runtime(runtime).await? {
+                out.insert(runtime, tag);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds the runtime images (hash-cached unless `force`), reporting progress.
+    pub async fn build_images(
+        &self,
+        runtimes: &[Runtime],
+        force: bool,
+        progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    ) -> Result<BTreeMap<Runtime, String>> {
+        let mut out = BTreeMap::new();
+        for runtime in runtimes {
+            let tag = self.images.ensure_runtime(*runtime, force, progress).await?;
+            lock(&self.resolved).insert(*runtime, tag.clone());
+            out.insert(*runtime, tag);
+        }
+        self.refresh_warm_set().await;
+        Ok(out)
+    }
+
+    async fn refresh_warm_set(&self) {
+        let mut specs = Vec::new();
+        for runtime in &self.config.warm_runtimes {
+            match self.runtime_image(*runtime).await {
+                Ok(image) => specs.push(ContainerSpec::new(
+                    image,
+                    runtime.as_str(),
+                    &self.config.default_limits,
+                    Default::default(),
+                )),
+                Err(err) => tracing::info!(%runtime, error = %err, "not keeping this runtime warm"),
+            }
+        }
+        self.pool.set_warm(specs);
+    }
+
+    async fn runtime_image(&self, runtime: Runtime) -> Result<String> {
+        if let Some(tag) = lock(&self.resolved).get(&runtime) {
+            return Ok(tag.clone());
+        }
+        let tag = self
+            .images
+            .find_runtime(runtime)
+            .await?
+            .ok_or_else(|| Error::ImageMissing {
+                image: format!("isol8-{runtime}"),
+            })?;
+        lock(&self.resolved).insert(runtime, tag.clone());
+        Ok(tag)
+    }
+
+    /// Runs `plan` and waits for the whole result.
+    pub async fn execute(&self, plan: RunPlan) -> Result<ExecutionResult> {
+        let mut events = self.execute_stream(plan).await?;
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        while let Some(event) = events.recv().await {
+            match event {
+                RunEvent::Stdout {
+                    phase: StreamPhase::Code,
+                    text,
+                } => stdout.push_str(&text),
+                RunEvent::Stderr { text, .. } => stderr.push_str(&text),
+                RunEvent::Finished(mut result) => {
+                    result.stdout = stdout;
+                    result.stderr = stderr;
+                    return Ok(result);
+                }
+                _ => {}
+            }
+        }
+        Err(Error::Sandbox {
+            container: String::new(),
+            message: "the run ended without a result".into(),
+        })
+    }
+
+    /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
+    /// starts (bad image, Docker down) are returned here; later failures arrive as events.
+    pub async fn execute_stream(&self, plan: RunPlan) -> Result<RunEvents> {
+        let image = match &plan.image {
+            Some(image) => image.clone(),
+            None => self.runtime_image(plan.runtime).await?,
+        };
+        let spec = ContainerSpec::new(
+            image,
+            plan.runtime.as_str(),
+            &plan.limits,
+            plan.network,
+        );
+        let sandbox = self.pool.acquire(&spec, &plan.owner).await.map_err(|e| {
+            if e.is_docker_unavailable() {
+                Error::DockerUnavailable {
+                    address: self.address.clone(),
+                    reason: e.to_string(),
+                }
+            } else {
+                e
+            }
+        })?;
+        let (tx, rx) = mpsc::channel(64);
+        let pool = Arc::clone(&self.pool);
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let owner = plan.owner.clone();
+            let persist = plan.persist;
+            let mut run = Run {
+                sandbox,
+                plan,
+                tx,
+                docker,
+            };
+            let reusable = run.drive().await;
+            if persist {
+                tracing::info!(container = %run.sandbox.short_id(), "keeping container (persist)");
+                pool.forget(run.sandbox);
+            } else {
+                pool.release(run.sandbox, owner, reusable);
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Removes every isol8 sandbox container on this Docker engine (and images with `images`).
+    pub async fn cleanup(&self, images: bool) -> Result<CleanupResponse> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_MANAGED}=true")],
+        )]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters: filters.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list containers"))?;
+        let mut counts = CleanupCounts::default();
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            match self
+                .docker
+                .remove_container(
+                    &id,
+                    Some(bollard::container::RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                Ok(()) => counts.removed += 1,
+                Err(err) => {
+                    counts.failed += 1;
+                    counts.errors.push(format!("{id}: {err}"));
+                }
+            }
+        }
+        let mut response = CleanupResponse {
+            ok: counts.failed == 0,
+            containers: counts,
+            images: None,
+        };
+        if images {
+            let list = self
+                .docker
+                .list_images(Some(ListImagesOptions::<String> {
+                    all: false,
+                    filters,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(Error::docker("list images"))?;
+            let mut counts = CleanupCounts::default();
+            // Children before parents: runtime and custom images first, the root last.
+            let mut list = list;
+            list.sort_by_key(|i| std::cmp::Reverse(i.created));
+            for image in list {
+                match self
+                    .docker
+                    .remove_image(
+                        &image.id,
+                        Some(RemoveImageOptions {
+                            force: true,
+                            noprune: false,
+                        }),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => counts.removed += 1,
+                    Err(err) => {
+                        counts.failed += 1;
+                        counts.errors.push(format!("{}: {err}", image.id));
+                    }
+                }
+            }
+            lock(&self.resolved).clear();
+            self.refresh_warm_set().await;
+            response.ok &= counts.failed == 0;
+            response.images = Some(counts);
+        }
+        Ok(response)
+    }
+
+    /// Stops taking runs and removes every container this engine created.
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+}
+
+/// One run in progress: owns its sandbox until it hands it back.
+struct Run {
+    sandbox: Sandbox,
+    plan: RunPlan,
+    tx: mpsc::Sender<RunEvent>,
+    docker: Docker,
+}
+
+/// How one agent program run ended, before it becomes an `ExecutionResult`.
+struct PhaseOutcome {
+    exit_code: i64,
+    status: ExecutionStatus,
+    truncated: bool,
+    files: BTreeMap<String, String>,
+    /// The sandbox can serve again (after a reset).
+    reusable: bool,
+    error: Option<String>,
+}
+
+enum Stop {
+    /// The consumer of the events went away: the run is cancelled.
+    Cancelled,
+    Outcome(PhaseOutcome),
+}
+
+impl Run {
+    /// Runs the setup script (if any) and the program; sends every event; returns whether the
+    /// sandbox may be reused.
+    async fn drive(&mut self) -> bool {
+        let started = Instant::now();
+        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut outcome = None;
+        if let Some(script) = self.plan.setup_script.clone() {
+            match self.phase(StreamPhase::Setup, Some(script)).await {
+                Stop::Cancelled => return false,
+                Stop::Outcome(setup) => {
+                    if setup.status != ExecutionStatus::Completed || setup.exit_code != 0 {
+                        let message = match setup.status {
+                            ExecutionStatus::Timeout => "SETUP SCRIPT TIMED OUT".to_string(),
+                            _ => setup.error.clone().unwrap_or_else(|| {
+                                format!("Setup script failed (exit code {})", setup.exit_code)
+                            }),
+                        };
+                        self.emit(RunEvent::Error {
+                            phase: StreamPhase::Setup,
+                            message,
+                        })
+                        .await;
+                        outcome = Some(PhaseOutcome {
+                            status: match setup.status {
+                                ExecutionStatus::Completed => ExecutionStatus::Error,
+                                other => other,
+                            },
+                            ..setup
+                        });
+                    }
+                }
+            }
+        }
+        let outcome = match outcome {
+            Some(o) => o,
+            None => match self.phase(StreamPhase::Code, None).await {
+                Stop::Cancelled => return false,
+                Stop::Outcome(o) => o,
+            },
+        };
+        let result = ExecutionResult {
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: outcome.exit_code,
+            status: outcome.status,
+            duration_ms: started.elapsed().as_millis() as u64,
+            truncated: outcome.truncated,
+            execution_id: uuid::Uuid::new_v4().to_string(),
+            runtime: self.plan.runtime,
+            timestamp,
+            container_id: self.sandbox.short_id(),
+            files: (!self.plan.output_paths.is_empty()).then_some(outcome.files),
+        };
+        self.emit(RunEvent::Finished(result)).await;
+        outcome.reusable
+    }
+
+    async fn emit(&mut self, event: RunEvent) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+
+    /// Runs one program (the setup script, or the plan's program) to its end.
+    async fn phase(&mut self, phase: StreamPhase, setup_script: Option<String>) -> Stop {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let plan = &self.plan;
+        let (argv, code_path, code) = match (&setup_script, &plan.program) {
+            (Some(script), _) => {
+                let path = "/tmp/.isol8-setup.sh".to_string();
+                (
+                    vec!["bash".to_string(), path.clone()],
+                    Some(path),
+                    Some(b64(script.as_bytes())),
+                )
+            }
+            (None, Program::Code { source, extension }) => {
+                let path = format!("{}/.isol8_main.{extension}", plan.workdir);
+                (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
+            }
+            (None, Program::Command(_)) => (plan.argv(""), None, None),
+        };
+        let mut env = plan.runtime_env();
+        env.extend(plan.env.clone());
+        env.extend(plan.secrets.clone());
+        // Files go in before the first program of the run: the setup script if there is one.
+        let first = phase == StreamPhase::Setup || plan.setup_script.is_none();
+        let files = if first {
+            plan.files
+                .iter()
+                .map(|(path, content)| (path.as_str(), b64(content)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let empty: Vec<String> = Vec::new();
+        let request = AgentRequest::Run {
+            argv: &argv,
+            cwd: &plan.workdir,
+            env: &env,
+            stdin: match phase {
+                StreamPhase::Code => plan.stdin.as_deref().map(b64),
+                StreamPhase::Setup => None,
+            },
+            files,
+            code_path: code_path.as_deref(),
+            code,
+            output_paths: match phase {
+                StreamPhase::Code => &plan.output_paths,
+                StreamPhase::Setup => &empty,
+            },
+            timeout_ms: plan.limits.timeout.as_millis() as u64,
+            max_output: plan.limits.max_output_bytes,
+            max_file_bytes: plan.limits.max_file_bytes,
+        };
+        let timeout = plan.limits.timeout;
+        if let Err(err) = self.sandbox.send(&request).await {
+            return Stop::Outcome(self.failed(phase, err.to_string()).await);
+        }
+
+        let mut stdout = OutputFilter::new(self.plan.secrets.values());
+        let mut stderr = OutputFilter::new(self.plan.secrets.values());
+        let backstop = tokio::time::sleep(timeout + BACKSTOP_GRACE);
+        tokio::pin!(backstop);
+        loop {
+            let event = tokio::select! {
+                event = self.sandbox.next_event() => event,
+                _ = self.tx.closed() => {
+                    tracing::info!(container = %self.sandbox.short_id(), "client went away; cancelling the run");
+                    return Stop::Cancelled;
+                }
+                _ = &mut backstop => {
+                    let message = "the sandbox did not stop at its timeout; it was destroyed".to_string();
+                    let mut outcome = self.failed(phase, message).await;
+                    outcome.status = ExecutionStatus::Timeout;
+                    outcome.exit_code = 137;
+                    return Stop::Outcome(outcome);
+                }
+            };
+            match event {
+                Some(AgentEvent::Out { s, d }) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(d)
+                        .unwrap_or_default();
+                    let (filter, is_err) = if s == 2 {
+                        (&mut stderr, true)
+                    } else {
+                        (&mut stdout, false)
+                    };
+                    let text = filter.push(&bytes);
+                    if !text.is_empty() && !self.emit(output_event(phase, is_err, text)).await {
+                        return Stop::Cancelled;
+                    }
+                }
+                Some(AgentEvent::Done {
+                    exit_code,
+                    status,
+                    truncated,
+                    files,
+                    error,
+                    file_errors,
+                    ..
+                }) => {
+                    for (filter, is_err) in [(&mut stdout, false), (&mut stderr, true)] {
+                        let text = filter.finish(truncated);
+                        if !text.is_empty() {
+                            self.emit(output_event(phase, is_err, text)).await;
+                        }
+                    }
+                    let status = parse_status(&status);
+                    match status {
+                        ExecutionStatus::Timeout => {
+                            self.emit(RunEvent::Error {
+                                phase,
+                                message: "EXECUTION TIMED OUT".into(),
+                            })
+                            .await;
+                        }
+                        ExecutionStatus::MemoryLimit => {
+                            self.emit(RunEvent::Error {
+                                phase,
+                                message: "MEMORY LIMIT EXCEEDED".into(),
+                            })
+                            .await;
+                        }
+                        ExecutionStatus::OutputLimit => {
+                            self.emit(RunEvent::Error {
+                                phase,
+                                message: format!(
+                                    "OUTPUT LIMIT REACHED ({} bytes); output was cut",
+                                    self.plan.limits.max_output_bytes
+                                ),
+                            })
+                            .await;
+                        }
+                        _ => {}
+                    }
+                    if let Some(message) = &error {
+                        self.emit(RunEvent::Error {
+                            phase,
+                            message: message.clone(),
+                        })
+                        .await;
+                    }
+                    for message in file_errors {
+                        self.emit(RunEvent::Error {
+                            phase,
+                            message: format!("outputPaths: {message}"),
+                        })
+                        .await;
+                    }
+                    self.emit(RunEvent::Exit {
+                        phase,
+                        code: exit_code,
+                    })
+                    .await;
+                    return Stop::Outcome(PhaseOutcome {
+                        exit_code,
+                        status,
+                        truncated,
+                        files,
+                        reusable: true,
+                        error,
+                    });
+                }
+                Some(AgentEvent::Error { error }) => {
+                    return Stop::Outcome(self.failed(phase, error).await);
+                }
+                Some(AgentEvent::Ready) | Some(AgentEvent::Reset { .. }) => continue,
+                None => {
+                    let oom = self.container_oom_killed().await;
+                    let message = if oom {
+                        "MEMORY LIMIT EXCEEDED (the sandbox was killed)".to_string()
+                    } else {
+                        "the sandbox container exited unexpectedly".to_string()
+                    };
+                    let mut outcome = self.failed(phase, message).await;
+                    if oom {
+                        outcome.status = ExecutionStatus::MemoryLimit;
+                        outcome.exit_code = 137;
+                    }
+                    return Stop::Outcome(outcome);
+                }
+            }
+        }
+    }
+
+    async fn failed(&mut self, phase: StreamPhase, message: String) -> PhaseOutcome {
+        tracing::warn!(container = %self.sandbox.short_id(), %message, "run failed");
+        self.emit(RunEvent::Error {
+            phase,
+            message: message.clone(),
+        })
+        .await;
+        self.emit(RunEvent::Exit { phase, code: 1 }).await;
+        PhaseOutcome {
+            exit_code: 1,
+            status: ExecutionStatus::Error,
+            truncated: false,
+            files: BTreeMap::new(),
+            reusable: false,
+            error: Some(message),
+        }
+    }
+
+    async fn container_oom_killed(&mut self) -> bool {
+        self.docker
+            .inspect_container(&self.sandbox.id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
+    }
+}
+
+fn output_event(phase: StreamPhase, is_err: bool, text: String) -> RunEvent {
+    if is_err {
+        RunEvent::Stderr { phase, text }
+    } else {
+        RunEvent::Stdout { phase, text }
+    }
+}
+
+fn parse_status(status: &str) -> ExecutionStatus {
+    match status {
+        "completed" => ExecutionStatus::Completed,
+        "timeout" => ExecutionStatus::Timeout,
+        "memory_limit" => ExecutionStatus::MemoryLimit,
+        "output_limit" => ExecutionStatus::OutputLimit,
+        "killed" => ExecutionStatus::Killed,
+        _ => ExecutionStatus::Error,
+    }
+}
+
+async fn connect_docker(host: Option<&str>) -> Result<(Docker, String)> {
+    let address = host
+        .map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+    let unavailable = |reason: String| Error::DockerUnavailable {
+        address: address.clone(),
+        reason,
+    };
+    let docker = if let Some(path) = address.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+    } else if address.starts_with("tcp://") || address.starts_with("http://") {
+        Docker::connect_with_http(&address, 120, bollard::API_DEFAULT_VERSION)
+    } else {
+        return Err(unavailable(
+            "unsupported address; use unix:///path or tcp://host:port".into(),
+        ));
+    }
+    .map_err(|e| unavailable(e.to_string()))?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    docker
+        .ping()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok((docker, address))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

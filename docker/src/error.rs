@@ -1,0 +1,95 @@
+//! The one error type of the sandbox engine.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in the engine. The server maps each variant to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (bad runtime, sizes, paths, ...): the caller must change it.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The request is well-formed but asks for something this engine cannot do safely.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The Docker Engine cannot be reached at all.
+    #[error("Docker is not reachable at {address}: {reason}")]
+    DockerUnavailable { address: String, reason: String },
+    /// A Docker API call failed.
+    #[error("Docker {action} failed: {source}")]
+    Docker {
+        action: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The runtime image is not built yet.
+    #[error("image {image} is not built; run `isol8 setup` to build the runtime images")]
+    ImageMissing { image: String },
+    /// An image build failed at a named step.
+    #[error("building {image} failed at step \"{step}\": {message}\n{output}")]
+    ImageBuild {
+        image: String,
+        step: String,
+        message: String,
+        output: String,
+    },
+    /// The sandbox's agent misbehaved or the container died under us.
+    #[error("sandbox {container} failed: {message}")]
+    Sandbox { container: String, message: String },
+    /// The engine is shutting down and takes no new work.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// A wait ran out (container start, agent handshake).
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// A local I/O failure (bootstrap, build context).
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn docker(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error {
+        move |source| Error::Docker { action, source }
+    }
+
+    pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Io { action, source }
+    }
+
+    /// True when the failure means the Docker Engine itself is gone (connection refused, socket missing).
+    pub fn is_docker_unavailable(&self) -> bool {
+        match self {
+            Error::DockerUnavailable { .. } => true,
+            Error::Docker { source, .. } => is_connection_error(source),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn is_connection_error(err: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as B;
+    matches!(
+        err,
+        B::HyperResponseError { .. }
+            | B::IOError { .. }
+            | B::SocketNotFoundError(_)
+            | B::RequestTimeoutError
+    )
+}
+
+/// True when Docker said 404 for the object asked about.
+pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,464 @@
+//! Runtime images: recipes under `docker/images/`, a content-hashed build chain (rootfs → base → runtime),
+//! bootstrapping the Debian root when no registry can be reached, and progress reporting.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
+use bollard::Docker;
+use futures::StreamExt;
+use isol8_api::Runtime;
+use sha2::{Digest, Sha256};
+
+use crate::error::{is_not_found, Error, Result};
+use crate::spec::{LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};
+
+/// Label holding the content hash of the recipe an image was built from.
+pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
+
+const AGENT_PY: &str = include_str!("../agent/agent.py");
+const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
+const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
+
+fn runtime_dockerfile(runtime: Runtime) -> &'static str {
+    match runtime {
+        Runtime::Python => include_str!("../images/python/Dockerfile"),
+        Runtime::Node => include_str!("../images/node/Dockerfile"),
+        Runtime::Bun => include_str!("../images/bun/Dockerfile"),
+        Runtime::Deno => include_str!("../images/deno/Dockerfile"),
+        Runtime::Bash => include_str!("../images/bash/Dockerfile"),
+    }
+}
+
+/// Where images come from and what goes into them.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    /// PEM files of extra CA certificates trusted in every image built and every sandbox run
+    /// (corporate or TLS-inspecting proxies).
+    pub extra_ca_certs: Vec<PathBuf>,
+    /// Debian mirror for bootstrapping the root filesystem.
+    pub debian_mirror: String,
+    pub debian_suite: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            extra_ca_certs: Vec::new(),
+            debian_mirror: "http://deb.debian.org/debian".into(),
+            debian_suite: "bookworm".into(),
+        }
+    }
+}
+
+/// What a build is doing, for progress displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildProgress {
+    /// `image` is already built from this exact recipe.
+    UpToDate { image: String },
+    /// Building `image` started.
+    Started { image: String },
+    /// One step (a Dockerfile instruction or bootstrap phase) of `image` began.
+    Step { image: String, step: String },
+    /// Building `image` finished.
+    Finished { image: String },
+}
+
+/// Builds and finds isol8's images.
+#[derive(Debug, Clone)]
+pub struct ImageBuilder {
+    docker: Docker,
+    config: ImageConfig,
+}
+
+type Progress<'a> = &'a (dyn Fn(BuildProgress) + Send + Sync);
+
+impl ImageBuilder {
+    pub fn new(docker: Docker, config: ImageConfig) -> Self {
+        ImageBuilder { docker, config }
+    }
+
+    /// The runtime's image tag when it is built from the current recipes, else `None`. Builds nothing.
+    pub async fn find_runtime(&self, runtime: Runtime) -> Result<Option<String>> {
+        let Some(rootfs_id) = self.image_id(&self.rootfs_tag()).await? else {
+            return Ok(None);
+        };
+        let base_tag = self.base_tag(&rootfs_id)?;
+        let Some(base_id) = self.image_id(&base_tag).await? else {
+            return Ok(None);
+        };
+        let tag = runtime_tag(runtime, &base_id);
+        Ok(self.image_id(&tag).await?.map(|_| tag))
+    }
+
+    /// Builds what is missing (or everything, with `force`) and returns the runtime's image tag.
+    pub async fn ensure_runtime(
+        &self,
+        runtime: Runtime,
+        force: bool,
+        progress: Progress<'_>,
+    ) -> Result<String> {
+        let rootfs_tag = self.rootfs_tag();
+        let rootfs_id = match self.image_id(&rootfs_tag).await? {
+            Some(id) => {
+                progress(BuildProgress::UpToDate {
+                    image: rootfs_tag.clone(),
+                });
+                id
+            }
+            None => self.bootstrap_rootfs(&rootfs_tag, progress).await?,
+        };
+
+        let base_tag = self.base_tag(&rootfs_id)?;
+        let base_id = match self.image_id(&base_tag).await? {
+            Some(id) if !force => {
+                progress(BuildProgress::UpToDate {
+                    image: base_tag.clone(),
+                });
+                id
+            }
+            _ => {
+                let files = self.base_context_files()?;
+                self.build(
+                    &base_tag,
+                    &files,
+                    HashMap::from([("ROOTFS", rootfs_tag.as_str())]),
+                    HashMap::from([(LABEL_KIND, "base")]),
+                    force,
+                    progress,
+                )
+                .await?
+            }
+        };
+
+        let tag = runtime_tag(runtime, &base_id);
+        if !force && self.image_id(&tag).await?.is_some() {
+            progress(BuildProgress::UpToDate { image: tag.clone() });
+        } else {
+            let files = vec![(
+                "Dockerfile".to_string(),
+                runtime_dockerfile(runtime).as_bytes().to_vec(),
+            )];
+            self.build(
+                &tag,
+                &files,
+                HashMap::from([("BASE", base_tag.as_str())]),
+                HashMap::from([(LABEL_KIND, "runtime"), (LABEL_RUNTIME, runtime.as_str())]),
+                force,
+                progress,
+            )
+            .await?;
+        }
+        // A stable alias for people (`docker run isol8-python:latest`); the engine uses the hashed tag.
+        self.docker
+            .tag_image(
+                &tag,
+                Some(TagImageOptions {
+                    repo: format!("isol8-{runtime}"),
+                    tag: "latest".to_string(),
+                }),
+            )
+            .await
+            .map_err(Error::docker("tag image"))?;
+        Ok(tag)
+    }
+
+    fn rootfs_tag(&self) -> String {
+        let recipe = format!(
+            "debootstrap --variant=minbase --include={} {} {}",
+            ROOTFS_PACKAGES, self.config.debian_suite, self.config.debian_mirror
+        );
+        format!("isol8-rootfs:{}", short_hash([recipe.as_bytes()]))
+    }
+
+    fn base_tag(&self, rootfs_id: &str) -> Result<String> {
+        let files = self.base_context_files()?;
+        let mut parts: Vec<&[u8]> = vec![rootfs_id.as_bytes()];
+        for (name, content) in &files {
+            parts.push(name.as_bytes());
+            parts.push(content);
+        }
+        Ok(format!("isol8-base:{}", short_hash(parts)))
+    }
+
+    fn base_context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut ca = Vec::new();
+        for path in &self.config.extra_ca_certs {
+            let pem = std::fs::read(path).map_err(Error::io(format!(
+                "reading extra CA certificates {}",
+                path.display()
+            )))?;
+            ca.extend_from_slice(&pem);
+            if !ca.ends_with(b"\n") {
+                ca.push(b'\n');
+            }
+        }
+        Ok(vec![
+            ("Dockerfile".into(), BASE_DOCKERFILE.as_bytes().to_vec()),
+            ("agent.py".into(), AGENT_PY.as_bytes().to_vec()),
+            ("fetch-wheel.py".into(), FETCH_WHEEL_PY.as_bytes().to_vec()),
+            ("extra-ca.crt".into(), ca),
+        ])
+    }
+
+    async fn image_id(&self, tag: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(tag).await {
+            Ok(image) => Ok(image.id),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(Error::Docker {
+                action: "inspect image",
+                source: err,
+            }),
+        }
+    }
+
+    /// Makes the Debian root filesystem with debootstrap on this host and imports it as an image.
+    async fn bootstrap_rootfs(&self, tag: &str, progress: Progress<'_>) -> Result<String> {
+        progress(BuildProgress::Started { image: tag.into() });
+        let step = |s: &str| {
+            progress(BuildProgress::Step {
+                image: tag.into(),
+                step: s.into(),
+            })
+        };
+        if which("debootstrap").is_none() {
+            return Err(Error::ImageBuild {
+                image: tag.into(),
+                step: "find debootstrap".into(),
+                message: "no base image can be pulled here, and debootstrap is not installed to make one"
+                    .into(),
+                output: "install it (Debian/Ubuntu: apt-get install -y debootstrap) and run as root".into(),
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("isol8-rootfs-")
+            .tempdir()
+            .map_err(Error::io("creating a folder for the root filesystem"))?;
+        let root = dir.path().join("root");
+        step(&format!(
+            "debootstrap {} from {}",
+            self.config.debian_suite, self.config.debian_mirror
+        ));
+        let out = tokio::process::Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={ROOTFS_PACKAGES}"))
+            .arg(&self.config.debian_suite)
+            .arg(&root)
+            .arg(&self.config.debian_mirror)
+            .output()
+            .await
+            .map_err(Error::io("running debootstrap"))?;
+        if !out.status.success() {
+            return Err(Error::ImageBuild {
+                image: tag.into(),
+                step: "debootstrap".into(),
+                message: format!("debootstrap exited with {}", out.status),
+                output: tail(&format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            });
+        }
+        step("pack the root filesystem");
+        let tarball = tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["--numeric-owner", "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*"])
+            .args(["--exclude=./var/cache/apt/archives/*.deb", "-cf", "-", "."])
+            .output()
+            .await
+            .map_err(Error::io("packing the root filesystem with tar"))?;
+        if !tarball.status.success() {
+            return Err(Error::ImageBuild {
+                image: tag.into(),
+                step: "pack the root filesystem".into(),
+                message: format!("tar exited with {}", tarball.status),
+                output: tail(&String::from_utf8_lossy(&tarball.stderr)),
+            });
+        }
+        step("import into Docker");
+        let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
+        let label_managed = format!("LABEL {LABEL_MANAGED}=true");
+        let label_kind = format!("LABEL {LABEL_KIND}=rootfs");
+        let mut import = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_src: "-",
+                repo,
+                tag: version,
+                changes: vec![label_managed.as_str(), label_kind.as_str()],
+                ..Default::default()
+            }),
+            Some(tarball.stdout.into()),
+            None,
+        );
+        while let Some(item) = import.next().await {
+            let info = item.map_err(Error::docker("import image"))?;
+            if let Some(err) = info.error {
+                return Err(Error::ImageBuild {
+                    image: tag.into(),
+                    step: "import into Docker".into(),
+                    message: err,
+                    output: String::new(),
+                });
+            }
+        }
+        drop(dir);
+        let id = self
+            .image_id(tag)
+            .await?
+            .ok_or_else(|| Error::ImageBuild {
+                image: tag.into(),
+                step: "import into Docker".into(),
+                message: "the imported image is not there".into(),
+                output: String::new(),
+            })?;
+        progress(BuildProgress::Finished { image: tag.into() });
+        Ok(id)
+    }
+
+    async fn build(
+        &self,
+        tag: &str,
+        files: &[(String, Vec<u8>)],
+        args: HashMap<&str, &str>,
+        labels: HashMap<&str, &str>,
+        no_cache: bool,
+        progress: Progress<'_>,
+    ) -> Result<String> {
+        progress(BuildProgress::Started { image: tag.into() });
+        let context = tar_context(files).map_err(Error::io("packing the build context"))?;
+        let recipe_hash = tag.rsplit(':').next().unwrap_or_default().to_string();
+        let mut all_labels: HashMap<String, String> = labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all_labels.insert(LABEL_MANAGED.into(), "true".into());
+        all_labels.insert(LABEL_RECIPE.into(), recipe_hash);
+        let options = BuildImageOptions::<String> {
+            dockerfile: "Dockerfile".into(),
+            t: tag.into(),
+            rm: true,
+            forcerm: true,
+            pull: false,
+            nocache: no_cache,
+            buildargs: args
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            labels: all_labels,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(options, None, Some(context.into()));
+        let mut step = String::from("start");
+        let mut output = String::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(build_failure(tag, &step, error, &output))
+                }
+                Err(err) => return Err(Error::docker("build image")(err)),
+            };
+            if let Some(text) = info.stream {
+                for line in text.lines() {
+                    if line.starts_with("Step ") {
+                        step = line.to_string();
+                        output.clear();
+                        progress(BuildProgress::Step {
+                            image: tag.into(),
+                            step: line.into(),
+                        });
+                    } else if !line.trim().is_empty() {
+                        output.push_str(line);
+                        output.push('\n');
+                    }
+                }
+            }
+            if let Some(err) = info.error {
+                return Err(build_failure(tag, &step, err, &output));
+            }
+        }
+        let id = self.image_id(tag).await?.ok_or_else(|| {
+            build_failure(tag, &step, "the build ended without an image".into(), &output)
+        })?;
+        progress(BuildProgress::Finished { image: tag.into() });
+        Ok(id)
+    }
+}
+
+const ROOTFS_PACKAGES: &str = "python3,bash,ca-certificates,passwd";
+
+fn runtime_tag(runtime: Runtime, base_id: &str) -> String {
+    format!(
+        "isol8-{runtime}:{}",
+        short_hash([base_id.as_bytes(), runtime_dockerfile(runtime).as_bytes()])
+    )
+}
+
+fn build_failure(tag: &str, step: &str, message: String, output: &str) -> Error {
+    Error::ImageBuild {
+        image: tag.into(),
+        step: step.into(),
+        message: message.trim().to_string(),
+        output: tail(output),
+    }
+}
+
+fn short_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())[..16].to_string()
+}
+
+/// The last 40 lines, enough to see why a step failed.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn tar_context(files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, content.as_slice())?;
+    }
+    builder.into_inner()
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_change_with_content_and_are_stable() {
+        let a = short_hash([b"x".as_slice(), b"y".as_slice()]);
+        assert_eq!(a, short_hash([b"x".as_slice(), b"y".as_slice()]));
+        assert_ne!(a, short_hash([b"xy".as_slice()]));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn runtime_tags_differ_per_runtime_and_base() {
+        assert_ne!(
+            runtime_tag(Runtime::Python, "sha256:a"),
+            runtime_tag(Runtime::Python, "sha256:b")
+        );
+        assert!(runtime_tag(Runtime::Node, "sha256:a").starts_with("isol8-node:"));
+    }
+}

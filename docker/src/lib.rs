@@ -1,0 +1,20 @@
+//! isol8-docker: the sandbox engine on the Docker Engine API.
+
+mod agent;
+mod engine;
+mod error;
+mod images;
+mod limits;
+mod output;
+mod plan;
+mod pool;
+mod spec;
+
+pub use engine::{Engine, EngineConfig, RunEvent, RunEvents};
+pub use error::{Error, Result};
+pub use images::{BuildProgress, ImageBuilder, ImageConfig, LABEL_RECIPE};
+pub use limits::{format_size, parse_size, Limits};
+pub use output::OutputFilter;
+pub use plan::{confine, Program, RunPlan};
+pub use pool::{PoolConfig, PoolStats};
+pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};

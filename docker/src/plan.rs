@@ -1,0 +1,351 @@
+//! Turning an API request into a validated run plan: runtime, program, inputs, limits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkMode, Runtime};
+
+use crate::error::{Error, Result};
+use crate::limits::{parse_size, Limits};
+
+pub const SANDBOX_DIR: &str = "/sandbox";
+const WRITABLE_ROOTS: [&str; 2] = ["/sandbox", "/tmp"];
+
+/// What the sandbox runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Program {
+    /// Source code written to a file and run with the runtime's interpreter.
+    Code { source: String, extension: String },
+    /// A shell command run with `bash -c`.
+    Command(String),
+}
+
+/// A fully validated run: everything the engine needs, nothing left to check.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub runtime: Runtime,
+    /// An image to use instead of the runtime's own (a custom image with packages).
+    pub image: Option<String>,
+    pub program: Program,
+    pub setup_script: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    /// Absolute, normalized paths inside `/sandbox` or `/tmp`.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub output_paths: Vec<String>,
+    pub workdir: String,
+    pub limits: Limits,
+    pub network: NetworkMode,
+    /// Identity of the API key the run belongs to; containers are never reused across owners.
+    pub owner: String,
+    /// Keep the container after the run (for inspection); it is never reused.
+    pub persist: bool,
+}
+
+impl RunPlan {
+    /// Validates `request` and `options` against `defaults` (the limits used where the client is silent).
+    /// Policy maximums are the server's business and are checked before this.
+    pub fn from_request(
+        request: &ExecutionRequest,
+        options: &ExecutionOptions,
+        defaults: &Limits,
+        owner: &str,
+    ) -> Result<RunPlan> {
+        let invalid = |msg: String| Error::InvalidRequest(msg);
+        let non_blank = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let program = match (non_blank(&request.code), non_blank(&request.cmd)) {
+            (true, true) => return Err(invalid("give either code or cmd, not both".into())),
+            (false, false) => {
+                return Err(invalid(
+                    "nothing to run: code (or cmd) is missing or empty".into(),
+                ))
+            }
+            (true, false) => Program::Code {
+                source: request.code.clone().unwrap_or_default(),
+                extension: code_extension(request.runtime, request.file_extension.as_deref())?,
+            },
+            (false, true) => Program::Command(request.cmd.clone().unwrap_or_default()),
+        };
+
+        let workdir = match request.workdir.as_deref() {
+            None | Some("") => SANDBOX_DIR.to_string(),
+            Some(w) => confine(SANDBOX_DIR, w, &[SANDBOX_DIR]).ok_or_else(|| {
+                invalid(format!(
+                    "workdir \"{w}\": working directory must be inside /sandbox"
+                ))
+            })?,
+        };
+
+        let limits = merge_limits(request, options, defaults)?;
+
+        let mut files = BTreeMap::new();
+        for (path, text) in &request.files {
+            let abs = confine(&workdir, path, &WRITABLE_ROOTS).ok_or_else(|| {
+                invalid(format!("files: \"{path}\" must be inside /sandbox or /tmp"))
+            })?;
+            if text.len() as u64 > limits.max_file_bytes {
+                return Err(invalid(format!(
+                    "files: \"{path}\" is {} bytes; the limit is {} bytes",
+                    text.len(),
+                    limits.max_file_bytes
+                )));
+            }
+            files.insert(abs, text.clone().into_bytes());
+        }
+        for path in &request.output_paths {
+            if path.trim().is_empty() || path.contains('\0') {
+                return Err(invalid(format!("outputPaths: \"{path}\" is not a path")));
+            }
+        }
+
+        check_env("env", &request.env)?;
+        check_env("secrets", &options.secrets)?;
+        if !request.install_packages.is_empty() {
+            return Err(Error::Unsupported(
+                "installPackages is not supported on this server yet; bake packages into an image with `isol8 build` and pass it as options.image".into(),
+            ));
+        }
+        let network = options.network.unwrap_or_default();
+        if network == NetworkMode::Filtered {
+            return Err(Error::Unsupported(
+                "network mode \"filtered\" is not available on this server yet; use \"none\"".into(),
+            ));
+        }
+        if let Some(image) = &options.image {
+            if image.trim().is_empty() || image.contains(char::is_whitespace) {
+                return Err(invalid(format!("image \"{image}\" is not an image name")));
+            }
+        }
+
+        Ok(RunPlan {
+            runtime: request.runtime,
+            image: options.image.clone(),
+            program,
+            setup_script: request
+                .setup_script
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+            stdin: request.stdin.clone().map(String::into_bytes),
+            env: request.env.clone(),
+            secrets: options.secrets.clone(),
+            files,
+            output_paths: request.output_paths.clone(),
+            workdir,
+            limits,
+            network,
+            owner: owner.to_string(),
+            persist: options.persist.unwrap_or(false),
+        })
+    }
+
+    /// The interpreter command line for this plan, given where the code file was put.
+    pub fn argv(&self, code_path: &str) -> Vec<String> {
+        let args: &[&str] = match (&self.program, self.runtime) {
+            (Program::Command(cmd), _) => return vec!["bash".into(), "-c".into(), cmd.clone()],
+            (Program::Code { .. }, Runtime::Python) => &["python3"],
+            (Program::Code { .. }, Runtime::Node) => &["node"],
+            (Program::Code { .. }, Runtime::Bun) => &["bun"],
+            (Program::Code { .. }, Runtime::Deno) => &["deno", "run", "-A"],
+            (Program::Code { .. }, Runtime::Bash) => &["bash"],
+        };
+        args.iter()
+            .map(|s| s.to_string())
+            .chain([code_path.to_string()])
+            .collect()
+    }
+
+    /// Environment added for every run of this runtime (before the caller's env and secrets).
+    pub fn runtime_env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        if self.runtime == Runtime::Python {
+            env.insert("PYTHONUNBUFFERED".into(), "1".into());
+            env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
+        }
+        env
+    }
+}
+
+fn merge_limits(
+    request: &ExecutionRequest,
+    options: &ExecutionOptions,
+    defaults: &Limits,
+) -> Result<Limits> {
+    let mut limits = defaults.clone();
+    if let Some(ms) = request.timeout_ms.or(options.timeout_ms) {
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(m) = &options.memory_limit {
+        limits.memory_bytes = parse_size("memoryLimit", m)?;
+    }
+    if let Some(c) = options.cpu_limit {
+        limits.cpus = c;
+    }
+    if let Some(p) = options.pids_limit {
+        limits.pids = p;
+    }
+    if let Some(o) = options.max_output_size {
+        limits.max_output_bytes = o;
+    }
+    if let Some(s) = &options.sandbox_size {
+        limits.sandbox_bytes = parse_size("sandboxSize", s)?;
+    }
+    if let Some(s) = &options.tmp_size {
+        limits.tmp_bytes = parse_size("tmpSize", s)?;
+    }
+    limits.validate()?;
+    Ok(limits)
+}
+
+fn code_extension(runtime: Runtime, requested: Option<&str>) -> Result<String> {
+    let default = match runtime {
+        Runtime::Python => "py",
+        Runtime::Node => "mjs",
+        Runtime::Bun => "ts",
+        Runtime::Deno => "ts",
+        Runtime::Bash => "sh",
+    };
+    let ext = requested
+        .map(|e| e.trim().trim_start_matches('.'))
+        .filter(|e| !e.is_empty())
+        .unwrap_or(default);
+    if ext.len() > 16 || !ext.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Error::InvalidRequest(format!(
+            "fileExtension \"{ext}\" must be letters and digits only, like .py or .cjs"
+        )));
+    }
+    Ok(ext.to_string())
+}
+
+fn check_env(field: &str, vars: &BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in vars {
+        let key_ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !key_ok {
+            return Err(Error::InvalidRequest(format!(
+                "{field}: \"{key}\" is not a valid variable name (letters, digits and _, not starting with a digit)"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(Error::InvalidRequest(format!(
+                "{field}: the value of {key} contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `path` against `base` lexically and returns it only when it stays inside one of `roots`.
+pub fn confine(base: &str, path: &str, roots: &[&str]) -> Option<String> {
+    if path.contains('\0') {
+        return None;
+    }
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    let normalized = format!("/{}", parts.join("/"));
+    roots
+        .iter()
+        .any(|root| normalized == *root || normalized.starts_with(&format!("{root}/")))
+        .then_some(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(code: Option<&str>, cmd: Option<&str>) -> ExecutionRequest {
+        ExecutionRequest {
+            runtime: Runtime::Python,
+            code: code.map(str::to_string),
+            cmd: cmd.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn plan(req: &ExecutionRequest) -> Result<RunPlan> {
+        RunPlan::from_request(req, &ExecutionOptions::default(), &Limits::default(), "k")
+    }
+
+    #[test]
+    fn exactly_one_of_code_and_cmd() {
+        assert!(plan(&request(Some("print(1)"), None)).is_ok());
+        assert!(plan(&request(None, Some("echo 1"))).is_ok());
+        let both = plan(&request(Some("print(1)"), Some("echo 1"))).unwrap_err();
+        assert!(both.to_string().contains("not both"));
+        let none = plan(&request(Some("   "), None)).unwrap_err();
+        assert!(none.to_string().contains("empty"));
+    }
+
+    #[test]
+    fn workdir_must_stay_in_sandbox() {
+        let mut req = request(Some("x"), None);
+        req.workdir = Some("/sandbox/../etc".into());
+        assert!(plan(&req)
+            .unwrap_err()
+            .to_string()
+            .contains("inside /sandbox"));
+        req.workdir = Some("sub/dir".into());
+        assert_eq!(plan(&req).unwrap().workdir, "/sandbox/sub/dir");
+    }
+
+    #[test]
+    fn confine_normalizes_and_refuses_escapes() {
+        let roots = ["/sandbox", "/tmp"];
+        assert_eq!(
+            confine("/sandbox", "a/./b/../c", &roots).as_deref(),
+            Some("/sandbox/a/c")
+        );
+        assert_eq!(
+            confine("/sandbox", "/tmp/x", &roots).as_deref(),
+            Some("/tmp/x")
+        );
+        assert_eq!(confine("/sandbox", "../etc/passwd", &roots), None);
+        assert_eq!(confine("/sandbox", "/sandboxx", &roots), None);
+        assert_eq!(confine("/sandbox", "/../../", &roots), None);
+    }
+
+    #[test]
+    fn bad_sizes_and_limits_are_invalid_requests() {
+        let req = request(Some("x"), None);
+        let opts = ExecutionOptions {
+            memory_limit: Some("12xb".into()),
+            ..Default::default()
+        };
+        let err = RunPlan::from_request(&req, &opts, &Limits::default(), "k").unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+        let opts = ExecutionOptions {
+            pids_limit: Some(0),
+            ..Default::default()
+        };
+        assert!(RunPlan::from_request(&req, &opts, &Limits::default(), "k").is_err());
+    }
+
+    #[test]
+    fn bad_env_names_are_refused() {
+        let mut req = request(Some("x"), None);
+        req.env.insert("A=B".into(), "1".into());
+        assert!(plan(&req).is_err());
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let mut req = request(Some("x"), None);
+        req.files
+            .insert("big.txt".into(), "x".repeat(11 * 1024 * 1024));
+        assert!(plan(&req).unwrap_err().to_string().contains("limit"));
+    }
+}

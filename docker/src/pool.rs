@@ -1,0 +1,377 @@
+//! The warm pool: started sandboxes ready to run, reuse after a verified reset (same owner only),
+//! cleanup of what a crashed instance left behind.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::container::ListContainersOptions;
+use bollard::Docker;
+use tokio::sync::Notify;
+
+use crate::agent::{remove, Sandbox};
+use crate::error::{Error, Result};
+use crate::spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
+
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the pool keeps and reuses containers.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Fresh (never used) containers kept started per warm spec.
+    pub size: usize,
+    /// Reuse a container for the same owner after a verified reset. Off: every run gets a fresh
+    /// container that is destroyed afterwards (strict mode).
+    pub reuse: bool,
+    /// Reset containers kept per owner and spec.
+    pub max_idle_per_owner: usize,
+    /// A reset container unused this long is removed.
+    pub idle_ttl: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 2,
+            reuse: true,
+            max_idle_per_owner: 8,
+            idle_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Idle containers are bucketed by spec and owner; `None` holds fresh containers anyone may take.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    spec: ContainerSpec,
+    owner: Option<String>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sandbox: Sandbox,
+    since: Instant,
+}
+
+/// Pool counts for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub ready: usize,
+    pub busy: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    docker: Docker,
+    config: PoolConfig,
+    instance: String,
+    oci_runtime: Option<String>,
+    /// Idle sandboxes. Guards only the map: taken and released without any `.await` while held.
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// Ids of every container this pool created and has not removed, so shutdown can remove
+    /// in-use ones too. Same rule: never held across `.await`.
+    live: Mutex<HashSet<String>>,
+    /// Specs the replenisher keeps `config.size` fresh containers of.
+    warm: Mutex<Vec<ContainerSpec>>,
+    /// Wakes the replenisher: signalled when a fresh container is taken or the warm set changes.
+    wake: Notify,
+    busy: AtomicUsize,
+    closed: AtomicBool,
+    /// Held (flock) for the life of the instance; its absence tells a later instance we are dead.
+    _instance_lock: Option<File>,
+}
+
+impl Pool {
+    pub fn new(
+        docker: Docker,
+        config: PoolConfig,
+        instance: String,
+        oci_runtime: Option<String>,
+    ) -> Self {
+        let lock = instance_lock_path(&instance).and_then(|path| {
+            let file = File::create(path).ok()?;
+            file.try_lock().ok()?;
+            Some(file)
+        });
+        Pool {
+            docker,
+            config,
+            instance,
+            oci_runtime,
+            idle: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashSet::new()),
+            warm: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            busy: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            _instance_lock: lock,
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let ready = lock(&self.idle).values().map(Vec::len).sum();
+        PoolStats {
+            ready,
+            busy: self.busy.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn set_warm(&self, specs: Vec<ContainerSpec>) {
+        *lock(&self.warm) = specs;
+        self.wake.notify_one();
+    }
+
+    /// A sandbox for `owner`: one of theirs reset after an earlier run, else a fresh one, else a new one.
+    pub async fn acquire(&self, spec: &ContainerSpec, owner: &str) -> Result<Sandbox> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let taken = {
+            let mut idle = lock(&self.idle);
+            let mut take = |owner: Option<String>| {
+                idle.get_mut(&PoolKey {
+                    spec: spec.clone(),
+                    owner,
+                })
+                .and_then(Vec::pop)
+            };
+            match take(Some(owner.to_string())) {
+                Some(found) => Some((found, false)),
+                None => take(None).map(|found| (found, true)),
+            }
+        };
+        let sandbox = match taken {
+            Some((found, fresh)) => {
+                if fresh {
+                    self.wake.notify_one();
+                }
+                found.sandbox
+            }
+            None => self.create(spec).await?,
+        };
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Ok(sandbox)
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
+        let sandbox =
+            Sandbox::start(&self.docker, spec, &self.instance, self.oci_runtime.as_deref()).await?;
+        lock(&self.live).insert(sandbox.id.clone());
+        if self.closed.load(Ordering::SeqCst) {
+            self.destroy(sandbox).await;
+            return Err(Error::ShuttingDown);
+        }
+        Ok(sandbox)
+    }
+
+    /// Gives a sandbox back after a run. It serves again only when reuse is on, the run left it
+    /// `reusable`, and the reset verifies clean; it then waits in its owner's bucket. Otherwise it is
+    /// destroyed. Runs in the background so the caller's answer is not delayed.
+    pub fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let keep = reusable && pool.config.reuse && !pool.closed.load(Ordering::SeqCst);
+            if !keep {
+                pool.destroy(sandbox).await;
+                return;
+            }
+            if let Err(err) = sandbox.reset(RESET_TIMEOUT).await {
+                tracing::warn!(container = %sandbox.short_id(), error = %err, "reset failed; destroying");
+                pool.destroy(sandbox).await;
+                return;
+            }
+            let key = PoolKey {
+                spec: sandbox.spec.clone(),
+                owner: Some(owner),
+            };
+            let overflow = {
+                let mut idle = lock(&pool.idle);
+                let bucket = idle.entry(key).or_default();
+                if bucket.len() < pool.config.max_idle_per_owner {
+                    bucket.push(Idle {
+                        sandbox,
+                        since: Instant::now(),
+                    });
+                    None
+                } else {
+                    Some(sandbox)
+                }
+            };
+            if let Some(sandbox) = overflow {
+                pool.destroy(sandbox).await;
+            }
+        });
+    }
+
+    /// Forgets a sandbox that its user keeps (persist): it is never reused nor removed by shutdown.
+    pub fn forget(&self, sandbox: Sandbox) {
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.live).remove(&sandbox.id);
+        drop(sandbox);
+    }
+
+    pub async fn destroy(&self, sandbox: Sandbox) {
+        let id = sandbox.id.clone();
+        sandbox.destroy(&self.docker).await;
+        lock(&self.live).remove(&id);
+    }
+
+    /// Background task: keeps `size` fresh containers per warm spec and removes expired idle ones.
+    /// Ends when the pool closes.
+    pub async fn replenish(self: Arc<Self>) {
+        let mut failures = 0u32;
+        while !self.closed.load(Ordering::SeqCst) {
+            let expired = self.take_expired();
+            for sandbox in expired {
+                self.destroy(sandbox).await;
+            }
+            let missing = {
+                let warm = lock(&self.warm).clone();
+                let idle = lock(&self.idle);
+                warm.into_iter().find(|spec| {
+                    let key = PoolKey {
+                        spec: spec.clone(),
+                        owner: None,
+                    };
+                    idle.get(&key).map_or(0, Vec::len) < self.config.size
+                })
+            };
+            match missing {
+                Some(spec) => match self.create(&spec).await {
+                    Ok(sandbox) => {
+                        failures = 0;
+                        let key = PoolKey {
+                            spec,
+                            owner: None,
+                        };
+                        lock(&self.idle).entry(key).or_default().push(Idle {
+                            sandbox,
+                            since: Instant::now(),
+                        });
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                        tracing::warn!(error = %err, ?backoff, "could not start a warm sandbox");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.wake.notified() => {}
+                        }
+                    }
+                },
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_expired(&self) -> Vec<Sandbox> {
+        let mut idle = lock(&self.idle);
+        let mut out = Vec::new();
+        for (key, bucket) in idle.iter_mut() {
+            if key.owner.is_none() {
+                continue;
+            }
+            let (old, keep): (Vec<Idle>, Vec<Idle>) = bucket
+                .drain(..)
+                .partition(|i| i.since.elapsed() > self.config.idle_ttl);
+            *bucket = keep;
+            out.extend(old.into_iter().map(|i| i.sandbox));
+        }
+        idle.retain(|_, bucket| !bucket.is_empty());
+        out
+    }
+
+    /// Stops taking work and removes every container this pool created, idle or in use.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        let idle: Vec<Sandbox> = lock(&self.idle)
+            .drain()
+            .flat_map(|(_, bucket)| bucket.into_iter().map(|i| i.sandbox))
+            .collect();
+        for sandbox in idle {
+            self.destroy(sandbox).await;
+        }
+        let live: Vec<String> = lock(&self.live).drain().collect();
+        for id in live {
+            remove(&self.docker, &id).await;
+        }
+    }
+
+    /// Removes sandbox containers whose creating instance is no longer alive (its lock is free).
+    /// Returns how many were removed.
+    pub async fn reclaim_orphans(&self) -> Result<usize> {
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters: HashMap::from([(
+                    "label".to_string(),
+                    vec![
+                        format!("{LABEL_MANAGED}=true"),
+                        format!("{LABEL_KIND}=sandbox"),
+                    ],
+                )]),
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list containers"))?;
+        let mut removed = 0;
+        for container in containers {
+            let owner_instance = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_INSTANCE))
+                .cloned()
+                .unwrap_or_default();
+            if owner_instance == self.instance || instance_alive(&owner_instance) {
+                continue;
+            }
+            if let Some(id) = container.id {
+                remove(&self.docker, &id).await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (single inserts/removes).
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn instance_lock_path(instance: &str) -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join("isol8-instances");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(format!("{instance}.lock")))
+}
+
+/// An instance is alive while it holds the lock on its file.
+fn instance_alive(instance: &str) -> bool {
+    if instance.is_empty() || instance.contains(['/', '.']) {
+        return false;
+    }
+    let Some(path) = instance_lock_path(instance) else {
+        return false;
+    };
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,129 @@
+//! The hardened container: every setting that locks a sandbox down, and the labels that mark it as ours.
+
+use std::collections::HashMap;
+
+use bollard::container::Config;
+use bollard::models::{HostConfig, ResourcesUlimits};
+use isol8_api::NetworkMode;
+
+use crate::limits::Limits;
+
+/// Label on every container and image isol8 creates; cleanup touches nothing without it.
+pub const LABEL_MANAGED: &str = "isol8.managed";
+/// Label naming the engine instance that created a container (see `Pool::reclaim_orphans`).
+pub const LABEL_INSTANCE: &str = "isol8.instance";
+pub const LABEL_RUNTIME: &str = "isol8.runtime";
+pub const LABEL_KIND: &str = "isol8.kind";
+
+/// The uid/gid the agent and every program run as; never root.
+pub const SANDBOX_USER: &str = "1000:1000";
+const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/agent.py"];
+
+/// The container-level settings of a sandbox. Two runs can share a pooled container only when their
+/// specs are equal; per-run limits (timeout, output cap) are enforced by the agent instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub runtime_label: String,
+    pub memory_bytes: u64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub sandbox_bytes: u64,
+    pub tmp_bytes: u64,
+    pub network: NetworkMode,
+}
+
+impl ContainerSpec {
+    pub fn new(image: String, runtime_label: &str, limits: &Limits, network: NetworkMode) -> Self {
+        ContainerSpec {
+            image,
+            runtime_label: runtime_label.to_string(),
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: (limits.cpus * 1e9) as i64,
+            pids: limits.pids as i64,
+            sandbox_bytes: limits.sandbox_bytes,
+            tmp_bytes: limits.tmp_bytes,
+            network,
+        }
+    }
+
+    /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user, no capabilities,
+    /// no-new-privileges, Docker's default seccomp profile, pids/memory (no swap)/CPU limits, no network.
+    pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>) -> Config<String> {
+        let mut labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_INSTANCE.to_string(), instance.to_string()),
+            (LABEL_RUNTIME.to_string(), self.runtime_label.clone()),
+            (LABEL_KIND.to_string(), "sandbox".to_string()),
+        ]);
+        labels.shrink_to_fit();
+        let tmpfs = HashMap::from([
+            (
+                "/sandbox".to_string(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={},uid=1000,gid=1000,mode=0755",
+                    self.sandbox_bytes
+                ),
+            ),
+            (
+                "/tmp".to_string(),
+                format!("rw,exec,nosuid,nodev,size={},mode=1777", self.tmp_bytes),
+            ),
+        ]);
+        let network_mode = match self.network {
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+            // Filtered containers join an internal network chosen by the network policy.
+            NetworkMode::Filtered => "none",
+        };
+        let memory = i64::try_from(self.memory_bytes).unwrap_or(i64::MAX);
+        let host_config = HostConfig {
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            memory_swappiness: Some(0),
+            nano_cpus: Some(self.nano_cpus),
+            pids_limit: Some(self.pids),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            shm_size: Some(64 * 1024 * 1024),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+            network_mode: Some(network_mode.to_string()),
+            ipc_mode: Some("private".to_string()),
+            ulimits: Some(vec![
+                ResourcesUlimits {
+                    name: Some("core".into()),
+                    soft: Some(0),
+                    hard: Some(0),
+                },
+                ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(1024),
+                    hard: Some(4096),
+                },
+            ]),
+            runtime: oci_runtime.map(str::to_string),
+            init: Some(false),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        Config {
+            image: Some(self.image.clone()),
+            entrypoint: Some(AGENT_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
+            cmd: Some(vec![]),
+            user: Some(SANDBOX_USER.to_string()),
+            working_dir: Some("/sandbox".to_string()),
+            hostname: Some("sandbox".to_string()),
+            network_disabled: Some(self.network == NetworkMode::None),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            tty: Some(false),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+}

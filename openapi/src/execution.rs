@@ -1,0 +1,236 @@
+//! Execution request, options and result: the body and answer of `POST /execute`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A language runtime a sandbox can run.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    #[default]
+    Python,
+    Node,
+    Bun,
+    Deno,
+    Bash,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 5] = [
+        Runtime::Python,
+        Runtime::Node,
+        Runtime::Bun,
+        Runtime::Deno,
+        Runtime::Bash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+            Runtime::Bun => "bun",
+            Runtime::Deno => "deno",
+            Runtime::Bash => "bash",
+        }
+    }
+
+    /// The runtime a file extension (with or without the dot) implies, as documented in DESIGN.md.
+    pub fn from_extension(ext: &str) -> Option<Runtime> {
+        match ext.trim_start_matches('.').to_ascii_lowercase().as_str() {
+            "py" => Some(Runtime::Python),
+            "js" | "mjs" | "cjs" => Some(Runtime::Node),
+            "ts" => Some(Runtime::Bun),
+            "mts" => Some(Runtime::Deno),
+            "sh" => Some(Runtime::Bash),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Runtime::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown runtime \"{s}\"; expected one of: python, node, bun, deno, bash"))
+    }
+}
+
+/// Network access of a sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only.
+    #[default]
+    None,
+    /// Full outbound access (only where the server's policy allows it).
+    Host,
+    /// Only hosts matching the allow list, through a proxy the server controls.
+    Filtered,
+}
+
+/// Host patterns for `filtered` mode: a host passes when it matches a whitelist regex and no blacklist regex.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkFilter {
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    #[serde(default)]
+    pub blacklist: Vec<String>,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"runtime": "python", "code": "print(2 ** 10)"}))]
+pub struct ExecutionRequest {
+    pub runtime: Runtime,
+    /// Source code to run with the runtime's interpreter. Exactly one of `code` and `cmd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code` and `cmd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// File name extension of the code file, e.g. `.cjs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_extension: Option<String>,
+    /// Files written before the run: path (absolute, or relative to `workdir`) to UTF-8 text.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Files read back after the run and returned base64-encoded in `files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub install_packages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_script: Option<String>,
+    /// Working directory; must be `/sandbox` or inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// How to run it: limits and sandbox settings. Each may only tighten the server's policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"memoryLimit": "256m", "timeoutMs": 5000}))]
+pub struct ExecutionOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_filter: Option<NetworkFilter>,
+    /// Memory limit such as `512m` or `1g` (binary multiples); swap is never allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// CPU cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
+    /// Bytes kept per output stream; more is cut and flagged `truncated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_size: Option<String>,
+    /// Environment variables whose values are masked as `***` in all output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Keep the container after the run for inspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_network: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The body of `POST /execute` and `POST /execute/stream`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"request": {"runtime": "python", "code": "print(2 ** 10)"}}))]
+pub struct ExecuteBody {
+    pub request: ExecutionRequest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<ExecutionOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// How a run ended; the same value in the result and in the stream's final event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// The program exited by itself (any exit code).
+    Completed,
+    /// The time limit was reached; the whole process tree was killed.
+    Timeout,
+    /// The kernel killed the program for exceeding the memory limit.
+    MemoryLimit,
+    /// The output cap was reached; the program was stopped and output cut.
+    OutputLimit,
+    /// The run was cancelled (client disconnected or shutdown).
+    Killed,
+    /// The sandbox failed; see `stderr` or the error message.
+    Error,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Completed => "completed",
+            ExecutionStatus::Timeout => "timeout",
+            ExecutionStatus::MemoryLimit => "memory_limit",
+            ExecutionStatus::OutputLimit => "output_limit",
+            ExecutionStatus::Killed => "killed",
+            ExecutionStatus::Error => "error",
+        }
+    }
+}
+
+/// The answer of `POST /execute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"stdout": "1024\n", "stderr": "", "exitCode": 0, "status": "completed",
+    "durationMs": 24, "truncated": false, "executionId": "0b6e4f8e-9a53-4a53-9f0e-0d8a3c1e2f00",
+    "runtime": "python", "timestamp": "2026-11-29T10:00:00Z", "containerId": "3f2a9c1b7d4e"}))]
+pub struct ExecutionResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i64,
+    pub status: ExecutionStatus,
+    pub duration_ms: u64,
+    pub truncated: bool,
+    pub execution_id: String,
+    pub runtime: Runtime,
+    /// When the run started (RFC 3339).
+    pub timestamp: String,
+    pub container_id: String,
+    /// `outputPaths` that existed, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
+}

@@ -1,0 +1,12 @@
+//! isol8 wire types: the JSON bodies of the HTTP API (serde + utoipa schemas), shared by server and client.
+
+mod execution;
+mod misc;
+mod stream;
+
+pub use execution::{
+    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus, NetworkFilter,
+    NetworkMode, Runtime,
+};
+pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
+pub use stream::{StreamEvent, StreamEventType, StreamPhase};
