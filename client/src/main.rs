@@ -4,10 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use isol8_api::Runtime;
-use isol8_server::engine::{BuildProgress, Engine, EngineConfig, ImageConfig};
+use isol8_server::engine::{BuildProgress, Engine, EngineConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "isol8", version, about = "Run untrusted code in locked-down Docker sandboxes")]
+#[command(
+    name = "isol8",
+    version,
+    about = "Run untrusted code in locked-down Docker sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,9 +26,6 @@ enum Command {
         /// Runtimes to build (default: all).
         #[arg(long = "runtime", value_delimiter = ',')]
         runtimes: Vec<Runtime>,
-        /// Extra CA certificate (PEM) to trust in images and sandboxes; repeatable.
-        #[arg(long = "extra-ca", env = "ISOL8_EXTRA_CA_CERTS", value_delimiter = ',')]
-        extra_ca: Vec<std::path::PathBuf>,
     },
 }
 
@@ -32,11 +33,14 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup { force, runtimes, extra_ca } => {
-            let runtimes = if runtimes.is_empty() { Runtime::ALL.to_vec() } else { runtimes };
+        Command::Setup { force, runtimes } => {
+            let runtimes = if runtimes.is_empty() {
+                Runtime::ALL.to_vec()
+            } else {
+                runtimes
+            };
             let config = EngineConfig {
                 warm_runtimes: vec![],
-                images: ImageConfig { extra_ca_certs: extra_ca, ..Default::default() },
                 ..Default::default()
             };
             let engine = match Engine::connect(config).await {

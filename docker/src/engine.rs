@@ -57,10 +57,22 @@ impl Default for EngineConfig {
 /// One thing that happened during a run, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
-    Stdout { phase: StreamPhase, text: String },
-    Stderr { phase: StreamPhase, text: String },
-    Exit { phase: StreamPhase, code: i64 },
-    Error { phase: StreamPhase, message: String },
+    Stdout {
+        phase: StreamPhase,
+        text: String,
+    },
+    Stderr {
+        phase: StreamPhase,
+        text: String,
+    },
+    Exit {
+        phase: StreamPhase,
+        code: i64,
+    },
+    Error {
+        phase: StreamPhase,
+        message: String,
+    },
     /// Always last. `stdout`/`stderr` are empty here: they were sent as events.
     Finished(ExecutionResult),
 }
@@ -115,6 +127,11 @@ impl Engine {
         &self.address
     }
 
+    /// The value of the `isol8.instance` label on every container this engine creates.
+    pub fn instance_id(&self) -> &str {
+        self.pool.instance()
+    }
+
     pub fn default_limits(&self) -> &Limits {
         &self.config.default_limits
     }
@@ -155,7 +172,10 @@ impl Engine {
     ) -> Result<BTreeMap<Runtime, String>> {
         let mut out = BTreeMap::new();
         for runtime in runtimes {
-            let tag = self.images.ensure_runtime(*runtime, force, progress).await?;
+            let tag = self
+                .images
+                .ensure_runtime(*runtime, force, progress)
+                .await?;
             lock(&self.resolved).insert(*runtime, tag.clone());
             out.insert(*runtime, tag);
         }
@@ -226,12 +246,7 @@ impl Engine {
             Some(image) => image.clone(),
             None => self.runtime_image(plan.runtime).await?,
         };
-        let spec = ContainerSpec::new(
-            image,
-            plan.runtime.as_str(),
-            &plan.limits,
-            plan.network,
-        );
+        let spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
         let sandbox = self.pool.acquire(&spec, &plan.owner).await.map_err(|e| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {
@@ -267,10 +282,7 @@ impl Engine {
 
     /// Removes every isol8 sandbox container on this Docker engine (and images with `images`).
     pub async fn cleanup(&self, images: bool) -> Result<CleanupResponse> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_MANAGED}=true")],
-        )]);
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions::<String> {
@@ -705,5 +717,7 @@ async fn connect_docker(host: Option<&str>) -> Result<(Docker, String)> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

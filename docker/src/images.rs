@@ -41,10 +41,20 @@ pub struct ImageConfig {
     pub debian_suite: String,
 }
 
+/// Environment variable listing extra CA certificate files (separated by `,` or `:`).
+pub const EXTRA_CA_ENV: &str = "ISOL8_EXTRA_CA_CERTS";
+
 impl Default for ImageConfig {
+    /// Debian bookworm from deb.debian.org, and the extra CA files named in `ISOL8_EXTRA_CA_CERTS`.
     fn default() -> Self {
+        let extra_ca_certs = std::env::var(EXTRA_CA_ENV)
+            .unwrap_or_default()
+            .split([',', ':'])
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| PathBuf::from(p.trim()))
+            .collect();
         ImageConfig {
-            extra_ca_certs: Vec::new(),
+            extra_ca_certs,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "bookworm".into(),
         }
@@ -225,9 +235,12 @@ impl ImageBuilder {
             return Err(Error::ImageBuild {
                 image: tag.into(),
                 step: "find debootstrap".into(),
-                message: "no base image can be pulled here, and debootstrap is not installed to make one"
-                    .into(),
-                output: "install it (Debian/Ubuntu: apt-get install -y debootstrap) and run as root".into(),
+                message:
+                    "no base image can be pulled here, and debootstrap is not installed to make one"
+                        .into(),
+                output:
+                    "install it (Debian/Ubuntu: apt-get install -y debootstrap) and run as root"
+                        .into(),
             });
         }
         let dir = tempfile::Builder::new()
@@ -264,7 +277,12 @@ impl ImageBuilder {
         let tarball = tokio::process::Command::new("tar")
             .arg("-C")
             .arg(&root)
-            .args(["--numeric-owner", "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*"])
+            .args([
+                "--numeric-owner",
+                "--exclude=./dev/*",
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+            ])
             .args(["--exclude=./var/cache/apt/archives/*.deb", "-cf", "-", "."])
             .output()
             .await
@@ -304,15 +322,12 @@ impl ImageBuilder {
             }
         }
         drop(dir);
-        let id = self
-            .image_id(tag)
-            .await?
-            .ok_or_else(|| Error::ImageBuild {
-                image: tag.into(),
-                step: "import into Docker".into(),
-                message: "the imported image is not there".into(),
-                output: String::new(),
-            })?;
+        let id = self.image_id(tag).await?.ok_or_else(|| Error::ImageBuild {
+            image: tag.into(),
+            step: "import into Docker".into(),
+            message: "the imported image is not there".into(),
+            output: String::new(),
+        })?;
         progress(BuildProgress::Finished { image: tag.into() });
         Ok(id)
     }
@@ -380,7 +395,12 @@ impl ImageBuilder {
             }
         }
         let id = self.image_id(tag).await?.ok_or_else(|| {
-            build_failure(tag, &step, "the build ended without an image".into(), &output)
+            build_failure(
+                tag,
+                &step,
+                "the build ended without an image".into(),
+                &output,
+            )
         })?;
         progress(BuildProgress::Finished { image: tag.into() });
         Ok(id)

@@ -12,7 +12,7 @@ mod spec;
 
 pub use engine::{Engine, EngineConfig, RunEvent, RunEvents};
 pub use error::{Error, Result};
-pub use images::{BuildProgress, ImageBuilder, ImageConfig, LABEL_RECIPE};
+pub use images::{BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, LABEL_RECIPE};
 pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{confine, Program, RunPlan};

@@ -39,7 +39,7 @@ pub fn parse_size(field: &str, raw: &str) -> Result<u64> {
 /// Formats bytes the way `parse_size` reads them (exact when possible).
 pub fn format_size(bytes: u64) -> String {
     for (unit, mult) in [("g", KIB * KIB * KIB), ("m", KIB * KIB), ("k", KIB)] {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }
@@ -90,7 +90,10 @@ impl Limits {
             ));
         }
         if !(self.cpus.is_finite() && self.cpus >= 0.01) {
-            return bad(format!("cpuLimit {} must be at least 0.01 cores", self.cpus));
+            return bad(format!(
+                "cpuLimit {} must be at least 0.01 cores",
+                self.cpus
+            ));
         }
         if self.pids < 8 {
             return bad(format!(

@@ -109,7 +109,8 @@ impl RunPlan {
         let network = options.network.unwrap_or_default();
         if network == NetworkMode::Filtered {
             return Err(Error::Unsupported(
-                "network mode \"filtered\" is not available on this server yet; use \"none\"".into(),
+                "network mode \"filtered\" is not available on this server yet; use \"none\""
+                    .into(),
             ));
         }
         if let Some(image) = &options.image {

@@ -111,6 +111,10 @@ impl Pool {
         }
     }
 
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     pub fn stats(&self) -> PoolStats {
         let ready = lock(&self.idle).values().map(Vec::len).sum();
         PoolStats {
@@ -157,8 +161,13 @@ impl Pool {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
-        let sandbox =
-            Sandbox::start(&self.docker, spec, &self.instance, self.oci_runtime.as_deref()).await?;
+        let sandbox = Sandbox::start(
+            &self.docker,
+            spec,
+            &self.instance,
+            self.oci_runtime.as_deref(),
+        )
+        .await?;
         lock(&self.live).insert(sandbox.id.clone());
         if self.closed.load(Ordering::SeqCst) {
             self.destroy(sandbox).await;
@@ -244,10 +253,7 @@ impl Pool {
                 Some(spec) => match self.create(&spec).await {
                     Ok(sandbox) => {
                         failures = 0;
-                        let key = PoolKey {
-                            spec,
-                            owner: None,
-                        };
+                        let key = PoolKey { spec, owner: None };
                         lock(&self.idle).entry(key).or_default().push(Idle {
                             sandbox,
                             since: Instant::now(),
@@ -347,7 +353,9 @@ impl Pool {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave the maps inconsistent (single inserts/removes).
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn instance_lock_path(instance: &str) -> Option<PathBuf> {

@@ -9,7 +9,18 @@ use utoipa::ToSchema;
 
 /// A language runtime a sandbox can run.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
@@ -66,7 +77,9 @@ impl FromStr for Runtime {
         Runtime::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown runtime \"{s}\"; expected one of: python, node, bun, deno, bash"))
+            .ok_or_else(|| {
+                format!("unknown runtime \"{s}\"; expected one of: python, node, bun, deno, bash")
+            })
     }
 }
 

@@ -5,8 +5,8 @@ mod misc;
 mod stream;
 
 pub use execution::{
-    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus, NetworkFilter,
-    NetworkMode, Runtime,
+    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus,
+    NetworkFilter, NetworkMode, Runtime,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};
