@@ -96,6 +96,31 @@ pub enum NetworkMode {
     Filtered,
 }
 
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+            NetworkMode::Filtered => "filtered",
+        }
+    }
+}
+
+impl FromStr for NetworkMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            "filtered" => Ok(NetworkMode::Filtered),
+            _ => Err(format!(
+                "unknown network mode \"{s}\"; expected none, host or filtered"
+            )),
+        }
+    }
+}
+
 /// Host patterns for `filtered` mode: a host passes when it matches a whitelist regex and no blacklist regex.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

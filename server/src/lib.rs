@@ -1,4 +1,18 @@
 //! isol8-server: the HTTP service over the sandbox engine.
 
+mod app;
+mod auth;
+mod config;
+mod error;
+mod extract;
+mod policy;
+mod routes;
+mod state;
+
+pub use app::{app, openapi, serve};
+pub use config::{LimitsConfig, ServerConfig};
+pub use error::ApiError;
+pub use state::AppState;
+
 /// The engine the server runs on, re-exported for the embedding CLI (image builds, local runs).
 pub use isol8_docker as engine;

@@ -1,0 +1,103 @@
+//! `Client`: typed calls to an isol8 server, including the SSE stream.
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use isol8_api::{ErrorBody, ExecuteBody, ExecutionResult, StreamEvent};
+
+/// Failures talking to an isol8 server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the isol8 server at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error body.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("bad answer from the server: {0}")]
+    Protocol(String),
+}
+
+/// A client of one server with one key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>, key: impl Into<String>) -> Self {
+        Client {
+            base: base.into().trim_end_matches('/').to_string(),
+            key: key.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &ExecuteBody) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect { url, source })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(err) => ClientError::Api {
+                status,
+                code: err.code,
+                message: err.error,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: "unknown".into(),
+                message: text,
+            },
+        })
+    }
+
+    /// `POST /execute`.
+    pub async fn execute(&self, body: &ExecuteBody) -> Result<ExecutionResult, ClientError> {
+        self.post("/execute", body)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST /execute/stream`: the run's events as they arrive. Dropping the stream disconnects,
+    /// which kills the run on the server.
+    pub async fn execute_stream(
+        &self,
+        body: &ExecuteBody,
+    ) -> Result<impl Stream<Item = Result<StreamEvent, ClientError>>, ClientError> {
+        let response = self.post("/execute/stream", body).await?;
+        Ok(response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|item| async move {
+                match item {
+                    Ok(event) if event.data.is_empty() => None,
+                    Ok(event) => Some(
+                        serde_json::from_str::<StreamEvent>(&event.data)
+                            .map_err(|e| ClientError::Protocol(format!("{e}: {}", event.data))),
+                    ),
+                    Err(e) => Some(Err(ClientError::Protocol(e.to_string()))),
+                }
+            }))
+    }
+}

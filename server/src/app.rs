@@ -1,0 +1,169 @@
+//! The axum application: router, OpenAPI document, middleware stack, and `serve` with graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use isol8_api::ErrorBody;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::require_key;
+use crate::error::ApiError;
+use crate::routes::{execute, system};
+use crate::state::AppState;
+
+const REQUEST_ID: &str = "x-request-id";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "isol8", description = "Run untrusted code in locked-down sandboxes"),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(system::ready))
+        .routes(routes!(execute::execute))
+        .routes(routes!(execute::execute_stream))
+        .routes(routes!(execute::stream_alias))
+        .routes(routes!(system::cleanup))
+}
+
+/// The OpenAPI document of the routes `app` serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = api_router().split_for_parts();
+    api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    api
+}
+
+/// The whole HTTP application over `state`.
+pub fn app(state: AppState) -> Router {
+    let spec = openapi();
+    let (router, _) = api_router().split_for_parts();
+    let max_body = state.config.max_body_bytes;
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(middleware::from_fn(error_envelope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Writes the one error body, with the request id, for every error response: ours (carried as an
+/// `ApiError` extension) and axum's own (unknown method, body limits).
+async fn error_envelope(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let error = match response.extensions_mut().remove::<ApiError>() {
+        Some(err) => err,
+        None if status.is_client_error() || status.is_server_error() => {
+            let is_json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if is_json {
+                return response;
+            }
+            ApiError::new(
+                status,
+                ApiError::code_for_status(status),
+                match status {
+                    StatusCode::METHOD_NOT_ALLOWED => {
+                        "method not allowed on this route".to_string()
+                    }
+                    StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
+                    _ => status.canonical_reason().unwrap_or("error").to_string(),
+                },
+            )
+        }
+        None => return response,
+    };
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), code = error.code, error = %error.message, "request failed");
+    }
+    let body = ErrorBody {
+        error: error.message,
+        code: error.code.to_string(),
+        request_id,
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    (parts, Json(body)).into_response()
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, gives running
+/// executions `shutdownGraceMs` to finish, kills the rest and removes every container it created.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms);
+    // Signalled once when shutdown begins; the grace timer waits on it.
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let reaper_engine = engine.clone();
+    // Background task: after the grace period, kill what still runs so open streams end.
+    let reaper = tokio::spawn(async move {
+        if begun_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+            tracing::info!("grace period over; stopping remaining executions");
+            reaper_engine.shutdown().await;
+        }
+    });
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections");
+            let _ = begun_tx.send(());
+        })
+        .await;
+    reaper.abort();
+    engine.shutdown().await;
+    result
+}

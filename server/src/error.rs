@@ -1,0 +1,99 @@
+//! The one HTTP error model: every failure becomes `{"error", "code", "requestId"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use isol8_docker::Error as EngineError;
+
+/// An error on its way to the client. The body is written by the `error_envelope` middleware, which
+/// knows the request id.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn policy(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "policy_violation", message)
+    }
+
+    pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "over_capacity", message)
+        }
+    }
+
+    /// The code used when a response has an error status but came from outside our handlers
+    /// (unknown route, wrong method, body too large, timeouts).
+    pub fn code_for_status(status: StatusCode) -> &'static str {
+        match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::TOO_MANY_REQUESTS => "over_capacity",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ if status.is_server_error() => "internal",
+            _ => "error",
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let message = err.to_string();
+        // Exhaustive on purpose: a new engine error must get a deliberate status.
+        let (status, code) = match &err {
+            EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            EngineError::Unsupported(_) => (StatusCode::BAD_REQUEST, "unsupported"),
+            EngineError::DockerUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")
+            }
+            EngineError::Docker { .. } if err.is_docker_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")
+            }
+            EngineError::Docker { .. } => (StatusCode::BAD_GATEWAY, "docker_error"),
+            EngineError::ImageMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "image_missing"),
+            EngineError::ImageBuild { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "image_build"),
+            EngineError::Sandbox { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
+            EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            EngineError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_timeout"),
+            EngineError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        if let Some(secs) = self.retry_after_secs {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+}

@@ -1,0 +1,163 @@
+//! `POST /execute` and `POST /execute/stream` (alias `POST /stream`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use futures::Stream;
+use isol8_api::{
+    ErrorBody, ExecuteBody, ExecutionResult, StreamEvent, StreamEventType, StreamPhase,
+};
+use isol8_docker::{RunEvent, RunPlan};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::policy;
+use crate::state::AppState;
+
+fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
+    if body.session_id.is_some() {
+        return Err(ApiError::bad_request(
+            "sessions (sessionId) are not available on this server yet",
+        ));
+    }
+    let options = body.options.clone().unwrap_or_default();
+    policy::check(
+        &body.request,
+        &options,
+        &state.max_limits,
+        &state.config.allowed_networks,
+    )?;
+    Ok(RunPlan::from_request(
+        &body.request,
+        &options,
+        &state.default_limits,
+        &caller.owner,
+    )?)
+}
+
+/// Run code and wait for the result.
+#[utoipa::path(post, path = "/execute", tag = "execution",
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "The run finished (any exit code, timeout or limit)", body = ExecutionResult),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Over capacity", body = ErrorBody),
+        (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn execute(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<ExecuteBody>,
+) -> Result<Json<ExecutionResult>, ApiError> {
+    let plan = plan(&state, &caller, &body)?;
+    let _slot = state.acquire_slot().await?;
+    Ok(Json(state.engine.execute(plan).await?))
+}
+
+/// Run code and stream its output as Server-Sent Events.
+///
+/// Events: `stdout`, `stderr`, `error`, `exit` (data = exit code), then `result` with the summary.
+/// Keep-alive comments are sent while the program is silent. Disconnecting kills the run.
+#[utoipa::path(post, path = "/execute/stream", tag = "execution",
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "text/event-stream of StreamEvent", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+        (status = 429, description = "Over capacity", body = ErrorBody),
+        (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn execute_stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<ExecuteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let plan = plan(&state, &caller, &body)?;
+    let slot = state.acquire_slot().await?;
+    let mut events = state.engine.execute_stream(plan).await?;
+    let stream = async_stream::stream! {
+        // The slot is held until the stream ends or the client goes away.
+        let _slot = slot;
+        while let Some(event) = events.recv().await {
+            yield Ok::<Event, Infallible>(to_sse(event));
+        }
+    };
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        sse(stream),
+    ))
+}
+
+/// Same as `/execute/stream`.
+#[utoipa::path(post, path = "/stream", tag = "execution",
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "text/event-stream of StreamEvent", body = StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn stream_alias(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    body: JsonBody<ExecuteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    execute_stream(state, caller, body).await
+}
+
+fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
+    stream: S,
+) -> Sse<axum::response::sse::KeepAliveStream<S>> {
+    Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(5))
+            .text("keep-alive"),
+    )
+}
+
+fn to_sse(event: RunEvent) -> Event {
+    let wire = match event {
+        RunEvent::Stdout { phase, text } => with_phase(StreamEventType::Stdout, text, phase),
+        RunEvent::Stderr { phase, text } => with_phase(StreamEventType::Stderr, text, phase),
+        RunEvent::Exit { phase, code } => {
+            with_phase(StreamEventType::Exit, code.to_string(), phase)
+        }
+        RunEvent::Error { phase, message } => with_phase(StreamEventType::Error, message, phase),
+        RunEvent::Finished(result) => StreamEvent {
+            kind: StreamEventType::Result,
+            data: result.status.as_str().to_string(),
+            phase: None,
+            result: Some(result),
+        },
+    };
+    let data = serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into());
+    Event::default().event(wire.kind.as_str()).data(data)
+}
+
+fn with_phase(kind: StreamEventType, data: String, phase: StreamPhase) -> StreamEvent {
+    StreamEvent {
+        kind,
+        data,
+        phase: Some(phase),
+        result: None,
+    }
+}

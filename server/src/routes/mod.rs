@@ -1,0 +1,4 @@
+//! HTTP routes; each handler extracts, validates, calls the engine once and maps the result.
+
+pub mod execute;
+pub mod system;

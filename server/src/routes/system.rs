@@ -1,0 +1,76 @@
+//! `GET /health`, `GET /ready`, `POST /cleanup`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use isol8_api::{CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Liveness: the process answers. No key needed.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, description = "The server is up", body = HealthResponse)))]
+pub async fn health() -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Readiness: Docker answers and every runtime image is built.
+#[utoipa::path(get, path = "/ready", tag = "system",
+    responses(
+        (status = 200, description = "Ready to run code", body = HealthResponse),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+    state.engine.ping().await?;
+    let built = state.engine.built_runtimes().await?;
+    let missing: Vec<&str> = Runtime::ALL
+        .iter()
+        .filter(|r| !built.contains_key(r))
+        .map(|r| r.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "image_missing",
+            format!(
+                "runtime images not built: {}; run `isol8 setup`",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(Json(HealthResponse {
+        status: "ready".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
+}
+
+/// Remove every isol8 container on the Docker engine (and images with `{"images": true}`).
+#[utoipa::path(post, path = "/cleanup", tag = "system",
+    request_body(content = Option<CleanupRequest>),
+    responses(
+        (status = 200, description = "What was removed", body = CleanupResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 503, description = "Docker unreachable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn cleanup(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<CleanupResponse>, ApiError> {
+    // The body is optional: no body means `{}`.
+    let images = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<CleanupRequest>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid cleanup body: {e}")))?
+            .images
+    };
+    Ok(Json(state.engine.cleanup(images).await?))
+}

@@ -1,0 +1,89 @@
+//! Shared server state: the engine, the policy, the key and the execution slots.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use isol8_docker::{Engine, Limits};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<ServerConfig>,
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+    /// The bearer key. Compared in constant time; never logged.
+    pub(crate) api_key: Arc<String>,
+    /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
+    /// streams included; dropping it frees the slot.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot; bounded by `maxQueue`.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: ServerConfig, api_key: String) -> Self {
+        AppState {
+            engine,
+            default_limits: config.default_limits(),
+            max_limits: config.max_limits(),
+            slots: Arc::new(Semaphore::new(config.max_concurrent)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            config: Arc::new(config),
+            api_key: Arc::new(api_key),
+        }
+    }
+
+    /// Identity of the key a request authenticated with; sandboxes are never shared across owners.
+    pub fn owner_of(key: &str) -> String {
+        hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    }
+
+    /// Waits for an execution slot, or refuses with 429 when the queue is full or the wait too long.
+    pub async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _leave = scopeguard(&self.waiting);
+        if queued >= self.config.max_queue {
+            return Err(ApiError::busy(
+                format!(
+                    "the server is at capacity ({} running, {} queued); retry later",
+                    self.config.max_concurrent, self.config.max_queue
+                ),
+                1,
+            ));
+        }
+        let wait = Duration::from_millis(self.config.queue_timeout_ms);
+        match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::busy(
+                format!(
+                    "no execution slot became free within {} ms",
+                    wait.as_millis()
+                ),
+                1,
+            )),
+        }
+    }
+}
+
+/// Decrements the waiting counter when the waiter leaves, however it leaves.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn scopeguard(counter: &AtomicUsize) -> Leave<'_> {
+    Leave(counter)
+}
