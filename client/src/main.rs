@@ -40,7 +40,7 @@ enum Command {
     ///   isol8 run script.py --stdin "input"
     ///   echo 'console.log(1)' | isol8 run -r node
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start the HTTP server.
     Serve(ServeArgs),
     /// Build the runtime images (cached by recipe hash; --force rebuilds).
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Serve(args) => serve(args).await,
             Command::Setup { force, runtimes } => setup(force, runtimes).await,
         }
@@ -167,11 +167,16 @@ fn print_progress(p: BuildProgress) {
 }
 
 async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
-    Engine::connect(config.engine_config()).await.map_err(|e| {
+    let docker_down = |e: isol8_server::engine::Error| {
         err(format!(
             "Docker is not running or not installed. {e}\n      Start the Docker daemon (e.g. `sudo dockerd &`) or set DOCKER_HOST."
         ))
-    })
+    };
+    let engine = Engine::connect(config.engine_config())
+        .await
+        .map_err(docker_down)?;
+    engine.ping().await.map_err(docker_down)?;
+    Ok(engine)
 }
 
 async fn setup(force: bool, runtimes: Vec<Runtime>) -> ExitCode {

@@ -26,6 +26,12 @@ use crate::spec::{ContainerSpec, LABEL_MANAGED};
 /// container itself.
 const BACKSTOP_GRACE: Duration = Duration::from_secs(5);
 
+/// The oldest Docker Engine API this engine speaks (Docker 20.10).
+const MIN_API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
 /// Everything the engine is configured with.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -95,6 +101,8 @@ pub struct Engine {
 impl Engine {
     /// Connects to Docker (negotiating the API version), removes sandboxes left by dead instances, and
     /// starts keeping warm containers for the configured runtimes whose images are built.
+    /// A Docker engine that does not answer yet is not an error here (see `ping`): calls fail with
+    /// `DockerUnavailable` until it does.
     pub async fn connect(config: EngineConfig) -> Result<Engine> {
         let (docker, address) = connect_docker(config.docker_host.as_deref()).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -118,7 +126,7 @@ impl Engine {
             resolved: Arc::new(Mutex::new(HashMap::new())),
         };
         engine.refresh_warm_set().await;
-        tokio::spawn(pool.replenish());
+        pool.start_replenisher();
         Ok(engine)
     }
 
@@ -705,14 +713,19 @@ async fn connect_docker(host: Option<&str>) -> Result<(Docker, String)> {
         ));
     }
     .map_err(|e| unavailable(e.to_string()))?;
-    let docker = docker
-        .negotiate_version()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    docker
-        .ping()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    // Negotiate when Docker answers; when it does not (yet), keep a client at API 1.41 (Engine 20.10,
+    // understood by every newer engine) so the server can start, answer 503, and recover later.
+    let docker = match docker.clone().negotiate_version().await {
+        Ok(negotiated) => negotiated,
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "Docker is not answering; will retry on use");
+            match address.strip_prefix("unix://") {
+                Some(path) => Docker::connect_with_unix(path, 120, &MIN_API_VERSION),
+                None => Docker::connect_with_http(&address, 120, &MIN_API_VERSION),
+            }
+            .map_err(|e| unavailable(e.to_string()))?
+        }
+    };
     Ok((docker, address))
 }
 

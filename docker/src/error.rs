@@ -75,6 +75,7 @@ pub(crate) fn is_connection_error(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
         B::HyperResponseError { .. }
+            | B::HyperLegacyError { .. }
             | B::IOError { .. }
             | B::SocketNotFoundError(_)
             | B::RequestTimeoutError

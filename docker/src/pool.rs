@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bollard::container::ListContainersOptions;
 use bollard::Docker;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::agent::{remove, Sandbox};
 use crate::error::{Error, Result};
@@ -80,6 +81,9 @@ pub(crate) struct Pool {
     wake: Notify,
     busy: AtomicUsize,
     closed: AtomicBool,
+    /// Every background task of the pool (replenisher, resets, removals); shutdown waits for them
+    /// so nothing is created after it returns.
+    tasks: TaskTracker,
     /// Held (flock) for the life of the instance; its absence tells a later instance we are dead.
     _instance_lock: Option<File>,
 }
@@ -107,6 +111,7 @@ impl Pool {
             wake: Notify::new(),
             busy: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
             _instance_lock: lock,
         }
     }
@@ -182,7 +187,7 @@ impl Pool {
     pub fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let keep = reusable && pool.config.reuse && !pool.closed.load(Ordering::SeqCst);
             if !keep {
                 pool.destroy(sandbox).await;
@@ -229,9 +234,14 @@ impl Pool {
         lock(&self.live).remove(&id);
     }
 
-    /// Background task: keeps `size` fresh containers per warm spec and removes expired idle ones.
-    /// Ends when the pool closes.
-    pub async fn replenish(self: Arc<Self>) {
+    /// Starts the background task that keeps `size` fresh containers per warm spec and removes
+    /// expired idle ones. It ends when the pool closes.
+    pub fn start_replenisher(self: &Arc<Self>) {
+        let pool = Arc::clone(self);
+        self.tasks.spawn(pool.replenish());
+    }
+
+    async fn replenish(self: Arc<Self>) {
         let mut failures = 0u32;
         while !self.closed.load(Ordering::SeqCst) {
             let expired = self.take_expired();
@@ -307,30 +317,50 @@ impl Pool {
         for sandbox in idle {
             self.destroy(sandbox).await;
         }
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(60), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("pool tasks did not finish within 60 s of shutdown");
+        }
         let live: Vec<String> = lock(&self.live).drain().collect();
         for id in live {
             remove(&self.docker, &id).await;
         }
+        // Anything still labelled with this instance (a create that raced shutdown) goes too.
+        if let Ok(left) = self.list_sandboxes(Some(&self.instance)).await {
+            for id in left.into_iter().filter_map(|c| c.id) {
+                remove(&self.docker, &id).await;
+            }
+        }
+    }
+
+    async fn list_sandboxes(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let mut labels = vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_KIND}=sandbox"),
+        ];
+        if let Some(instance) = instance {
+            labels.push(format!("{LABEL_INSTANCE}={instance}"));
+        }
+        self.docker
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters: HashMap::from([("label".to_string(), labels)]),
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list containers"))
     }
 
     /// Removes sandbox containers whose creating instance is no longer alive (its lock is free).
     /// Returns how many were removed.
     pub async fn reclaim_orphans(&self) -> Result<usize> {
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters: HashMap::from([(
-                    "label".to_string(),
-                    vec![
-                        format!("{LABEL_MANAGED}=true"),
-                        format!("{LABEL_KIND}=sandbox"),
-                    ],
-                )]),
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?;
+        let containers = self.list_sandboxes(None).await?;
         let mut removed = 0;
         for container in containers {
             let owner_instance = container

@@ -483,7 +483,8 @@ async fn docker_unreachable_names_the_address() {
         docker_host: Some("unix:///tmp/isol8-no-docker-here.sock".into()),
         ..EngineConfig::default()
     };
-    let err = Engine::connect(config).await.unwrap_err();
+    let engine = Engine::connect(config).await.expect("connect is lazy");
+    let err = engine.ping().await.unwrap_err();
     assert!(err.is_docker_unavailable());
     assert!(
         err.to_string().contains("/tmp/isol8-no-docker-here.sock"),

@@ -1,0 +1,476 @@
+//! HTTP API tests: a real server on loopback, a real HTTP client (reqwest), real Docker.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use isol8_docker::Engine;
+use isol8_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const KEY: &str = "test-key-0123456789";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    instance: String,
+}
+
+impl Server {
+    async fn start(config: ServerConfig) -> Server {
+        Self::start_with(config, None).await
+    }
+
+    async fn start_with(config: ServerConfig, docker_host: Option<&str>) -> Server {
+        let mut engine_config = config.engine_config();
+        engine_config.docker_host = docker_host.map(str::to_string);
+        let engine = Engine::connect(engine_config).await.expect("engine");
+        let instance = engine.instance_id().to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = AppState::new(engine, config, KEY.to_string());
+        let task = tokio::spawn(isol8_server::serve(state, listener, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+            instance,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        pool_size: 0,
+        ..ServerConfig::default()
+    }
+}
+
+async fn error_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert!(body["code"].as_str().is_some(), "{body}");
+    assert_eq!(
+        body["requestId"].as_str(),
+        id.as_deref(),
+        "request id in body and header"
+    );
+    (status, body)
+}
+
+#[tokio::test]
+async fn health_needs_no_key_and_every_protected_path_refuses_without_one() {
+    let server = Server::start(config()).await;
+    let health: Value = server
+        .http
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let spec: Value = server
+        .http
+        .get(server.url("/openapi.json"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = spec["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 6, "{paths:?}");
+    let mut checked = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            if path == "/health" {
+                continue;
+            }
+            let no_key = server
+                .http
+                .request(method.clone(), server.url(path))
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = error_body(no_key).await;
+            assert_eq!(status, 401, "{method} {path}: {body}");
+            let wrong = server
+                .http
+                .request(method.clone(), server.url(path))
+                .bearer_auth("wrong-key")
+                .send()
+                .await
+                .unwrap();
+            let (status, _) = error_body(wrong).await;
+            assert_eq!(status, 403, "{method} {path}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5);
+    let spec_no_key = server
+        .http
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spec_no_key.status(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_matches_the_served_one() {
+    let generated = serde_json::to_value(isol8_server::openapi()).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
+    if std::env::var_os("ISOL8_UPDATE_OPENAPI").is_some() {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&generated).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        committed, generated,
+        "openapi/openapi.json is stale; regenerate with ISOL8_UPDATE_OPENAPI=1 cargo test -p isol8-server --test api"
+    );
+}
+
+#[tokio::test]
+async fn execute_returns_the_result() {
+    let server = Server::start(config()).await;
+    let response = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "print(2 ** 10)"}}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["stdout"], "1024\n");
+    assert_eq!(result["exitCode"], 0);
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["runtime"], "python");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_with_the_error_body() {
+    let server = Server::start(config()).await;
+    let cases: Vec<(&str, String)> = vec![
+        ("malformed json", "{not json".into()),
+        ("missing request", "{}".into()),
+        ("unknown field", json!({"request": {"runtime": "python", "code": "1", "bogus": 1}}).to_string()),
+        ("wrong type", json!({"request": {"runtime": "python", "code": 5}}).to_string()),
+        ("unknown runtime", json!({"request": {"runtime": "cobol", "code": "1"}}).to_string()),
+        ("empty code", json!({"request": {"runtime": "python", "code": "  "}}).to_string()),
+        ("code and cmd", json!({"request": {"runtime": "python", "code": "1", "cmd": "ls"}}).to_string()),
+        ("bad size", json!({"request": {"runtime": "python", "code": "1"}, "options": {"memoryLimit": "12xb"}}).to_string()),
+        ("workdir escape", json!({"request": {"runtime": "python", "code": "1", "workdir": "/etc"}}).to_string()),
+        ("zero pids", json!({"request": {"runtime": "python", "code": "1"}, "options": {"pidsLimit": 0}}).to_string()),
+    ];
+    for (name, body) in cases {
+        let response = server
+            .http
+            .post(server.url("/execute"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = error_body(response).await;
+        assert_eq!(status, 400, "{name}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_big_bodies_get_the_error_body() {
+    let server = Server::start(ServerConfig {
+        max_body_bytes: 4096,
+        ..config()
+    })
+    .await;
+    let r = server
+        .http
+        .get(server.url("/nope"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_body(r).await.0, 404);
+    let r = server
+        .http
+        .get(server.url("/execute"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_body(r).await.0, 405);
+    let big = json!({"request": {"runtime": "python", "code": "x".repeat(10_000)}});
+    let r = server.post("/execute", big).await;
+    assert_eq!(error_body(r).await.0, 413);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn asking_for_more_than_the_policy_allows_is_403_naming_the_limit() {
+    let server = Server::start(config()).await;
+    let r = server
+        .post("/execute", json!({"request": {"runtime": "python", "code": "1"}, "options": {"memoryLimit": "64g"}}))
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("memoryLimit 64g exceeds"),
+        "{body}"
+    );
+    let r = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "1"}, "options": {"network": "host"}}),
+        )
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("host"), "{body}");
+    server.stop().await;
+}
+
+/// Reads SSE frames from a response as (event name, data JSON, time since start).
+async fn read_sse(response: reqwest::Response, started: Instant) -> Vec<(String, Value, Duration)> {
+    let mut frames = Vec::new();
+    let mut buf = String::new();
+    let mut bytes = response.bytes_stream();
+    while let Some(chunk) = bytes.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if !data.is_empty() {
+                frames.push((
+                    name,
+                    serde_json::from_str(&data).unwrap(),
+                    started.elapsed(),
+                ));
+            }
+        }
+    }
+    frames
+}
+
+#[tokio::test]
+async fn the_stream_is_framed_and_delivers_output_as_it_is_produced() {
+    let server = Server::start(config()).await;
+    let code = "import time, sys\nprint('first')\ntime.sleep(2)\nprint('second')\nsys.exit(3)";
+    let started = Instant::now();
+    let response = server
+        .post(
+            "/execute/stream",
+            json!({"request": {"runtime": "python", "code": code}}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let frames = read_sse(response, started).await;
+    let names: Vec<&str> = frames.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["stdout", "stdout", "exit", "result"], "{frames:?}");
+    for (name, data, _) in &frames {
+        assert_eq!(data["type"], name.as_str());
+    }
+    assert_eq!(frames[0].1["data"], "first\n");
+    assert_eq!(frames[0].1["phase"], "code");
+    assert!(
+        frames[0].2 < Duration::from_millis(1800),
+        "first line after {:?}",
+        frames[0].2
+    );
+    assert!(frames[1].2 >= Duration::from_secs(2));
+    assert_eq!(frames[2].1["data"], "3");
+    let result = &frames[3].1["result"];
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["exitCode"], 3);
+    assert_eq!(result["truncated"], false);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_stream_alias_and_timeouts_report_the_same_status() {
+    let server = Server::start(config()).await;
+    let body =
+        json!({"request": {"runtime": "bash", "code": "echo hi; sleep 30", "timeoutMs": 1000}});
+    let frames = read_sse(server.post("/stream", body).await, Instant::now()).await;
+    let names: Vec<&str> = frames.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["stdout", "error", "exit", "result"], "{frames:?}");
+    assert_eq!(frames[1].1["data"], "EXECUTION TIMED OUT");
+    assert_eq!(frames[2].1["data"], "137");
+    assert_eq!(frames[3].1["result"]["status"], "timeout");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_kills_its_run_and_frees_its_container() {
+    let server = Server::start(ServerConfig {
+        max_concurrent: 1,
+        max_queue: 0,
+        ..config()
+    })
+    .await;
+    let body = json!({"request": {"runtime": "python", "code": "import time\nprint('x', flush=True)\ntime.sleep(60)"}});
+    let response = server.post("/execute/stream", body).await;
+    let mut bytes = response.bytes_stream();
+    let _ = bytes.next().await;
+    // While it runs, the only slot is taken: the next request is refused at once.
+    let busy = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "print(1)"}}),
+        )
+        .await;
+    assert_eq!(busy.status(), 429);
+    assert!(busy.headers().contains_key("retry-after"));
+    drop(bytes);
+    // The slot comes back once the run is killed.
+    let started = Instant::now();
+    loop {
+        let r = server
+            .post(
+                "/execute",
+                json!({"request": {"runtime": "python", "code": "print(1)"}}),
+            )
+            .await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn docker_down_is_503_and_the_server_keeps_answering() {
+    // A socket where nothing listens: bound once, then closed.
+    let path = std::env::temp_dir().join(format!("isol8-no-docker-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let address = format!("unix://{}", path.display());
+    let server = Server::start_with(config(), Some(&address)).await;
+    let r = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "print(1)"}}),
+        )
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Docker"), "{body}");
+    let r = server
+        .http
+        .get(server.url("/ready"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_body(r).await.0, 503);
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn ready_when_images_exist_and_shutdown_leaves_no_containers() {
+    let server = Server::start(ServerConfig {
+        pool_size: 1,
+        ..config()
+    })
+    .await;
+    let r = server
+        .http
+        .get(server.url("/ready"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "bash", "code": "echo ok"}}),
+        )
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "ok\n");
+    let instance = server.instance.clone();
+    server.stop().await;
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("isol8.instance={instance}")],
+    )]);
+    let left = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            all: true,
+            filters,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
