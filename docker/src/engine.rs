@@ -254,7 +254,10 @@ impl Engine {
             Some(image) => image.clone(),
             None => self.runtime_image(plan.runtime).await?,
         };
-        let spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
+        let spec = ContainerSpec {
+            kept: plan.persist,
+            ..ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network)
+        };
         let sandbox = self.pool.acquire(&spec, &plan.owner).await.map_err(|e| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {

@@ -31,6 +31,9 @@ pub struct ContainerSpec {
     pub sandbox_bytes: u64,
     pub tmp_bytes: u64,
     pub network: NetworkMode,
+    /// Kept after its run for inspection (`persist`): labelled `kind=kept`, so neither the pool's
+    /// shutdown nor orphan reclaim removes it; `cleanup` does.
+    pub kept: bool,
 }
 
 impl ContainerSpec {
@@ -44,6 +47,7 @@ impl ContainerSpec {
             sandbox_bytes: limits.sandbox_bytes,
             tmp_bytes: limits.tmp_bytes,
             network,
+            kept: false,
         }
     }
 
@@ -54,7 +58,10 @@ impl ContainerSpec {
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),
             (LABEL_RUNTIME.to_string(), self.runtime_label.clone()),
-            (LABEL_KIND.to_string(), "sandbox".to_string()),
+            (
+                LABEL_KIND.to_string(),
+                if self.kept { "kept" } else { "sandbox" }.to_string(),
+            ),
         ]);
         labels.shrink_to_fit();
         let tmpfs = HashMap::from([

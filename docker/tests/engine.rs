@@ -479,17 +479,44 @@ async fn bad_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn docker_unreachable_names_the_address() {
-    let config = EngineConfig {
+    // No socket at all: connecting fails and says where it looked.
+    let missing = EngineConfig {
         docker_host: Some("unix:///tmp/isol8-no-docker-here.sock".into()),
         ..EngineConfig::default()
     };
-    let engine = Engine::connect(config).await.expect("connect is lazy");
-    let err = engine.ping().await.unwrap_err();
+    let err = Engine::connect(missing).await.unwrap_err();
     assert!(err.is_docker_unavailable());
     assert!(
         err.to_string().contains("/tmp/isol8-no-docker-here.sock"),
         "{err}"
     );
+
+    // A socket where nothing listens (Docker stopped): the engine starts and every call says so.
+    let path = std::env::temp_dir().join(format!("isol8-dead-docker-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let dead = EngineConfig {
+        docker_host: Some(format!("unix://{}", path.display())),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::connect(dead)
+        .await
+        .expect("connect is lazy when the socket exists");
+    let err = engine.ping().await.unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    let err = engine
+        .execute(plan(
+            &code(Runtime::Python, "print(1)"),
+            &ExecutionOptions::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.is_docker_unavailable(), "{err}");
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&path);
 }
 
 #[tokio::test]
