@@ -253,10 +253,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
         Err(e) => return err(format!("cannot bind {}:{port}: {e}", args.bind)),
     };
-    let engine = match connect_engine(&config).await {
+    // The server starts even while Docker is down: it answers 503 until Docker is back.
+    let engine = match Engine::connect(config.engine_config()).await {
         Ok(e) => e,
-        Err(code) => return code,
+        Err(e) => return err(format!("Docker is not running or not installed. {e}")),
     };
+    if let Err(e) = engine.ping().await {
+        eprintln!("[WARN] {e}; executions get 503 until Docker answers");
+    }
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
