@@ -54,7 +54,7 @@ impl ContainerSpec {
     /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user, no capabilities,
     /// no-new-privileges, Docker's default seccomp profile, pids/memory (no swap)/CPU limits, no network.
     pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>) -> Config<String> {
-        let mut labels = HashMap::from([
+        let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),
             (LABEL_RUNTIME.to_string(), self.runtime_label.clone()),
@@ -63,7 +63,6 @@ impl ContainerSpec {
                 if self.kept { "kept" } else { "sandbox" }.to_string(),
             ),
         ]);
-        labels.shrink_to_fit();
         let tmpfs = HashMap::from([
             (
                 "/sandbox".to_string(),

@@ -51,7 +51,7 @@ impl AppState {
             return Ok(permit);
         }
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _leave = scopeguard(&self.waiting);
+        let _leave = Leave(&self.waiting);
         if queued >= self.config.max_queue {
             return Err(ApiError::busy(
                 format!(
@@ -82,8 +82,4 @@ impl Drop for Leave<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-fn scopeguard(counter: &AtomicUsize) -> Leave<'_> {
-    Leave(counter)
 }
