@@ -14,6 +14,7 @@ use isol8_api::{
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentEvent, AgentRequest, Sandbox};
+use crate::custom::{default_custom_tag, PackageSet};
 use crate::error::{Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
@@ -85,6 +86,44 @@ pub enum RunEvent {
 
 /// The events of one run. Dropping it cancels the run and destroys its container.
 pub type RunEvents = mpsc::Receiver<RunEvent>;
+
+/// isol8's objects on a Docker engine, as listed by [`Engine::list_managed`].
+#[derive(Debug, Clone, Default)]
+pub struct Managed {
+    pub containers: Vec<ManagedContainer>,
+    pub images: Vec<ManagedImage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    pub id: String,
+    pub image: String,
+    /// Docker's state: running, exited, ...
+    pub state: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagedImage {
+    pub id: String,
+    pub tags: Vec<String>,
+}
+
+/// Tallies one removal into the cleanup counts.
+trait Tally {
+    fn count(&mut self, id: &str, removal: std::result::Result<(), bollard::errors::Error>);
+}
+
+impl Tally for CleanupCounts {
+    fn count(&mut self, id: &str, removal: std::result::Result<(), bollard::errors::Error>) {
+        match removal {
+            Ok(()) => self.removed += 1,
+            Err(err) => {
+                self.failed += 1;
+                self.errors.push(format!("{id}: {err}"));
+            }
+        }
+    }
+}
 
 /// The sandbox engine. Cheap to clone; all clones share one pool.
 #[derive(Debug, Clone)]
@@ -191,6 +230,31 @@ impl Engine {
         Ok(out)
     }
 
+    /// Builds the custom image of `runtime` holding `packages` (tagged `alias` too when given) and
+    /// returns its tag. With `make_default` it becomes the image every run of `runtime` uses when
+    /// the request names no image or packages (what `isol8 setup --python numpy` does).
+    pub async fn build_custom_image(
+        &self,
+        runtime: Runtime,
+        packages: &PackageSet,
+        alias: Option<&str>,
+        make_default: bool,
+        force: bool,
+        progress: &(dyn Fn(BuildProgress) + Send + Sync),
+    ) -> Result<String> {
+        let default_tag = make_default.then(|| default_custom_tag(runtime));
+        let tag = self
+            .images
+            .ensure_custom(runtime, packages, alias, force, progress)
+            .await?;
+        if let Some(default_tag) = default_tag {
+            self.images.tag(&tag, &default_tag).await?;
+            lock(&self.resolved).insert(runtime, default_tag);
+            self.refresh_warm_set().await;
+        }
+        Ok(tag)
+    }
+
     async fn refresh_warm_set(&self) {
         let mut specs = Vec::new();
         for runtime in &self.config.warm_runtimes {
@@ -211,13 +275,17 @@ impl Engine {
         if let Some(tag) = lock(&self.resolved).get(&runtime) {
             return Ok(tag.clone());
         }
-        let tag = self
-            .images
-            .find_runtime(runtime)
-            .await?
-            .ok_or_else(|| Error::ImageMissing {
-                image: format!("isol8-{runtime}"),
-            })?;
+        let tag = match self.images.find_default_custom(runtime).await? {
+            Some(tag) => tag,
+            None => {
+                self.images
+                    .find_runtime(runtime)
+                    .await?
+                    .ok_or_else(|| Error::ImageMissing {
+                        image: format!("isol8-{runtime}"),
+                    })?
+            }
+        };
         lock(&self.resolved).insert(runtime, tag.clone());
         Ok(tag)
     }
@@ -252,7 +320,21 @@ impl Engine {
     pub async fn execute_stream(&self, plan: RunPlan) -> Result<RunEvents> {
         let image = match &plan.image {
             Some(image) => image.clone(),
-            None => self.runtime_image(plan.runtime).await?,
+            None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
+            None => self
+                .images
+                .find_custom(plan.runtime, &plan.packages)
+                .await?
+                .ok_or_else(|| {
+                    let names: Vec<&str> = plan.packages.names().collect();
+                    Error::Unsupported(format!(
+                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`",
+                        plan.runtime,
+                        names.join(", "),
+                        plan.runtime,
+                        names.join(",")
+                    ))
+                })?,
         };
         let spec = ContainerSpec {
             kept: plan.persist,
@@ -291,8 +373,8 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Removes every isol8 sandbox container on this Docker engine (and images with `images`).
-    pub async fn cleanup(&self, images: bool) -> Result<CleanupResponse> {
+    /// isol8's containers on this Docker engine (from any instance), and its images with `images`.
+    pub async fn list_managed(&self, images: bool) -> Result<Managed> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
         let containers = self
             .docker
@@ -302,36 +384,22 @@ impl Engine {
                 ..Default::default()
             }))
             .await
-            .map_err(Error::docker("list containers"))?;
-        let mut counts = CleanupCounts::default();
-        for container in containers {
-            let Some(id) = container.id else { continue };
-            match self
-                .docker
-                .remove_container(
-                    &id,
-                    Some(bollard::container::RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-            {
-                Ok(()) => counts.removed += 1,
-                Err(err) => {
-                    counts.failed += 1;
-                    counts.errors.push(format!("{id}: {err}"));
-                }
-            }
-        }
-        let mut response = CleanupResponse {
-            ok: counts.failed == 0,
-            containers: counts,
-            images: None,
+            .map_err(Error::docker("list containers"))?
+            .into_iter()
+            .filter_map(|c| {
+                Some(ManagedContainer {
+                    id: c.id?,
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.unwrap_or_default(),
+                })
+            })
+            .collect();
+        let mut managed = Managed {
+            containers,
+            images: Vec::new(),
         };
         if images {
-            let list = self
+            let mut list = self
                 .docker
                 .list_images(Some(ListImagesOptions::<String> {
                     all: false,
@@ -340,29 +408,54 @@ impl Engine {
                 }))
                 .await
                 .map_err(Error::docker("list images"))?;
-            let mut counts = CleanupCounts::default();
-            // Children before parents: runtime and custom images first, the root last.
-            let mut list = list;
+            // Children before parents: custom and runtime images first, the root last.
             list.sort_by_key(|i| std::cmp::Reverse(i.created));
-            for image in list {
-                match self
+            managed.images = list
+                .into_iter()
+                .map(|i| ManagedImage {
+                    id: i.id,
+                    tags: i.repo_tags,
+                })
+                .collect();
+        }
+        Ok(managed)
+    }
+
+    /// Removes every isol8 container on this Docker engine (and images with `images`).
+    pub async fn cleanup(&self, images: bool) -> Result<CleanupResponse> {
+        let managed = self.list_managed(images).await?;
+        let mut containers = CleanupCounts::default();
+        for container in &managed.containers {
+            let removal = self
+                .docker
+                .remove_container(
+                    &container.id,
+                    Some(bollard::container::RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            containers.count(&container.id, removal);
+        }
+        let mut response = CleanupResponse {
+            ok: containers.failed == 0,
+            containers,
+            images: None,
+        };
+        if images {
+            let mut counts = CleanupCounts::default();
+            for image in &managed.images {
+                let options = RemoveImageOptions {
+                    force: true,
+                    noprune: false,
+                };
+                let removal = self
                     .docker
-                    .remove_image(
-                        &image.id,
-                        Some(RemoveImageOptions {
-                            force: true,
-                            noprune: false,
-                        }),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(_) => counts.removed += 1,
-                    Err(err) => {
-                        counts.failed += 1;
-                        counts.errors.push(format!("{}: {err}", image.id));
-                    }
-                }
+                    .remove_image(&image.id, Some(options), None)
+                    .await;
+                counts.count(&image.id, removal.map(drop));
             }
             lock(&self.resolved).clear();
             self.refresh_warm_set().await;

@@ -1,7 +1,7 @@
 //! Runtime images: recipes under `docker/images/`, a content-hashed build chain (rootfs → base → runtime),
 //! bootstrapping the Debian root when no registry can be reached, and progress reporting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
@@ -39,7 +39,14 @@ pub struct ImageConfig {
     /// Debian mirror for bootstrapping the root filesystem.
     pub debian_mirror: String,
     pub debian_suite: String,
+    /// Where custom-image builds get packages (a mirror or private index), as build variables:
+    /// `PIP_INDEX_URL`, `PIP_TRUSTED_HOST`, `npm_config_registry`. Empty: the public registries.
+    pub package_index: BTreeMap<String, String>,
 }
+
+/// Build variables naming package indexes, read from the environment by [`ImageConfig::default`].
+pub const PACKAGE_INDEX_VARS: [&str; 3] =
+    ["PIP_INDEX_URL", "PIP_TRUSTED_HOST", "npm_config_registry"];
 
 /// Environment variable listing extra CA certificate files (separated by `,` or `:`).
 pub const EXTRA_CA_ENV: &str = "ISOL8_EXTRA_CA_CERTS";
@@ -53,7 +60,12 @@ impl Default for ImageConfig {
             .filter(|p| !p.trim().is_empty())
             .map(|p| PathBuf::from(p.trim()))
             .collect();
+        let package_index = PACKAGE_INDEX_VARS
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
         ImageConfig {
+            package_index,
             extra_ca_certs,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "bookworm".into(),
@@ -160,17 +172,26 @@ impl ImageBuilder {
             .await?;
         }
         // A stable alias for people (`docker run isol8-python:latest`); the engine uses the hashed tag.
+        self.tag(&tag, &format!("isol8-{runtime}:latest")).await?;
+        Ok(tag)
+    }
+
+    /// Gives image `source` the extra name `alias` (`repo` or `repo:tag`).
+    pub(crate) async fn tag(&self, source: &str, alias: &str) -> Result<()> {
+        let (repo, version) = match alias.rsplit_once(':') {
+            Some((repo, version)) if !version.contains('/') => (repo, version),
+            _ => (alias, "latest"),
+        };
         self.docker
             .tag_image(
-                &tag,
+                source,
                 Some(TagImageOptions {
-                    repo: format!("isol8-{runtime}"),
-                    tag: "latest".to_string(),
+                    repo: repo.to_string(),
+                    tag: version.to_string(),
                 }),
             )
             .await
-            .map_err(Error::docker("tag image"))?;
-        Ok(tag)
+            .map_err(Error::docker("tag image"))
     }
 
     fn rootfs_tag(&self) -> String {
@@ -211,7 +232,26 @@ impl ImageBuilder {
         ])
     }
 
-    async fn image_id(&self, tag: &str) -> Result<Option<String>> {
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub(crate) fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+
+    /// The labels of image `tag`, or `None` when there is no such image.
+    pub(crate) async fn image_labels(&self, tag: &str) -> Result<Option<HashMap<String, String>>> {
+        match self.docker.inspect_image(tag).await {
+            Ok(image) => Ok(Some(
+                image.config.and_then(|c| c.labels).unwrap_or_default(),
+            )),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(Error::docker("inspect image")(err)),
+        }
+    }
+
+    pub(crate) async fn image_id(&self, tag: &str) -> Result<Option<String>> {
         match self.docker.inspect_image(tag).await {
             Ok(image) => Ok(image.id),
             Err(err) if is_not_found(&err) => Ok(None),
@@ -332,7 +372,7 @@ impl ImageBuilder {
         Ok(id)
     }
 
-    async fn build(
+    pub(crate) async fn build(
         &self,
         tag: &str,
         files: &[(String, Vec<u8>)],
@@ -425,7 +465,7 @@ fn build_failure(tag: &str, step: &str, message: String, output: &str) -> Error 
     }
 }
 
-fn short_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+pub(crate) fn short_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());

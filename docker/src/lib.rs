@@ -1,6 +1,7 @@
 //! isol8-docker: the sandbox engine on the Docker Engine API.
 
 mod agent;
+mod custom;
 mod engine;
 mod error;
 mod images;
@@ -10,7 +11,10 @@ mod plan;
 mod pool;
 mod spec;
 
-pub use engine::{Engine, EngineConfig, RunEvent, RunEvents};
+pub use custom::{default_custom_tag, PackageSet, LABEL_BASE, LABEL_PACKAGES};
+pub use engine::{
+    Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent, RunEvents,
+};
 pub use error::{Error, Result};
 pub use images::{BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, LABEL_RECIPE};
 pub use limits::{format_size, parse_size, Limits};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkMode, Runtime};
 
+use crate::custom::PackageSet;
 use crate::error::{Error, Result};
 use crate::limits::{parse_size, Limits};
 
@@ -26,6 +27,8 @@ pub struct RunPlan {
     pub runtime: Runtime,
     /// An image to use instead of the runtime's own (a custom image with packages).
     pub image: Option<String>,
+    /// Packages the program needs; served by a custom image that holds them.
+    pub packages: PackageSet,
     pub program: Program,
     pub setup_script: Option<String>,
     pub stdin: Option<Vec<u8>>,
@@ -101,11 +104,7 @@ impl RunPlan {
 
         check_env("env", &request.env)?;
         check_env("secrets", &options.secrets)?;
-        if !request.install_packages.is_empty() {
-            return Err(Error::Unsupported(
-                "installPackages is not supported on this server yet; bake packages into an image with `isol8 build` and pass it as options.image".into(),
-            ));
-        }
+        let packages = PackageSet::parse(request.runtime, &request.install_packages)?;
         let network = options.network.unwrap_or_default();
         if network == NetworkMode::Filtered {
             return Err(Error::Unsupported(
@@ -122,6 +121,7 @@ impl RunPlan {
         Ok(RunPlan {
             runtime: request.runtime,
             image: options.image.clone(),
+            packages,
             program,
             setup_script: request
                 .setup_script

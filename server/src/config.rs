@@ -6,17 +6,37 @@ use std::time::Duration;
 use isol8_api::NetworkMode;
 use isol8_docker::{parse_size, EngineConfig, Limits};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// How the server writes its logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 /// Limits as written in the config file (sizes as strings, like the API).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// Wall-clock limit of one execution, in milliseconds.
     pub timeout_ms: u64,
+    /// Memory (no swap), e.g. `512m`, `1g`.
     pub memory_limit: String,
+    /// CPU cores.
     pub cpu_limit: f64,
+    /// Processes and threads.
     pub pids_limit: u64,
+    /// Bytes of stdout (and of stderr) kept.
     pub max_output_size: u64,
+    /// Size of the `/sandbox` tmpfs, e.g. `512m`.
     pub sandbox_size: String,
+    /// Size of the `/tmp` tmpfs, e.g. `256m`.
     pub tmp_size: String,
 }
 
@@ -54,15 +74,20 @@ impl LimitsConfig {
     }
 }
 
-/// The config file (`isol8.config.json`, else `~/.isol8/config.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The isol8 server configuration (`isol8.config.json`, else `~/.isol8/config.json`; every field
+/// optional, each overridable by an `ISOL8_...` environment variable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schema(title = "isol8 server configuration")]
 pub struct ServerConfig {
     /// Limits applied where a request says nothing.
+    #[schema(inline)]
     pub defaults: LimitsConfig,
     /// The most a request may ask for.
+    #[schema(inline)]
     pub maximums: LimitsConfig,
     /// Network modes requests may use. `host` is off unless listed here.
+    #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
     /// Executions running at once.
     pub max_concurrent: usize,
@@ -80,8 +105,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// OCI runtime for sandboxes, e.g. `runsc`.
     pub oci_runtime: Option<String>,
-    /// Log format: `text` or `json`.
-    pub log_format: String,
+    /// Log format.
+    #[schema(inline)]
+    pub log_format: LogFormat,
 }
 
 impl Default for ServerConfig {
@@ -106,34 +132,79 @@ impl Default for ServerConfig {
             reuse_containers: true,
             shutdown_grace_ms: 10_000,
             oci_runtime: None,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
 
 impl ServerConfig {
-    /// Reads the first config file found (`./isol8.config.json`, `~/.isol8/config.json`), or the
-    /// defaults. Returns the file used.
+    /// Reads the config file (`$ISOL8_CONFIG`, else `./isol8.config.json`, else
+    /// `~/.isol8/config.json`, else the defaults), applies `ISOL8_...` environment overrides and
+    /// validates the result. Returns the file used.
     pub fn load() -> Result<(ServerConfig, Option<PathBuf>), String> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        if let Some(explicit) = std::env::var_os("ISOL8_CONFIG") {
+            let path = PathBuf::from(explicit);
+            return Self::from_file(&path, &env).map(|c| (c, Some(path)));
+        }
         let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".isol8/config.json"));
         for path in [Some(PathBuf::from("isol8.config.json")), home]
             .into_iter()
             .flatten()
         {
             if path.is_file() {
-                return Self::from_file(&path).map(|c| (c, Some(path)));
+                return Self::from_file(&path, &env).map(|c| (c, Some(path)));
             }
         }
-        Ok((ServerConfig::default(), None))
+        Self::from_value(serde_json::json!({}), "the defaults", &env).map(|c| (c, None))
     }
 
-    pub fn from_file(path: &Path) -> Result<ServerConfig, String> {
+    /// Reads `path` and applies the overrides in `env`.
+    pub fn from_file(path: &Path, env: &[(String, String)]) -> Result<ServerConfig, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: ServerConfig = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not a valid isol8 config: {e}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+        Self::from_value(value, &path.display().to_string(), env)
+    }
+
+    /// Overlays `file` (a partial config) on the defaults, then environment overrides: every field
+    /// has one, named `ISOL8_` plus its path in SCREAMING_SNAKE_CASE (`maxConcurrent` →
+    /// `ISOL8_MAX_CONCURRENT`, `maximums.memoryLimit` → `ISOL8_MAXIMUMS_MEMORY_LIMIT`); lists are
+    /// comma-separated.
+    fn from_value(
+        file: Value,
+        source: &str,
+        env: &[(String, String)],
+    ) -> Result<ServerConfig, String> {
+        let invalid = |e: serde_json::Error| format!("{source} is not a valid isol8 config: {e}");
+        // Merged field by field onto the full defaults, so a partial `maximums` keeps the default
+        // maximums for the fields it leaves out (serde's `default` would take LimitsConfig's).
+        let mut value = serde_json::to_value(ServerConfig::default()).map_err(invalid)?;
+        merge(&mut value, file);
+        serde_json::from_value::<ServerConfig>(value.clone()).map_err(invalid)?;
+        let applied = apply_env(&mut value, "ISOL8", env);
+        let config: ServerConfig = serde_json::from_value(value).map_err(|e| {
+            format!(
+                "the environment overrides ({}) are not valid: {e}",
+                applied.join(", ")
+            )
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The JSON Schema of the config file (published as `server/config.schema.json`).
+    pub fn json_schema() -> Value {
+        let mut schema = serde_json::to_value(<ServerConfig as utoipa::PartialSchema>::schema())
+            .expect("schemas serialize");
+        if let Value::Object(map) = &mut schema {
+            map.insert(
+                "$schema".into(),
+                "https://json-schema.org/draft/2020-12/schema".into(),
+            );
+        }
+        schema
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -165,5 +236,153 @@ impl ServerConfig {
         engine.pool.size = self.pool_size;
         engine.pool.reuse = self.reuse_containers;
         engine
+    }
+}
+
+/// Overlays `overlay` on `base`, recursing into objects present in both.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(slot) if slot.is_object() && value.is_object() => merge(slot, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+fn screaming_snake(camel: &str) -> String {
+    let mut out = String::new();
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Replaces each leaf of `value` whose variable (`prefix` + `_` + key) is set in `env`; returns the
+/// names of the variables applied.
+fn apply_env(value: &mut Value, prefix: &str, env: &[(String, String)]) -> Vec<String> {
+    let mut applied = Vec::new();
+    let Value::Object(map) = value else {
+        return applied;
+    };
+    for (key, field) in map.iter_mut() {
+        let name = format!("{prefix}_{}", screaming_snake(key));
+        if field.is_object() {
+            applied.extend(apply_env(field, &name, env));
+            continue;
+        }
+        let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
+            continue;
+        };
+        let raw = raw.trim();
+        *field = match field {
+            Value::Array(_) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+            Value::String(_) => Value::String(raw.into()),
+            // Numbers, booleans and optional strings: JSON when it parses (30, true), else a string.
+            _ => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.into())),
+        };
+        applied.push(name);
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults_and_the_environment_wins() {
+        let file = serde_json::json!({"maxConcurrent": 4, "maximums": {"memoryLimit": "1g"}});
+        let config = ServerConfig::from_value(
+            file,
+            "test",
+            &env(&[
+                ("ISOL8_MAX_CONCURRENT", "7"),
+                ("ISOL8_DEFAULTS_TIMEOUT_MS", "5000"),
+                ("ISOL8_ALLOWED_NETWORKS", "none, host"),
+                ("ISOL8_OCI_RUNTIME", "runsc"),
+                ("ISOL8_LOG_FORMAT", "json"),
+                ("ISOL8_REUSE_CONTAINERS", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.max_concurrent, 7);
+        assert_eq!(config.maximums.memory_limit, "1g");
+        assert_eq!(config.maximums.timeout_ms, 300_000);
+        assert_eq!(config.defaults.timeout_ms, 5000);
+        assert_eq!(
+            config.allowed_networks,
+            [NetworkMode::None, NetworkMode::Host]
+        );
+        assert_eq!(config.oci_runtime.as_deref(), Some("runsc"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(!config.reuse_containers);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let bad_env = ServerConfig::from_value(
+            serde_json::json!({}),
+            "test",
+            &env(&[("ISOL8_MAX_QUEUE", "lots")]),
+        )
+        .unwrap_err();
+        assert!(bad_env.contains("ISOL8_MAX_QUEUE"), "{bad_env}");
+        let unknown =
+            ServerConfig::from_value(serde_json::json!({"maxConcurent": 1}), "cfg.json", &[])
+                .unwrap_err();
+        assert!(
+            unknown.contains("cfg.json") && unknown.contains("maxConcurent"),
+            "{unknown}"
+        );
+        let above = ServerConfig::from_value(
+            serde_json::json!({"defaults": {"memoryLimit": "4g"}}),
+            "cfg.json",
+            &[],
+        )
+        .unwrap_err();
+        assert!(above.contains("memoryLimit"), "{above}");
+    }
+
+    #[test]
+    fn the_published_schema_is_the_generated_one() {
+        let generated = serde_json::to_string_pretty(&ServerConfig::json_schema()).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.schema.json");
+        if std::env::var_os("ISOL8_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "server/config.schema.json is stale; regenerate with ISOL8_UPDATE_OPENAPI=1 cargo test -p isol8-server"
+        );
+        let schema: Value = serde_json::from_str(&committed).unwrap();
+        assert_eq!(schema["properties"]["maxConcurrent"]["type"], "integer");
+        assert!(
+            schema["properties"]["logFormat"]["enum"].is_array()
+                || schema["properties"]["logFormat"]["oneOf"].is_array(),
+            "{schema}"
+        );
     }
 }

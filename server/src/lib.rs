@@ -5,12 +5,13 @@ mod auth;
 mod config;
 mod error;
 mod extract;
+pub mod launch;
 mod policy;
 mod routes;
 mod state;
 
 pub use app::{app, openapi, serve};
-pub use config::{LimitsConfig, ServerConfig};
+pub use config::{LimitsConfig, LogFormat, ServerConfig};
 pub use error::ApiError;
 pub use state::AppState;
 

@@ -20,9 +20,11 @@ def pick(files, name, version):
     prefix = "%s-%s-" % (name.replace("-", "_"), version)
     for f in files:
         fn = f["filename"]
-        if fn.startswith(prefix) and fn.endswith(".whl") and "manylinux" in fn and arch in fn:
+        if not (fn.startswith(prefix) and fn.endswith(".whl")):
+            continue
+        if ("manylinux" in fn and arch in fn) or fn.endswith("-none-any.whl"):
             return f
-    raise SystemExit("no manylinux %s wheel for %s %s" % (arch, name, version))
+    raise SystemExit("no manylinux %s or pure-Python wheel for %s %s" % (arch, name, version))
 
 
 def main():

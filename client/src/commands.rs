@@ -1,0 +1,5 @@
+//! The `isol8` subcommands, one module per area.
+
+pub mod admin;
+pub mod images;
+pub mod run;

@@ -1,0 +1,133 @@
+//! `isol8 config` (the resolved configuration) and `isol8 cleanup` (removing isol8's containers and
+//! images from the local Docker engine).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Args;
+use isol8_server::ServerConfig;
+
+use super::images::connect_engine;
+use crate::err;
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print the configuration as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    force: bool,
+    /// Also remove isol8's images (they are rebuilt by `isol8 setup`).
+    #[arg(long)]
+    images: bool,
+}
+
+pub fn config(args: ConfigArgs) -> ExitCode {
+    let (config, source) = match ServerConfig::load() {
+        Ok(loaded) => loaded,
+        Err(e) => return err(e),
+    };
+    let text = match serde_json::to_string_pretty(&config) {
+        Ok(t) => t,
+        Err(e) => return err(e),
+    };
+    if args.json {
+        println!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    match source {
+        Some(path) => println!("Config file: {}", path.display()),
+        None => println!("Config file: none found; using the defaults"),
+    }
+    println!(
+        "(ISOL8_... environment variables override single fields; see server/config.schema.json)\n"
+    );
+    println!("{text}");
+    ExitCode::SUCCESS
+}
+
+pub async fn cleanup(args: CleanupArgs) -> ExitCode {
+    let config = ServerConfig {
+        pool_size: 0,
+        ..ServerConfig::default()
+    };
+    let engine = match connect_engine(&config).await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let outcome = remove_managed(&engine, &args).await;
+    engine.shutdown().await;
+    outcome
+}
+
+async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArgs) -> ExitCode {
+    let managed = match engine.list_managed(args.images).await {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    if managed.containers.is_empty() && managed.images.is_empty() {
+        eprintln!("[OK] Nothing of isol8's to remove.");
+        return ExitCode::SUCCESS;
+    }
+    for c in &managed.containers {
+        println!(
+            "container {}  {}  {}",
+            &c.id[..12.min(c.id.len())],
+            c.image,
+            c.state
+        );
+    }
+    for i in &managed.images {
+        println!("image     {}", i.tags.join(", "));
+    }
+    if !args.force && !confirm(&managed) {
+        eprintln!("[INFO] Nothing removed.");
+        return ExitCode::FAILURE;
+    }
+    let response = match engine.cleanup(args.images).await {
+        Ok(r) => r,
+        Err(e) => return err(e),
+    };
+    let mut report = format!("Removed {} container(s)", response.containers.removed);
+    if let Some(images) = &response.images {
+        report.push_str(&format!(", {} image(s)", images.removed));
+    }
+    let errors: Vec<&String> = response
+        .containers
+        .errors
+        .iter()
+        .chain(response.images.iter().flat_map(|i| &i.errors))
+        .collect();
+    for e in &errors {
+        eprintln!("[WARN] {e}");
+    }
+    if errors.is_empty() {
+        eprintln!("[OK] {report}.");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("[ERR] {report}; {} could not be removed.", errors.len());
+        ExitCode::FAILURE
+    }
+}
+
+/// Asks on the terminal; without one (no `--force`) nothing is removed.
+fn confirm(managed: &isol8_server::engine::Managed) -> bool {
+    if !std::io::stdin().is_terminal() {
+        eprintln!("[ERR] Not a terminal: pass --force to remove without asking.");
+        return false;
+    }
+    eprint!(
+        "Remove {} container(s) and {} image(s)? [y/N] ",
+        managed.containers.len(),
+        managed.images.len()
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}

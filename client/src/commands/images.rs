@@ -1,0 +1,229 @@
+//! `isol8 setup` and `isol8 build`: building runtime and custom images on the local Docker engine,
+//! with a progress display.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use isol8_api::Runtime;
+use isol8_server::engine::{BuildProgress, Engine, PackageSet};
+use isol8_server::ServerConfig;
+
+use crate::err;
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Rebuild even when an image from the same recipe exists.
+    #[arg(long)]
+    force: bool,
+    /// Runtimes to build (default: all), comma-separated.
+    #[arg(long = "runtime", value_delimiter = ',')]
+    runtimes: Vec<Runtime>,
+    /// Python packages baked into the image python runs use by default (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
+    python: Vec<String>,
+    /// npm packages baked into the default node image.
+    #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
+    node: Vec<String>,
+    /// npm packages baked into the default bun image.
+    #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
+    bun: Vec<String>,
+    /// npm: or jsr: modules cached in the default deno image.
+    #[arg(long, value_delimiter = ',', value_name = "MODULES")]
+    deno: Vec<String>,
+    /// Debian packages installed in the default bash image.
+    #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
+    bash: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Runtime the image is based on.
+    #[arg(long)]
+    base: Runtime,
+    /// Package to bake in. Repeatable and comma-separated.
+    #[arg(long = "install", value_delimiter = ',', value_name = "PACKAGE")]
+    install: Vec<String>,
+    /// Extra name for the image (its content-hashed tag is always set).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Rebuild even when an image from the same recipe exists.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Shows build progress: a spinner per image on a terminal, plain lines otherwise.
+pub struct Progress {
+    bar: Mutex<Option<ProgressBar>>,
+    interactive: bool,
+    show_up_to_date: bool,
+}
+
+impl Progress {
+    /// `show_up_to_date`: also list images that needed no build (setup does; a run stays quiet).
+    pub fn new(show_up_to_date: bool) -> Progress {
+        Progress {
+            bar: Mutex::new(None),
+            interactive: std::io::stderr().is_terminal(),
+            show_up_to_date,
+        }
+    }
+
+    pub fn report(&self, event: BuildProgress) {
+        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            BuildProgress::UpToDate { image } if self.show_up_to_date => {
+                eprintln!("[OK] {image}: up to date")
+            }
+            BuildProgress::UpToDate { .. } => {}
+            BuildProgress::Started { image } if self.interactive => {
+                let spinner = ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg} [{elapsed}]")
+                        .expect("valid template"),
+                );
+                spinner.set_prefix(image);
+                spinner.enable_steady_tick(Duration::from_millis(120));
+                *bar = Some(spinner);
+            }
+            BuildProgress::Started { image } => eprintln!("[INFO] building {image}"),
+            BuildProgress::Step { image, step } => match bar.as_ref() {
+                Some(spinner) => spinner.set_message(step),
+                None => eprintln!("       {image}: {step}"),
+            },
+            BuildProgress::Finished { image } => {
+                if let Some(spinner) = bar.take() {
+                    spinner.finish_and_clear();
+                }
+                eprintln!("[OK] built {image}");
+            }
+        }
+    }
+
+    /// Clears a spinner left by a failed build so the error prints on a clean line.
+    pub fn abandon(&self) {
+        if let Some(spinner) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            spinner.finish_and_clear();
+        }
+    }
+}
+
+/// Connects to the local Docker engine, or says how to get one running.
+pub async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
+    let docker_down = |e: isol8_server::engine::Error| {
+        err(format!(
+            "Docker is not running or not installed. {e}\n      Start the Docker daemon (e.g. `sudo dockerd &`) or set DOCKER_HOST."
+        ))
+    };
+    let engine = Engine::connect(config.engine_config())
+        .await
+        .map_err(docker_down)?;
+    engine.ping().await.map_err(docker_down)?;
+    Ok(engine)
+}
+
+/// An engine for building only: no warm pool.
+async fn build_engine() -> Result<Engine, ExitCode> {
+    let config = ServerConfig {
+        pool_size: 0,
+        ..ServerConfig::load().map_err(err)?.0
+    };
+    connect_engine(&config).await
+}
+
+pub async fn setup(args: SetupArgs) -> ExitCode {
+    let runtimes = if args.runtimes.is_empty() {
+        Runtime::ALL.to_vec()
+    } else {
+        args.runtimes
+    };
+    let defaults = [
+        (Runtime::Python, args.python),
+        (Runtime::Node, args.node),
+        (Runtime::Bun, args.bun),
+        (Runtime::Deno, args.deno),
+        (Runtime::Bash, args.bash),
+    ];
+    let mut baked = Vec::new();
+    for (runtime, names) in defaults {
+        match PackageSet::parse(runtime, &names) {
+            Ok(set) if !set.is_empty() => baked.push((runtime, set)),
+            Ok(_) => {}
+            Err(e) => return err(e),
+        }
+    }
+    let engine = match build_engine().await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let progress = Progress::new(true);
+    let report = |p| progress.report(p);
+    let result = async {
+        let mut tags = engine.build_images(&runtimes, args.force, &report).await?;
+        for (runtime, packages) in &baked {
+            let tag = engine
+                .build_custom_image(*runtime, packages, None, true, args.force, &report)
+                .await?;
+            tags.insert(*runtime, tag);
+        }
+        Ok::<_, isol8_server::engine::Error>(tags)
+    }
+    .await;
+    progress.abandon();
+    engine.shutdown().await;
+    match result {
+        Ok(tags) => {
+            for (runtime, tag) in tags {
+                eprintln!("[OK] {runtime}: {tag}");
+            }
+            eprintln!("\n[DONE] Setup complete!");
+            ExitCode::SUCCESS
+        }
+        Err(e) => err(e),
+    }
+}
+
+pub async fn build(args: BuildArgs) -> ExitCode {
+    let packages = match PackageSet::parse(args.base, &args.install) {
+        Ok(set) if set.is_empty() => {
+            return err("No packages specified. Use --install <package>.");
+        }
+        Ok(set) => set,
+        Err(e) => return err(e),
+    };
+    let engine = match build_engine().await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let progress = Progress::new(true);
+    let result = engine
+        .build_custom_image(
+            args.base,
+            &packages,
+            args.tag.as_deref(),
+            false,
+            args.force,
+            &|p| progress.report(p),
+        )
+        .await;
+    progress.abandon();
+    engine.shutdown().await;
+    match result {
+        Ok(tag) => {
+            eprintln!("[DONE] Custom image build complete!");
+            eprintln!("       Runtime:  {}", args.base);
+            eprintln!(
+                "       Packages: {}",
+                packages.names().collect::<Vec<_>>().join(", ")
+            );
+            eprintln!("       Image:    {tag}");
+            if let Some(alias) = args.tag {
+                eprintln!("       Alias:    {alias}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => err(e),
+    }
+}

@@ -1,0 +1,183 @@
+//! Launching the server from a command line (`isol8 serve` and the `isol8-server` binary): port
+//! resolution, busy-port handling, logging setup, and running until SIGTERM/SIGINT.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Args;
+use isol8_docker::Engine;
+use tokio::net::TcpListener;
+
+use crate::{AppState, ServerConfig};
+
+fn err(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("[ERR] {message}");
+    ExitCode::FAILURE
+}
+
+/// Installs the tracing subscriber on stderr: `json` for log collectors, else text. `ISOL8_LOG`
+/// (an env-filter directive) overrides the level.
+pub fn init_logging(debug: bool, json: bool) {
+    let level = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISOL8_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port (else ISOL8_PORT, PORT, 3000).
+    #[arg(short, long)]
+    port: Option<String>,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// API key (else ISOL8_API_KEY).
+    #[arg(short, long, env = "ISOL8_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Say how to update the server (it is part of this binary) and exit.
+    #[arg(long)]
+    update: bool,
+}
+
+fn resolve_port(flag: Option<String>) -> Result<u16, String> {
+    let (raw, source) = match flag {
+        Some(p) => (p, "--port"),
+        None => match std::env::var("ISOL8_PORT") {
+            Ok(p) => (p, "ISOL8_PORT"),
+            Err(_) => match std::env::var("PORT") {
+                Ok(p) => (p, "PORT"),
+                Err(_) => return Ok(3000),
+            },
+        },
+    };
+    match raw.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!(
+            "Invalid port from {source}: {raw}. Expected 1-65535."
+        )),
+    }
+}
+
+/// Runs the server as `args` say, until SIGTERM/SIGINT. Loads the config, then starts logging in
+/// its format.
+pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
+    if args.update {
+        eprintln!(
+            "[INFO] The server is built into this isol8 binary (v{}); update isol8 itself to update it.",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let Some(key) = args.key.filter(|k| !k.is_empty()) else {
+        return err("API key required. Use --key or set ISOL8_API_KEY.");
+    };
+    let port = match resolve_port(args.port) {
+        Ok(p) => p,
+        Err(e) => return err(e),
+    };
+    let (config, source) = match ServerConfig::load() {
+        Ok(c) => c,
+        Err(e) => return err(e),
+    };
+    init_logging(debug, config.log_format == crate::LogFormat::Json);
+    let listener = match bind(&args.bind, port).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    // The server starts even while Docker is down: it answers 503 until Docker is back.
+    let engine = match Engine::connect(config.engine_config()).await {
+        Ok(e) => e,
+        Err(e) => return err(format!("Docker is not running or not installed. {e}")),
+    };
+    if let Err(e) = engine.ping().await {
+        eprintln!("[WARN] {e}; executions get 503 until Docker answers");
+    }
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match source {
+        Some(path) => eprintln!("[INFO] config: {}", path.display()),
+        None => eprintln!("[INFO] config: defaults (no config file found)"),
+    }
+    eprintln!(
+        "[INFO] isol8 server v{} listening on http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    eprintln!("       Auth: Bearer token required");
+    let state = AppState::new(engine, config, key);
+    match crate::serve(state, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => err(e),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Binds `port`; when it is taken, asks what to do on a terminal, else warns and takes a free port.
+async fn bind(address: &str, port: u16) -> Result<TcpListener, ExitCode> {
+    let mut port = port;
+    loop {
+        match TcpListener::bind((address, port)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => return Err(err(format!("cannot bind {address}:{port}: {e}"))),
+        }
+        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !interactive {
+            let listener = TcpListener::bind((address, 0))
+                .await
+                .map_err(|e| err(format!("cannot bind {address}: {e}")))?;
+            let free = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            eprintln!("[WARN] Port {port} is in use. Falling back to available port {free}.");
+            return Ok(listener);
+        }
+        eprintln!("[WARN] Port {port} is in use.");
+        eprintln!("  [1] Enter another port");
+        eprintln!("  [2] Find an available port (default)");
+        eprintln!("  [3] Exit");
+        match prompt("Choose [1-3]: ").trim() {
+            "1" => match prompt("Port: ").trim().parse::<u16>() {
+                Ok(p) if p > 0 => port = p,
+                _ => eprintln!("[ERR] Expected a port between 1 and 65535."),
+            },
+            "" | "2" => port = 0,
+            _ => return Err(ExitCode::FAILURE),
+        }
+    }
+}
+
+fn prompt(question: &str) -> String {
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    answer
+}
