@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 
 use crate::auth::require_key;
 use crate::error::ApiError;
+use crate::metrics;
 use crate::routes::{execute, system};
 use crate::state::AppState;
 
@@ -51,6 +52,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(execute::execute_stream))
         .routes(routes!(execute::stream_alias))
         .routes(routes!(system::cleanup))
+        .routes(routes!(system::metrics))
 }
 
 /// The OpenAPI document of the routes `app` serves.
@@ -67,10 +69,15 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
+        .route_layer(middleware::from_fn(metrics::expose_matched_path))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn(error_envelope))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req

@@ -1,4 +1,4 @@
-//! Bearer-key authentication for every route but `/health`.
+//! Bearer-key authentication for every route but the probes (`/health`, `/ready`).
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -10,7 +10,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Paths answered without a key.
-const PUBLIC_PATHS: [&str; 1] = ["/health"];
+/// Probes stay open so orchestrators can call them without the key; they reveal no data.
+const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
 
 /// The caller's identity, put into request extensions for handlers.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod extract;
 pub mod launch;
+mod metrics;
 mod policy;
 mod routes;
 mod state;

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -18,6 +19,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub default_limits: Limits,
     pub max_limits: Limits,
+    pub metrics: Arc<Metrics>,
     /// The bearer key. Compared in constant time; never logged.
     pub(crate) api_key: Arc<String>,
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
@@ -33,6 +35,7 @@ impl AppState {
             engine,
             default_limits: config.default_limits(),
             max_limits: config.max_limits(),
+            metrics: Arc::new(Metrics::default()),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),

@@ -118,10 +118,13 @@ async fn health_needs_no_key_and_every_protected_path_refuses_without_one() {
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 6, "{paths:?}");
     let mut checked = 0;
+    let mut public = Vec::new();
     for (path, item) in paths {
-        for method in item.as_object().unwrap().keys() {
+        for (method, operation) in item.as_object().unwrap() {
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            if path == "/health" {
+            // The spec says which operations need the key; only the probes may go without.
+            if operation.get("security").is_none() {
+                public.push(path.as_str());
                 continue;
             }
             let no_key = server
@@ -144,6 +147,7 @@ async fn health_needs_no_key_and_every_protected_path_refuses_without_one() {
             checked += 1;
         }
     }
+    assert_eq!(public, ["/health", "/ready"]);
     assert!(checked >= 5);
     let spec_no_key = server
         .http
@@ -486,4 +490,54 @@ async fn ready_when_images_exist_and_shutdown_leaves_no_containers() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn metrics_count_executions_and_requests_by_route() {
+    let server = Server::start(config()).await;
+    let ok = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "bash", "code": "echo hi"}}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    let timed_out = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "bash", "code": "sleep 5", "timeoutMs": 300}}),
+        )
+        .await;
+    assert_eq!(timed_out.status(), 200);
+    let unknown = server.post("/no/such/route", json!({})).await;
+    assert_eq!(unknown.status(), 404);
+
+    let response = server
+        .http
+        .get(server.url("/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"isol8_executions_total{runtime="bash",status="completed"} 1"#,
+        r#"isol8_executions_total{runtime="bash",status="timeout"} 1"#,
+        r#"isol8_execution_duration_seconds_count{runtime="bash"} 2"#,
+        r#"isol8_http_requests_total{route="/execute",method="POST",status="200"} 2"#,
+        r#"isol8_http_requests_total{route="unmatched",method="POST",status="404"} 1"#,
+        "# TYPE isol8_pool_ready_containers gauge",
+        "isol8_sessions_active 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    server.stop().await;
 }

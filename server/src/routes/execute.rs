@@ -62,7 +62,9 @@ pub async fn execute(
 ) -> Result<Json<ExecutionResult>, ApiError> {
     let plan = plan(&state, &caller, &body)?;
     let _slot = state.acquire_slot().await?;
-    Ok(Json(state.engine.execute(plan).await?))
+    let result = state.engine.execute(plan).await?;
+    state.metrics.record_execution(&result);
+    Ok(Json(result))
 }
 
 /// Run code and stream its output as Server-Sent Events.
@@ -93,6 +95,9 @@ pub async fn execute_stream(
         // The slot is held until the stream ends or the client goes away.
         let _slot = slot;
         while let Some(event) = events.recv().await {
+            if let RunEvent::Finished(result) = &event {
+                state.metrics.record_execution(result);
+            }
             yield Ok::<Event, Infallible>(to_sse(event));
         }
     };

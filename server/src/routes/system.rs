@@ -1,7 +1,8 @@
-//! `GET /health`, `GET /ready`, `POST /cleanup`.
+//! `GET /health`, `GET /ready`, `POST /cleanup`, `GET /metrics`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use isol8_api::{CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime};
 
@@ -18,14 +19,12 @@ pub async fn health() -> Json<HealthResponse> {
     })
 }
 
-/// Readiness: Docker answers and every runtime image is built.
+/// Readiness: Docker answers and every runtime image is built. No key needed (a probe).
 #[utoipa::path(get, path = "/ready", tag = "system",
     responses(
         (status = 200, description = "Ready to run code", body = HealthResponse),
-        (status = 401, description = "No key", body = ErrorBody),
         (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
-    ),
-    security(("bearer" = [])))]
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
     state.engine.ping().await?;
     let built = state.engine.built_runtimes().await?;
@@ -73,4 +72,23 @@ pub async fn cleanup(
             .images
     };
     Ok(Json(state.engine.cleanup(images).await?))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state.metrics.render(state.engine.pool_stats(), 0);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
