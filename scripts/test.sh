@@ -59,9 +59,42 @@ log "building runtime images (cached by recipe hash)"
 log "running tests"
 status=0
 cargo test --workspace --locked -- --test-threads 4 2>&1 | tee /tmp/isol8-test.log || status=$?
-echo
-echo "==> test summary"
-grep -E "^test result:|Running " /tmp/isol8-test.log || true
+
+# The contract, fuzzed: schemathesis drives a real isol8-server with the committed spec.
+# /cleanup is left out because it would remove the runtime images mid-run.
+run_schemathesis() {
+    local venv=target/schemathesis-venv port key
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if [ ! -x "$venv/bin/schemathesis" ]; then
+        log "installing schemathesis into $venv"
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    ISOL8_API_KEY=$key ISOL8_DEFAULTS_TIMEOUT_MS=3000 ISOL8_MAXIMUMS_TIMEOUT_MS=5000 \
+        ./target/debug/isol8-server --bind 127.0.0.1 --port $port >/tmp/isol8-schemathesis-server.log 2>&1 &
+    local server=$!
+    for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+    # Coverage phase skipped: it crashes inside schemathesis on this schema (an upstream AST recursion bug).
+    # positive_data_acceptance waits for sessions (issue 6): sessionId is refused until then.
+    local st_status=0
+    "$venv/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
+        -H "Authorization: Bearer $key" --checks all --exclude-checks positive_data_acceptance \
+        --exclude-path /cleanup --phases examples,fuzzing,stateful --max-examples 40 --workers 2 \
+        --seed 1 --no-color 2>&1 | tail -n 30 | tee -a /tmp/isol8-test.log || st_status=$?
+    kill -TERM $server; wait $server || true
+    return $st_status
+}
+SCHEMATHESIS_VERSION=4.32.5
+log "schemathesis against a running isol8-server"
+if ! run_schemathesis; then
+    echo "[ERR] schemathesis found contract violations" >&2
+    status=1
+fi
+
+# Last, alone: `isol8 cleanup --force --images` removes every isol8 container and image.
+log "isol8 cleanup (removes the runtime images; rebuilt by the next run)"
+cargo test -p isol8 --test cleanup --locked -- --ignored 2>&1 | tee -a /tmp/isol8-test.log || status=$?
 
 left=$(docker ps -aq --filter label=isol8.managed=true | wc -l)
 if [ "$left" != 0 ]; then
@@ -70,5 +103,8 @@ if [ "$left" != 0 ]; then
     docker ps -aq --filter label=isol8.managed=true | xargs -r docker rm -f >/dev/null
     status=1
 fi
+echo
+echo "==> test summary"
+grep -E "^test result:|Running |Test cases:|failures|passed" /tmp/isol8-test.log || true
 if [ "$status" = 0 ]; then echo "==> all tests passed"; else echo "==> FAILED" >&2; fi
 exit "$status"

@@ -103,6 +103,21 @@ fn limits_are_reported_with_a_reason_and_a_failing_status() {
         "x = bytearray(512 * 1024 * 1024)",
     ]);
     assert!(!out.status.success());
+    assert!(stderr(&out).contains("memory limit"), "{}", stderr(&out));
+    let out = isol8(&[
+        "run",
+        "-r",
+        "bash",
+        "--pids-limit",
+        "8",
+        "-e",
+        "for i in $(seq 20); do sleep 2 & done; wait",
+    ]);
+    assert!(
+        stderr(&out).contains("Resource temporarily unavailable"),
+        "{}",
+        stderr(&out)
+    );
     let out = isol8(&[
         "run",
         "-r",
@@ -271,4 +286,215 @@ fn persist_keeps_the_container_and_prints_its_id() {
         .args(["rm", "-f", &id])
         .output()
         .unwrap();
+}
+
+/// Runs the binary in `dir` with extra environment variables.
+fn isol8_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_isol8"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ISOL8_API_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run isol8")
+}
+
+#[test]
+fn config_shows_its_source_and_json_parses_with_file_and_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let home = home.to_str().unwrap();
+    let out = isol8_in(dir.path(), &["config"], &[("HOME", home)]);
+    assert!(
+        stdout(&out).contains("using the defaults"),
+        "{}",
+        stdout(&out)
+    );
+
+    std::fs::write(
+        dir.path().join("isol8.config.json"),
+        r#"{"maxConcurrent": 3, "maximums": {"memoryLimit": "1g"}}"#,
+    )
+    .unwrap();
+    let out = isol8_in(
+        dir.path(),
+        &["config", "--json"],
+        &[("HOME", home), ("ISOL8_POOL_SIZE", "5")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("config --json is JSON");
+    assert_eq!(config["maxConcurrent"], 3);
+    assert_eq!(config["poolSize"], 5);
+    assert_eq!(config["maximums"]["memoryLimit"], "1g");
+    assert_eq!(config["maximums"]["timeoutMs"], 300000);
+    let out = isol8_in(dir.path(), &["config"], &[("HOME", home)]);
+    assert!(
+        stdout(&out).contains("isol8.config.json"),
+        "{}",
+        stdout(&out)
+    );
+
+    std::fs::write(
+        dir.path().join("isol8.config.json"),
+        r#"{"maxConcurent": 3}"#,
+    )
+    .unwrap();
+    let out = isol8_in(dir.path(), &["config", "--json"], &[("HOME", home)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("maxConcurent"), "{}", stderr(&out));
+}
+
+#[test]
+fn build_refuses_bad_input_clearly() {
+    let out = isol8(&["build", "--base", "python"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("No packages specified. Use --install <package>."),
+        "{}",
+        stderr(&out)
+    );
+    let out = isol8(&["build", "--base", "cobol", "--install", "x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cobol"), "{}", stderr(&out));
+    let out = isol8(&["build", "--base", "python", "--install", "six;rm -rf /"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a valid python package name"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn install_selects_filtered_networking_unless_net_is_given() {
+    let out = isol8(&[
+        "run",
+        "-r",
+        "python",
+        "--install",
+        "six",
+        "-e",
+        "import six",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("filtered"), "{}", stderr(&out));
+    for net in [["--net", "none"].as_slice(), ["--net=none"].as_slice()] {
+        let mut args = vec!["run", "-r", "python", "--install", "isol8-absent-pkg"];
+        args.extend_from_slice(net);
+        args.extend_from_slice(&["-e", "print(1)"]);
+        let out = isol8(&args);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("no python image holds isol8-absent-pkg"),
+            "{net:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn completions_and_serve_update_answer() {
+    let out = isol8(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("_isol8()"), "{}", stdout(&out));
+    let out = isol8(&["serve", "--update"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("built into this isol8 binary"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Starts `isol8 serve` with `env`, waits for its "listening on" line and returns it with the child.
+fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isol8"))
+        .arg("serve")
+        .args(args)
+        .env_remove("ISOL8_PORT")
+        .env_remove("PORT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("listening on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, seen)
+}
+
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn serve_port_comes_from_flag_then_isol8_port_then_port_and_a_busy_one_falls_back() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let (child, lines) = spawn_serve(
+        &["--bind", "127.0.0.1", "--port", &busy_port],
+        &[("ISOL8_API_KEY", "k")],
+    );
+    stop(child);
+    let warning = format!("[WARN] Port {busy_port} is in use. Falling back to available port ");
+    assert!(lines.iter().any(|l| l.starts_with(&warning)), "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("listening on http://127.0.0.1:"),
+        "{lines:?}"
+    );
+
+    // ISOL8_PORT wins over PORT, which is then never read (so its bad value does not matter).
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let (child, lines) = spawn_serve(
+        &["--bind", "127.0.0.1"],
+        &[
+            ("ISOL8_API_KEY", "k"),
+            ("ISOL8_PORT", &free),
+            ("PORT", "junk"),
+        ],
+    );
+    stop(child);
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with(&format!("127.0.0.1:{free}")),
+        "{lines:?}"
+    );
+    for (var, value) in [("ISOL8_PORT", "abc"), ("PORT", "0")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["serve", "--key", "k"])
+            .env_remove("ISOL8_PORT")
+            .env_remove("PORT")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(&format!(
+                "Invalid port from {var}: {value}. Expected 1-65535."
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
 }

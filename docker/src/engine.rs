@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::{AgentEvent, AgentRequest, Sandbox};
 use crate::custom::{default_custom_tag, PackageSet};
-use crate::error::{Error, Result};
+use crate::error::{is_not_found, Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
 use crate::output::OutputFilter;
@@ -106,6 +106,52 @@ pub struct ManagedContainer {
 pub struct ManagedImage {
     pub id: String,
     pub tags: Vec<String>,
+}
+
+/// Our labelled images plus the unlabelled build intermediates stacked on them (they would block the
+/// removal of their parents), ordered children before parents.
+fn managed_images(all: Vec<bollard::models::ImageSummary>) -> Vec<ManagedImage> {
+    let parent: HashMap<&str, &str> = all
+        .iter()
+        .map(|i| (i.id.as_str(), i.parent_id.as_str()))
+        .collect();
+    let mut ours: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|i| i.labels.get(LABEL_MANAGED).map(String::as_str) == Some("true"))
+        .map(|i| i.id.as_str())
+        .collect();
+    loop {
+        let before = ours.len();
+        for image in &all {
+            if ours.contains(image.parent_id.as_str()) {
+                ours.insert(image.id.as_str());
+            }
+        }
+        if ours.len() == before {
+            break;
+        }
+    }
+    let depth = |start: &str| {
+        let (mut id, mut depth) = (start, 0);
+        while let Some(up) = parent.get(id).copied().filter(|p| ours.contains(p)) {
+            depth += 1;
+            id = up;
+        }
+        depth
+    };
+    let mut images: Vec<(usize, ManagedImage)> = all
+        .iter()
+        .filter(|i| ours.contains(i.id.as_str()))
+        .map(|i| {
+            let image = ManagedImage {
+                id: i.id.clone(),
+                tags: i.repo_tags.clone(),
+            };
+            (depth(&i.id), image)
+        })
+        .collect();
+    images.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+    images.into_iter().map(|(_, image)| image).collect()
 }
 
 /// Tallies one removal into the cleanup counts.
@@ -399,24 +445,15 @@ impl Engine {
             images: Vec::new(),
         };
         if images {
-            let mut list = self
+            let all = self
                 .docker
                 .list_images(Some(ListImagesOptions::<String> {
-                    all: false,
-                    filters,
+                    all: true,
                     ..Default::default()
                 }))
                 .await
                 .map_err(Error::docker("list images"))?;
-            // Children before parents: custom and runtime images first, the root last.
-            list.sort_by_key(|i| std::cmp::Reverse(i.created));
-            managed.images = list
-                .into_iter()
-                .map(|i| ManagedImage {
-                    id: i.id,
-                    tags: i.repo_tags,
-                })
-                .collect();
+            managed.images = managed_images(all);
         }
         Ok(managed)
     }
@@ -451,11 +488,15 @@ impl Engine {
                     force: true,
                     noprune: false,
                 };
-                let removal = self
+                match self
                     .docker
                     .remove_image(&image.id, Some(options), None)
-                    .await;
-                counts.count(&image.id, removal.map(drop));
+                    .await
+                {
+                    // Already gone with a child removed before it (untagged parents are pruned).
+                    Err(err) if is_not_found(&err) => {}
+                    removal => counts.count(&image.id, removal.map(drop)),
+                }
             }
             lock(&self.resolved).clear();
             self.refresh_warm_set().await;

@@ -56,19 +56,20 @@ impl RunPlan {
         owner: &str,
     ) -> Result<RunPlan> {
         let invalid = |msg: String| Error::InvalidRequest(msg);
-        let non_blank = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.trim().is_empty());
-        let program = match (non_blank(&request.code), non_blank(&request.cmd)) {
-            (true, true) => return Err(invalid("give either code or cmd, not both".into())),
-            (false, false) => {
-                return Err(invalid(
-                    "nothing to run: code (or cmd) is missing or empty".into(),
-                ))
+        let program = match (&request.code, &request.cmd) {
+            (Some(_), Some(_)) => return Err(invalid("give either code or cmd, not both".into())),
+            (None, None) => return Err(invalid("nothing to run: give code or cmd".into())),
+            (Some(code), None) if code.trim().is_empty() => {
+                return Err(invalid("nothing to run: code is empty".into()))
             }
-            (true, false) => Program::Code {
-                source: request.code.clone().unwrap_or_default(),
+            (None, Some(cmd)) if cmd.trim().is_empty() => {
+                return Err(invalid("nothing to run: cmd is empty".into()))
+            }
+            (Some(code), None) => Program::Code {
+                source: code.clone(),
                 extension: code_extension(request.runtime, request.file_extension.as_deref())?,
             },
-            (false, true) => Program::Command(request.cmd.clone().unwrap_or_default()),
+            (None, Some(cmd)) => Program::Command(cmd.clone()),
         };
 
         let workdir = match request.workdir.as_deref() {
@@ -287,6 +288,8 @@ mod tests {
         assert!(plan(&request(None, Some("echo 1"))).is_ok());
         let both = plan(&request(Some("print(1)"), Some("echo 1"))).unwrap_err();
         assert!(both.to_string().contains("not both"));
+        let blank_other = plan(&request(Some("print(1)"), Some(""))).unwrap_err();
+        assert!(blank_other.to_string().contains("not both"));
         let none = plan(&request(Some("   "), None)).unwrap_err();
         assert!(none.to_string().contains("empty"));
     }

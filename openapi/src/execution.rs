@@ -139,12 +139,17 @@ pub struct ExecutionRequest {
     pub runtime: Runtime,
     /// Source code to run with the runtime's interpreter. Exactly one of `code` and `cmd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "\\S")]
     pub code: Option<String>,
     /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code` and `cmd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "\\S")]
     pub cmd: Option<String>,
+    /// Time limit in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// Environment variables (names: letters, digits and `_`, not starting with a digit).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,20 +183,29 @@ pub struct ExecutionOptions {
     pub network: Option<NetworkMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_filter: Option<NetworkFilter>,
-    /// Memory limit such as `512m` or `1g` (binary multiples); swap is never allowed.
+    /// Memory limit such as `512m` or `1g` (binary multiples, at least 16m); swap is never allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub memory_limit: Option<String>,
     /// CPU cores, e.g. `0.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01)]
     pub cpu_limit: Option<f64>,
+    /// Processes and threads (at least 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 8)]
     pub pids_limit: Option<u64>,
     /// Bytes kept per output stream; more is cut and flagged `truncated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_output_size: Option<u64>,
+    /// Size of the `/sandbox` tmpfs, e.g. `512m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub sandbox_size: Option<String>,
+    /// Size of the `/tmp` tmpfs, e.g. `256m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub tmp_size: Option<String>,
     /// Environment variables whose values are masked as `***` in all output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -203,7 +217,9 @@ pub struct ExecutionOptions {
     pub persist: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_network: Option<bool>,
+    /// Time limit in milliseconds (the request's `timeoutMs` wins when both are given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
 

@@ -55,11 +55,61 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::metrics))
 }
 
-/// The OpenAPI document of the routes `app` serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document of the routes `app` serves, with the rules utoipa's attributes cannot state.
+pub fn openapi() -> serde_json::Value {
     let (_, mut api) = api_router().split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
-    api
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serializes");
+    refine_openapi(&mut doc);
+    doc
+}
+
+/// Adds what the derive cannot say: exactly one of `code`/`cmd`, variable-name rules, the shape of
+/// an SSE event (an `event` name and JSON `data`, as OpenAPI 3.1 tools read event streams), and the
+/// 413/415 answers every JSON body can get.
+fn refine_openapi(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let env_names = json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["ExecutionRequest"]["oneOf"] = json!([{"required": ["code"]}, {"required": ["cmd"]}]);
+    schemas["ExecutionRequest"]["properties"]["env"]["propertyNames"] = env_names.clone();
+    schemas["ExecutionOptions"]["properties"]["secrets"]["propertyNames"] = env_names;
+    let sse_frame = json!({
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"$ref": "#/components/schemas/StreamEventType"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": "#/components/schemas/StreamEvent"}
+            }
+        }
+    });
+    let error = |description: &str| {
+        json!({"description": description,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(|p| p.as_object_mut())
+        .flat_map(|p| p.values_mut())
+    {
+        if let Some(stream) = operation.pointer_mut("/responses/200/content/text~1event-stream") {
+            stream["schema"] = sse_frame.clone();
+        }
+        if operation.get("requestBody").is_some() {
+            let responses = &mut operation["responses"];
+            for (status, description) in [("413", "Body too large"), ("415", "Body is not JSON")] {
+                if responses.get(status).is_none() {
+                    responses[status] = error(description);
+                }
+            }
+        }
+    }
 }
 
 /// The whole HTTP application over `state`.

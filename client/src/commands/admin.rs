@@ -83,7 +83,10 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         );
     }
     for i in &managed.images {
-        println!("image     {}", i.tags.join(", "));
+        match i.tags.is_empty() {
+            true => println!("image     {} (build intermediate)", short(&i.id)),
+            false => println!("image     {}", i.tags.join(", ")),
+        }
     }
     if !args.force && !confirm(&managed) {
         eprintln!("[INFO] Nothing removed.");
@@ -130,4 +133,9 @@ fn confirm(managed: &isol8_server::engine::Managed) -> bool {
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..12.min(id.len())]
 }
