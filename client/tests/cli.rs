@@ -498,3 +498,80 @@ fn serve_port_comes_from_flag_then_isol8_port_then_port_and_a_busy_one_falls_bac
         );
     }
 }
+
+#[test]
+fn json_logs_carry_request_ids_and_never_code_secrets_or_keys() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let mut server = Command::new(env!("CARGO_BIN_EXE_isol8"))
+        .args(["serve", "--bind", "127.0.0.1", "--port", &port])
+        .env("ISOL8_API_KEY", "log-test-key-123")
+        .env("ISOL8_LOG_FORMAT", "json")
+        .env("ISOL8_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = server.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let host = format!("http://127.0.0.1:{port}");
+    let mut ran = None;
+    for _ in 0..50 {
+        let out = isol8(&[
+            "run",
+            "--host",
+            &host,
+            "--key",
+            "log-test-key-123",
+            "-r",
+            "python",
+            "--secret",
+            "TOKEN=secret-value-456",
+            "--stdin",
+            "stdin-marker-789",
+            "-e",
+            "print('code-marker-' + 'abc')",
+        ]);
+        if out.status.success() {
+            ran = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        stdout(&ran.expect("the server answered")),
+        "code-marker-abc\n"
+    );
+    stop(server);
+    let lines = reader.join().unwrap();
+    let json: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!json.is_empty(), "no JSON log lines: {lines:?}");
+    assert!(
+        json.iter().any(|l| l["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)),
+        "no request id in the logs: {lines:?}"
+    );
+    let all = lines.join("\n");
+    for secret in [
+        "log-test-key-123",
+        "secret-value-456",
+        "stdin-marker-789",
+        "code-marker-",
+    ] {
+        assert!(
+            !all.contains(secret),
+            "{secret} leaked into the logs:\n{all}"
+        );
+    }
+}
