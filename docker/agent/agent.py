@@ -8,17 +8,22 @@ Requests (stdin):
   {"op":"run", "argv":[...], "cwd":..., "env":{...}, "stdin":b64|null, "files":{path: b64},
    "codePath":path|null, "code":b64|null, "outputPaths":[...], "timeoutMs":n, "maxOutput":n,
    "maxFileBytes":n}
+  {"op":"cell", "runtime":r, "code":b64, "stdin":b64|null, "env":{...}, "cwd":path|null, "files":{...},
+   "outputPaths":[...], "timeoutMs":n, "maxOutput":n, "maxFileBytes":n}
+                                       run code in the session's long-lived interpreter (state persists)
   {"op":"reset"}                       kill everything, wipe the writable places, verify, answer
 Events (stdout):
   {"ev":"ready"}
   {"ev":"out","s":1|2,"d":b64}
-  {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg}
+  {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg,
+   "restarted":bool}                   (cells: the interpreter died, so the session's state is gone)
   {"ev":"reset","ok":bool,"detail":msg}
 """
 
 import base64
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import selectors
@@ -28,6 +33,15 @@ import sys
 import time
 
 WIPE_DIRS = ("/sandbox", "/tmp", "/dev/shm")
+KERNEL_DIR = "/opt/isol8/kernels"
+KERNELS = {
+    "python": ["python3", "-u", KERNEL_DIR + "/python.py"],
+    "node": ["node", "--disable-warning=ExperimentalWarning", KERNEL_DIR + "/js.mjs"],
+    "bun": ["bun", KERNEL_DIR + "/js.mjs"],
+    "deno": ["deno", "run", "-A", KERNEL_DIR + "/js.mjs"],
+    "bash": ["bash", "--noprofile", "--norc", KERNEL_DIR + "/bash.sh"],
+}
+CELL_DIR = "/tmp/.isol8-cell"
 READ_CHUNK = 65536
 
 
@@ -156,6 +170,37 @@ def read_output_file(path, limit):
         os.close(fd)
 
 
+def spawn(argv, env, cwd, extra=()):
+    """Fork `argv` in its own session with piped stdin/stdout/stderr; `extra` fds become 3, 4, ...
+    Returns (pid, stdin writer, stdout reader, stderr reader)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.setsid()
+            targets = [in_r, out_w, err_w] + list(extra)
+            # Lift every source above the target range first, so no dup2 clobbers one still needed.
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in targets]
+            for target, fd in enumerate(moved):
+                os.dup2(fd, target)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            os.chdir(cwd)
+            os.closerange(len(targets), 1024)
+            os.execvpe(argv[0], argv, env)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return
+            try:
+                os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
+            finally:
+                os._exit(127)
+    for fd in (in_r, out_w, err_w) + tuple(extra):
+        os.close(fd)
+    return pid, in_w, out_r, err_r
+
+
 class Run:
     """One program run: its pipes, limits and what it produced so far."""
 
@@ -184,37 +229,10 @@ class Run:
         os.makedirs(cwd, exist_ok=True)
         if req.get("codePath"):
             write_file(req["codePath"], base64.b64decode(req.get("code") or ""))
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe()
         env = dict(os.environ)  # the image's environment; the container's own holds no secrets
         env.update(req.get("env") or {})
-        argv = req["argv"]
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                os.setsid()
-                os.dup2(in_r, 0)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
-                    if fd > 2:
-                        os.close(fd)
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.chdir(cwd)
-                os.closerange(3, 1024)
-                os.execvpe(argv[0], argv, env)
-            except BaseException as exc:  # noqa: BLE001 - the child must never return
-                try:
-                    os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
-                finally:
-                    os._exit(127)
+        pid, in_w, out_r, err_r = spawn(req["argv"], env, cwd)
         self.pid = pid
-        os.close(in_r)
-        os.close(out_w)
-        os.close(err_w)
         for fd, stream in ((out_r, 1), (err_r, 2)):
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", stream))
@@ -257,6 +275,10 @@ class Run:
             os.close(fd)
             self.open_pipes -= 1
             return
+        self.forward(stream, data)
+
+    def forward(self, stream, data):
+        """Emit output up to the cap; reaching it stops the program."""
         if self.truncated:
             return
         room = self.max_output - self.counts[stream]
@@ -327,6 +349,150 @@ class Run:
         return done
 
 
+class Kernel:
+    """A session's long-lived interpreter. Its pipes stay registered between cells; output that arrives
+    while no cell runs (a background job) is dropped."""
+
+    def __init__(self, runtime, sel):
+        self.runtime = runtime
+        self.sel = sel
+        ctl_in_r, ctl_in_w = os.pipe()
+        ctl_out_r, ctl_out_w = os.pipe()
+        pid, stdin_w, out_r, err_r = spawn(KERNELS[runtime], dict(os.environ), "/sandbox",
+                                           extra=(ctl_in_r, ctl_out_w))
+        os.close(stdin_w)  # cells get their stdin from the cell message
+        self.pid = pid
+        self.control = ctl_in_w
+        self.fds = []
+        for fd, data in ((out_r, ("kpipe", 1)), (err_r, ("kpipe", 2)), (ctl_out_r, ("kctl", 0))):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ, data)
+            self.fds.append(fd)
+        self.ctl_buf = b""
+
+    def output_fds(self):
+        """The interpreter's stdout and stderr pipes still open, as (fd, stream)."""
+        return [(fd, self.sel.get_key(fd).data[1]) for fd in self.fds if self.sel.get_key(fd).data[0] == "kpipe"]
+
+    def read_output(self, fd, stream, cell):
+        """Reads once from an output pipe and hands the bytes to `cell` (dropped when no cell runs).
+        Returns whether anything was read; closes the pipe at EOF."""
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            self.fds.remove(fd)
+            return False
+        if cell is not None:
+            cell.forward(stream, data)
+        return True
+
+    def write_line(self, line):
+        data = memoryview((line + "\n").encode())
+        while data:
+            data = data[os.write(self.control, data):]
+
+    def read_control(self, fd):
+        """Complete JSON lines from the interpreter's control pipe ([] at EOF or nothing new)."""
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except (BlockingIOError, OSError):
+            return []
+        self.ctl_buf += chunk
+        lines = []
+        while b"\n" in self.ctl_buf:
+            line, self.ctl_buf = self.ctl_buf.split(b"\n", 1)
+            if line.strip():
+                lines.append(json.loads(line))
+        return lines
+
+    def close(self):
+        for fd in self.fds:
+            self.sel.unregister(fd)
+            os.close(fd)
+        self.fds = []
+        os.close(self.control)
+
+
+class Cell(Run):
+    """One call in a session: code run by the session's interpreter, with the run's limits. The call
+    ends when the interpreter reports the cell done, or when the interpreter dies (then the session's
+    state is gone and the result says `restarted`)."""
+
+    def __init__(self, req, sel, kernel):
+        super().__init__(req, sel)
+        self.kernel = kernel
+        self.kernel_died = False  # during this cell
+        self.restarted = False  # reported: the session's earlier state is gone
+
+    def start(self):
+        req = self.req
+        cwd = req.get("cwd")
+        for path, b64 in (req.get("files") or {}).items():
+            write_file(safe_path(path, cwd or "/sandbox"), base64.b64decode(b64))
+        if cwd:
+            os.makedirs(cwd, exist_ok=True)
+        code = base64.b64decode(req.get("code") or "").decode("utf-8", "replace")
+        stdin = base64.b64decode(req.get("stdin") or "").decode("utf-8", "replace")
+        env = req.get("env") or {}
+        if self.kernel.runtime == "bash":
+            # bash reads no JSON: the cell and its stdin go to files, the line to run sources them.
+            os.makedirs(CELL_DIR, exist_ok=True)
+            write_file(CELL_DIR + "/cell.sh", code.encode())
+            write_file(CELL_DIR + "/stdin", stdin.encode())
+            exports = "".join("export %s=%s; " % (k, shell_quote(v)) for k, v in env.items())
+            chdir = "cd %s && " % shell_quote(cwd) if cwd else ""
+            self.kernel.write_line("%s%ssource %s/cell.sh < %s/stdin" % (exports, chdir, CELL_DIR, CELL_DIR))
+        else:
+            self.kernel.write_line(json.dumps({"code": code, "stdin": stdin, "env": env, "cwd": cwd}))
+        self.pid = self.kernel.pid
+
+    def on_control(self, messages):
+        for message in messages:
+            if self.exit_status is None and "exit" in message:
+                code = int(message["exit"])
+                # Encoded like a wait status so the shared result code reads it.
+                self.exit_status = (code & 0xFF) << 8
+                drain(self.kernel, self)
+
+    def on_reaped(self, statuses):
+        if self.kernel.pid in statuses:
+            # The interpreter died (exit(), a crash, a kill): its state is gone, and so is whatever
+            # it started, so the next call begins from a clean interpreter.
+            self.kernel_died = True
+            self.restarted = True
+            if self.exit_status is None:
+                self.exit_status = statuses[self.kernel.pid]
+            kill_all()
+
+    def finished(self):
+        if self.exit_status is None:
+            return False
+        return not self.kernel_died or not self.kernel.output_fds()
+
+    def result(self):
+        done = super().result()
+        if self.restarted:
+            done["restarted"] = True
+        return done
+
+
+def drain(kernel, cell):
+    """Read what the interpreter wrote before it reported the cell done (it flushed first)."""
+    for fd, stream in kernel.output_fds():
+        while kernel.read_output(fd, stream, cell):
+            pass
+
+
+def shell_quote(value):
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
 def wipe(path):
     """Remove everything inside `path`, making directories writable first (the sandbox user owns them)."""
     for root, dirs, files in os.walk(path, topdown=True, followlinks=False):
@@ -377,6 +543,21 @@ def reset():
     return (not problems), "; ".join(problems) or "clean"
 
 
+class State:
+    """What the agent is doing: the current run or cell, and a session's interpreter."""
+
+    def __init__(self, sel):
+        self.sel = sel
+        self.run = None
+        self.kernel = None
+        self.kernel_lost = False  # the interpreter died between calls; the next call says so
+
+    def drop_kernel(self):
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+
+
 def main():
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -392,10 +573,11 @@ def main():
     sel.register(0, selectors.EVENT_READ, ("cmd", 0))
     sel.register(sig_r, selectors.EVENT_READ, ("sig", 0))
     inbuf = b""
-    run = None
+    state = State(sel)
     emit({"ev": "ready"})
 
     while True:
+        run = state.run
         if run is None:
             timeout = 1.0  # keep reaping orphans even when idle
         elif run.exit_status is not None or run.status is not None:
@@ -415,61 +597,85 @@ def main():
                 inbuf += chunk
                 while b"\n" in inbuf:
                     line, inbuf = inbuf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    run = handle(json.loads(line), run, sel)
+                    if line.strip():
+                        handle(json.loads(line), state)
             elif kind == "sig":
                 try:
                     while os.read(sig_r, 512):
                         pass
                 except BlockingIOError:
                     pass
-            elif kind == "pipe" and run is not None:
-                run.on_pipe(key.fd, stream)
-            elif kind == "stdin" and run is not None:
-                run.feed_stdin()
+            elif kind == "pipe" and state.run is not None:
+                state.run.on_pipe(key.fd, stream)
+            elif kind == "stdin" and state.run is not None:
+                state.run.feed_stdin()
+            elif kind == "kpipe" and state.kernel is not None:
+                state.kernel.read_output(key.fd, stream, state.run)
+            elif kind == "kctl" and state.kernel is not None:
+                messages = state.kernel.read_control(key.fd)
+                if isinstance(state.run, Cell):
+                    state.run.on_control(messages)
         statuses = reap_all()
+        run = state.run
         if run is not None:
             run.on_reaped(statuses)
             if run.exit_status is None and run.status is None and time.monotonic() >= run.deadline:
                 run.terminate("timeout")
             elif not run.finished() and (run.exit_status is not None or run.status is not None):
-                kill_all()  # a process forked during the last kill: keep killing until the pipes close
+                if not isinstance(run, Cell) or run.status is not None or run.kernel_died:
+                    kill_all()  # a process forked during the last kill: keep killing until the pipes close
             if run.finished():
                 run.close_stdin()
                 emit(run.result())
-                run = None
+                state.run = None
+                if isinstance(run, Cell) and run.kernel_died:
+                    state.drop_kernel()
+        elif state.kernel is not None and state.kernel.pid in statuses:
+            state.drop_kernel()
+            state.kernel_lost = True
+            kill_all()
 
 
-def handle(msg, run, sel):
+def handle(msg, state):
     op = msg.get("op")
-    if op == "run":
-        if run is not None:
+    if op in ("run", "cell"):
+        if state.run is not None:
             emit({"ev": "done", "exitCode": 1, "status": "error", "durationMs": 0, "truncated": False,
                   "files": {}, "error": "a program is already running in this sandbox"})
-            return run
-        new = Run(msg, sel)
+            return
         try:
+            if op == "run":
+                new = Run(msg, state.sel)
+            else:
+                runtime = msg.get("runtime")
+                if runtime not in KERNELS:
+                    raise ValueError("no session interpreter for runtime %r" % runtime)
+                if state.kernel is None:
+                    state.kernel = Kernel(runtime, state.sel)
+                new = Cell(msg, state.sel, state.kernel)
+                new.restarted = state.kernel_lost
+                state.kernel_lost = False
             new.start()
         except Exception as exc:  # noqa: BLE001 - a bad file path or similar: report, don't die
             emit({"ev": "done", "exitCode": 1, "status": "error", "durationMs": 0, "truncated": False,
                   "files": {}, "error": "could not start the program: %s" % exc})
-            return None
-        return new
+            return
+        state.run = new
+        return
     if op == "reset":
-        if run is not None:
-            run.terminate("killed")
-            kill_and_reap()
-            for fd in list(sel.get_map()):
-                if sel.get_map()[fd].data[0] in ("pipe", "stdin"):
-                    sel.unregister(fd)
-                    os.close(fd)
-            run = None
+        if state.run is not None:
+            state.run.terminate("killed")
+        kill_and_reap()
+        for fd in list(state.sel.get_map()):
+            if state.sel.get_map()[fd].data[0] in ("pipe", "stdin"):
+                state.sel.unregister(fd)
+                os.close(fd)
+        state.run = None
+        state.drop_kernel()
         ok, detail = reset()
         emit({"ev": "reset", "ok": ok, "detail": detail})
-        return None
+        return
     emit({"ev": "error", "error": "unknown op %r" % op})
-    return run
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
 const AGENT_PY: &str = include_str!("../agent/agent.py");
 const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
+/// The session interpreters the agent keeps alive for persistent sessions.
+const KERNELS: [(&str, &str); 3] = [
+    ("kernels/python.py", include_str!("../agent/kernels/python.py")),
+    ("kernels/js.mjs", include_str!("../agent/kernels/js.mjs")),
+    ("kernels/bash.sh", include_str!("../agent/kernels/bash.sh")),
+];
 
 fn runtime_dockerfile(runtime: Runtime) -> &'static str {
     match runtime {
@@ -224,12 +230,18 @@ impl ImageBuilder {
                 ca.push(b'\n');
             }
         }
-        Ok(vec![
+        let mut files = vec![
             ("Dockerfile".into(), BASE_DOCKERFILE.as_bytes().to_vec()),
             ("agent.py".into(), AGENT_PY.as_bytes().to_vec()),
             ("fetch-wheel.py".into(), FETCH_WHEEL_PY.as_bytes().to_vec()),
             ("extra-ca.crt".into(), ca),
-        ])
+        ];
+        files.extend(
+            KERNELS
+                .iter()
+                .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec())),
+        );
+        Ok(files)
     }
 
     pub(crate) fn docker(&self) -> &Docker {
