@@ -2,7 +2,7 @@
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use isol8_api::{ErrorBody, ExecuteBody, ExecutionResult, StreamEvent};
+use isol8_api::{ErrorBody, ExecuteBody, ExecutionResult, SessionList, StreamEvent};
 
 /// Failures talking to an isol8 server.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +42,28 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &ExecuteBody) -> Result<reqwest::Response, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .post(&url)
+        self.send(self.http.post(self.url(path)).json(body), path)
+            .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends with the key; an error status becomes `ClientError::Api` from the error body.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
             .bearer_auth(&self.key)
-            .json(body)
             .send()
             .await
-            .map_err(|source| ClientError::Connect { url, source })?;
+            .map_err(|source| ClientError::Connect {
+                url: self.url(path),
+                source,
+            })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -68,6 +81,23 @@ impl Client {
                 message: text,
             },
         })
+    }
+
+    /// `GET /sessions`: this key's sessions.
+    pub async fn list_sessions(&self) -> Result<SessionList, ClientError> {
+        self.send(self.http.get(self.url("/sessions")), "/sessions")
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `DELETE /session/{id}` (idempotent).
+    pub async fn delete_session(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/session/{id}");
+        self.send(self.http.delete(self.url(&path)), &path)
+            .await
+            .map(drop)
     }
 
     /// `POST /execute`.

@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod images;
 pub mod run;
+pub mod sessions;

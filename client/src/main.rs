@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use commands::admin::{self, CleanupArgs, ConfigArgs};
 use commands::images::{self, BuildArgs, SetupArgs};
 use commands::run::{self, RunArgs};
+use commands::sessions::{self, SessionArgs};
 use isol8_server::launch::{self, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,14 @@ enum Command {
     ///   isol8 build --base python --install numpy,requests --tag my-python
     #[command(verbatim_doc_comment)]
     Build(BuildArgs),
+    /// List or stop sessions (this machine's CLI sessions, or a server's with --host).
+    ///
+    /// Examples:
+    ///   isol8 session list
+    ///   isol8 session stop my-notebook
+    ///   isol8 session list --host http://sandbox:3000 --key "$KEY" --json
+    #[command(verbatim_doc_comment)]
+    Session(SessionArgs),
     /// Show the resolved configuration and where it came from.
     Config(ConfigArgs),
     /// Remove isol8's containers (and images with --images) from this Docker engine.
@@ -81,6 +90,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => launch::serve(args, cli.debug).await,
             Command::Setup(args) => images::setup(args).await,
             Command::Build(args) => images::build(args).await,
+            Command::Session(args) => sessions::session(args).await,
             Command::Config(args) => admin::config(args),
             Command::Cleanup(args) => admin::cleanup(args).await,
             Command::Completions { shell } => {

@@ -264,9 +264,10 @@ fn persist_keeps_the_container_and_prints_its_id() {
     let id = err
         .lines()
         .find_map(|l| l.strip_prefix("[INFO] container kept: "))
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no container id in: {err}"))
-        .trim()
         .to_string();
+    assert!(err.contains(&format!("docker rm -f {id}")), "{err}");
     let inspect = Command::new("docker")
         .args([
             "inspect",

@@ -12,12 +12,17 @@ Requests (stdin):
    "outputPaths":[...], "timeoutMs":n, "maxOutput":n, "maxFileBytes":n}
                                        run code in the session's long-lived interpreter (state persists)
   {"op":"reset"}                       kill everything, wipe the writable places, verify, answer
+  {"op":"ping"}                        answer ready (after re-attaching to a running sandbox)
+  {"op":"write", "path":p, "data":b64} write a file inside /sandbox (parents created)
+  {"op":"read", "path":p, "maxBytes":n} read a regular file inside /sandbox
 Events (stdout):
   {"ev":"ready"}
   {"ev":"out","s":1|2,"d":b64}
   {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg,
    "restarted":bool}                   (cells: the interpreter died, so the session's state is gone)
   {"ev":"reset","ok":bool,"detail":msg}
+  {"ev":"file","data":b64}             answer to write (empty) and read
+  {"ev":"error","error":msg}
 """
 
 import base64
@@ -489,6 +494,34 @@ def drain(kernel, cell):
             pass
 
 
+def inside_sandbox(path):
+    """`path` with every existing symlink resolved, or None when that leaves /sandbox. The file routes
+    promise /sandbox only; this is API confinement, not a security boundary (programs run as the same
+    user and can reach whatever it can)."""
+    real = os.path.realpath(path)
+    return real if real == "/sandbox" or real.startswith("/sandbox/") else None
+
+
+def file_op(msg):
+    path = msg.get("path") or ""
+    if msg["op"] == "write":
+        parent = inside_sandbox(os.path.dirname(path))
+        if parent is None or os.path.basename(path) in ("", ".", ".."):
+            return {"ev": "error", "error": "%s is not a file path inside /sandbox" % path}
+        target = os.path.join(parent, os.path.basename(path))
+        if os.path.islink(target):
+            return {"ev": "error", "error": "%s is a symlink" % path}
+        write_file(target, base64.b64decode(msg.get("data") or ""))
+        return {"ev": "file", "data": ""}
+    real = inside_sandbox(path)
+    if real is None:
+        return {"ev": "error", "error": "%s resolves outside /sandbox" % path}
+    data, why = read_output_file(real, int(msg.get("maxBytes", 10 * 1048576)))
+    if data is None:
+        return {"ev": "error", "error": "%s: %s" % (path, why)}
+    return {"ev": "file", "data": base64.b64encode(data).decode()}
+
+
 def shell_quote(value):
     return "'" + str(value).replace("'", "'\\''") + "'"
 
@@ -674,6 +707,17 @@ def handle(msg, state):
         state.drop_kernel()
         ok, detail = reset()
         emit({"ev": "reset", "ok": ok, "detail": detail})
+        return
+    if op == "ping":
+        emit({"ev": "ready"})
+        return
+    if op in ("write", "read"):
+        try:
+            emit(file_op(msg))
+        except FileNotFoundError:
+            emit({"ev": "error", "error": "%s does not exist" % msg.get("path"), "notFound": True})
+        except OSError as exc:
+            emit({"ev": "error", "error": "%s: %s" % (msg.get("path"), exc.strerror or exc)})
         return
     emit({"ev": "error", "error": "unknown op %r" % op})
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bollard::container::{
     AttachContainerOptions, CreateContainerOptions, LogOutput, RemoveContainerOptions,
 };
@@ -37,7 +38,31 @@ pub(crate) enum AgentRequest<'a> {
         max_output: u64,
         max_file_bytes: u64,
     },
+    /// Code for the session's long-lived interpreter (state persists between cells).
+    #[serde(rename_all = "camelCase")]
+    Cell {
+        runtime: &'a str,
+        code: String,
+        stdin: Option<String>,
+        env: &'a BTreeMap<String, String>,
+        cwd: Option<&'a str>,
+        files: BTreeMap<&'a str, String>,
+        output_paths: &'a [String],
+        timeout_ms: u64,
+        max_output: u64,
+        max_file_bytes: u64,
+    },
     Reset,
+    Ping,
+    Write {
+        path: &'a str,
+        data: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Read {
+        path: &'a str,
+        max_bytes: u64,
+    },
 }
 
 /// An event from the agent.
@@ -60,13 +85,22 @@ pub(crate) enum AgentEvent {
         error: Option<String>,
         #[serde(default)]
         file_errors: Vec<String>,
+        /// A session's interpreter died during the cell: earlier state is gone.
+        #[serde(default)]
+        restarted: bool,
+    },
+    File {
+        data: String,
     },
     Reset {
         ok: bool,
         detail: String,
     },
+    #[serde(rename_all = "camelCase")]
     Error {
         error: String,
+        #[serde(default)]
+        not_found: bool,
     },
 }
 
@@ -129,6 +163,16 @@ impl Sandbox {
     }
 
     async fn attach_and_start(docker: &Docker, id: &str, spec: &ContainerSpec) -> Result<Sandbox> {
+        let mut sandbox = Self::attach(docker, id, spec.clone()).await?;
+        docker
+            .start_container::<String>(id, None)
+            .await
+            .map_err(Error::docker("start container"))?;
+        sandbox.wait_ready().await?;
+        Ok(sandbox)
+    }
+
+    async fn attach(docker: &Docker, id: &str, spec: ContainerSpec) -> Result<Sandbox> {
         let attach = docker
             .attach_container(
                 id,
@@ -146,26 +190,67 @@ impl Sandbox {
         let (tx, rx) = mpsc::channel(256);
         let short = id.chars().take(12).collect::<String>();
         let reader = tokio::spawn(read_agent(attach.output, tx, short));
-        docker
-            .start_container::<String>(id, None)
-            .await
-            .map_err(Error::docker("start container"))?;
-        let mut sandbox = Sandbox {
+        Ok(Sandbox {
             id: id.to_string(),
-            spec: spec.clone(),
+            spec,
             input: attach.input,
             events: rx,
             reader,
-        };
-        match tokio::time::timeout(READY_TIMEOUT, sandbox.events.recv()).await {
-            Ok(Some(AgentEvent::Ready)) => Ok(sandbox),
-            Ok(Some(other)) => Err(sandbox.failure(format!("agent said {other:?} before ready"))),
-            Ok(None) => Err(sandbox.failure("the container exited before its agent was ready")),
+        })
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        match tokio::time::timeout(READY_TIMEOUT, self.events.recv()).await {
+            Ok(Some(AgentEvent::Ready)) => Ok(()),
+            Ok(Some(other)) => Err(self.failure(format!("agent said {other:?} before ready"))),
+            Ok(None) => Err(self.failure("the container exited before its agent was ready")),
             Err(_) => Err(Error::Timeout {
                 what: "sandbox agent start",
                 after: READY_TIMEOUT,
             }),
         }
+    }
+
+    /// Writes or reads one file through the agent (paths confined to /sandbox by the agent too).
+    pub async fn file_op(&mut self, request: &AgentRequest<'_>) -> Result<Vec<u8>> {
+        self.send(request).await?;
+        loop {
+            match tokio::time::timeout(READY_TIMEOUT, self.next_event()).await {
+                Ok(Some(AgentEvent::File { data })) => {
+                    return base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map_err(|e| self.failure(format!("agent sent bad base64: {e}")))
+                }
+                Ok(Some(AgentEvent::Error { error, not_found })) => {
+                    return Err(match not_found {
+                        true => Error::NotFound(error),
+                        false => Error::InvalidRequest(error),
+                    })
+                }
+                Ok(Some(_)) => continue, // late output of an earlier call
+                Ok(None) => return Err(self.failure("the container is gone")),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: "sandbox file transfer",
+                        after: READY_TIMEOUT,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Attaches to a sandbox container that is already running (a session kept by an earlier
+    /// process) and checks that its agent answers.
+    pub async fn adopt(docker: &Docker, id: &str, spec: ContainerSpec) -> Result<Sandbox> {
+        let mut sandbox = Self::attach(docker, id, spec).await?;
+        sandbox.send(&AgentRequest::Ping).await?;
+        sandbox.wait_ready().await?;
+        Ok(sandbox)
+    }
+
+    /// Whether the container's output ended (it exited or was removed).
+    pub fn is_gone(&self) -> bool {
+        self.reader.is_finished()
     }
 
     pub fn short_id(&self) -> String {

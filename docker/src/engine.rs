@@ -1,6 +1,7 @@
 //! The engine: connects to Docker, resolves images, runs plans in pooled sandboxes, streams events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::DerefMut;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,9 @@ use crate::error::{is_not_found, Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
 use crate::output::OutputFilter;
-use crate::plan::{Program, RunPlan};
+use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
-use crate::spec::{ContainerSpec, LABEL_MANAGED};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_MANAGED};
 
 /// Extra time past a run's timeout before the engine stops waiting for the agent and destroys the
 /// container itself.
@@ -336,9 +337,49 @@ impl Engine {
         Ok(tag)
     }
 
+    /// The container `plan` needs: its image (the runtime's, a custom image holding its packages, or
+    /// the one it names) and its container-level limits.
+    pub(crate) async fn container_spec(&self, plan: &RunPlan) -> Result<ContainerSpec> {
+        let image = match &plan.image {
+            Some(image) => image.clone(),
+            None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
+            None => self
+                .images
+                .find_custom(plan.runtime, &plan.packages)
+                .await?
+                .ok_or_else(|| {
+                    let names: Vec<&str> = plan.packages.names().collect();
+                    Error::Unsupported(format!(
+                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`",
+                        plan.runtime,
+                        names.join(", "),
+                        plan.runtime,
+                        names.join(",")
+                    ))
+                })?,
+        };
+        let mut spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
+        if plan.persist {
+            spec.kind = ContainerKind::Kept;
+        }
+        Ok(spec)
+    }
+
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Runs `plan` and waits for the whole result.
     pub async fn execute(&self, plan: RunPlan) -> Result<ExecutionResult> {
-        let mut events = self.execute_stream(plan).await?;
+        Self::collect(self.execute_stream(plan).await?).await
+    }
+
+    /// Waits for a run's events to end and assembles its result (the code phase's output).
+    pub async fn collect(mut events: RunEvents) -> Result<ExecutionResult> {
         let (mut stdout, mut stderr) = (String::new(), String::new());
         while let Some(event) = events.recv().await {
             match event {
@@ -364,28 +405,7 @@ impl Engine {
     /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
     pub async fn execute_stream(&self, plan: RunPlan) -> Result<RunEvents> {
-        let image = match &plan.image {
-            Some(image) => image.clone(),
-            None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
-            None => self
-                .images
-                .find_custom(plan.runtime, &plan.packages)
-                .await?
-                .ok_or_else(|| {
-                    let names: Vec<&str> = plan.packages.names().collect();
-                    Error::Unsupported(format!(
-                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`",
-                        plan.runtime,
-                        names.join(", "),
-                        plan.runtime,
-                        names.join(",")
-                    ))
-                })?,
-        };
-        let spec = ContainerSpec {
-            kept: plan.persist,
-            ..ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network)
-        };
+        let spec = self.container_spec(&plan).await?;
         let sandbox = self.pool.acquire(&spec, &plan.owner).await.map_err(|e| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {
@@ -403,17 +423,18 @@ impl Engine {
             let owner = plan.owner.clone();
             let persist = plan.persist;
             let mut run = Run {
-                sandbox,
+                sandbox: Box::new(sandbox),
                 plan,
                 tx,
                 docker,
+                session: false,
             };
             let reusable = run.drive().await;
             if persist {
                 tracing::info!(container = %run.sandbox.short_id(), "keeping container (persist)");
-                pool.forget(run.sandbox);
+                pool.forget(*run.sandbox);
             } else {
-                pool.release(run.sandbox, owner, reusable);
+                pool.release(*run.sandbox, owner, reusable);
             }
         });
         Ok(rx)
@@ -512,12 +533,15 @@ impl Engine {
     }
 }
 
-/// One run in progress: owns its sandbox until it hands it back.
-struct Run {
-    sandbox: Sandbox,
-    plan: RunPlan,
-    tx: mpsc::Sender<RunEvent>,
-    docker: Docker,
+/// One run in progress: holds its sandbox (owned, from the pool; or a session's, locked for the
+/// call) until it is done.
+pub(crate) struct Run<S> {
+    pub(crate) sandbox: S,
+    pub(crate) plan: RunPlan,
+    pub(crate) tx: mpsc::Sender<RunEvent>,
+    pub(crate) docker: Docker,
+    /// Code goes to the session's long-lived interpreter instead of a fresh process.
+    pub(crate) session: bool,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -529,6 +553,8 @@ struct PhaseOutcome {
     /// The sandbox can serve again (after a reset).
     reusable: bool,
     error: Option<String>,
+    /// A session's interpreter died during this phase.
+    restarted: bool,
 }
 
 enum Stop {
@@ -537,10 +563,10 @@ enum Stop {
     Outcome(PhaseOutcome),
 }
 
-impl Run {
+impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
     /// Runs the setup script (if any) and the program; sends every event; returns whether the
     /// sandbox may be reused.
-    async fn drive(&mut self) -> bool {
+    pub(crate) async fn drive(&mut self) -> bool {
         let started = Instant::now();
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut outcome = None;
@@ -590,6 +616,7 @@ impl Run {
             timestamp,
             container_id: self.sandbox.short_id(),
             files: (!self.plan.output_paths.is_empty()).then_some(outcome.files),
+            session_restarted: self.session.then_some(outcome.restarted),
         };
         self.emit(RunEvent::Finished(result)).await;
         outcome.reusable
@@ -632,24 +659,42 @@ impl Run {
             BTreeMap::new()
         };
         let empty: Vec<String> = Vec::new();
-        let request = AgentRequest::Run {
-            argv: &argv,
-            cwd: &plan.workdir,
-            env: &env,
-            stdin: match phase {
-                StreamPhase::Code => plan.stdin.as_deref().map(b64),
-                StreamPhase::Setup => None,
+        let stdin = match phase {
+            StreamPhase::Code => plan.stdin.as_deref().map(b64),
+            StreamPhase::Setup => None,
+        };
+        let output_paths = match phase {
+            StreamPhase::Code => &plan.output_paths,
+            StreamPhase::Setup => &empty,
+        };
+        let timeout_ms = plan.limits.timeout.as_millis() as u64;
+        let request = match (&setup_script, &plan.program) {
+            (None, Program::Code { source, .. }) if self.session => AgentRequest::Cell {
+                runtime: plan.runtime.as_str(),
+                code: b64(source.as_bytes()),
+                stdin,
+                env: &env,
+                // The session keeps its own working directory unless the call names one.
+                cwd: (plan.workdir != SANDBOX_DIR).then_some(plan.workdir.as_str()),
+                files,
+                output_paths,
+                timeout_ms,
+                max_output: plan.limits.max_output_bytes,
+                max_file_bytes: plan.limits.max_file_bytes,
             },
-            files,
-            code_path: code_path.as_deref(),
-            code,
-            output_paths: match phase {
-                StreamPhase::Code => &plan.output_paths,
-                StreamPhase::Setup => &empty,
+            _ => AgentRequest::Run {
+                argv: &argv,
+                cwd: &plan.workdir,
+                env: &env,
+                stdin,
+                files,
+                code_path: code_path.as_deref(),
+                code,
+                output_paths,
+                timeout_ms,
+                max_output: plan.limits.max_output_bytes,
+                max_file_bytes: plan.limits.max_file_bytes,
             },
-            timeout_ms: plan.limits.timeout.as_millis() as u64,
-            max_output: plan.limits.max_output_bytes,
-            max_file_bytes: plan.limits.max_file_bytes,
         };
         let timeout = plan.limits.timeout;
         if let Err(err) = self.sandbox.send(&request).await {
@@ -697,7 +742,7 @@ impl Run {
                     files,
                     error,
                     file_errors,
-                    ..
+                    restarted,
                 }) => {
                     for (filter, is_err) in [(&mut stdout, false), (&mut stderr, true)] {
                         let text = filter.finish(truncated);
@@ -740,6 +785,13 @@ impl Run {
                         })
                         .await;
                     }
+                    if restarted {
+                        self.emit(RunEvent::Error {
+                            phase,
+                            message: "the session's interpreter was restarted; state from earlier calls is gone".into(),
+                        })
+                        .await;
+                    }
                     for message in file_errors {
                         self.emit(RunEvent::Error {
                             phase,
@@ -759,12 +811,15 @@ impl Run {
                         files,
                         reusable: true,
                         error,
+                        restarted,
                     });
                 }
-                Some(AgentEvent::Error { error }) => {
+                Some(AgentEvent::Error { error, .. }) => {
                     return Stop::Outcome(self.failed(phase, error).await);
                 }
-                Some(AgentEvent::Ready) | Some(AgentEvent::Reset { .. }) => continue,
+                Some(AgentEvent::Ready | AgentEvent::Reset { .. } | AgentEvent::File { .. }) => {
+                    continue
+                }
                 None => {
                     let oom = self.container_oom_killed().await;
                     let message = if oom {
@@ -798,6 +853,7 @@ impl Run {
             files: BTreeMap::new(),
             reusable: false,
             error: Some(message),
+            restarted: false,
         }
     }
 

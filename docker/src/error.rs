@@ -8,6 +8,9 @@ pub enum Error {
     /// The request itself is wrong (bad runtime, sizes, paths, ...): the caller must change it.
     #[error("{0}")]
     InvalidRequest(String),
+    /// What the request names does not exist (a session's file).
+    #[error("{0}")]
+    NotFound(String),
     /// The request is well-formed but asks for something this engine cannot do safely.
     #[error("{0}")]
     Unsupported(String),

@@ -21,7 +21,10 @@ const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
 /// The session interpreters the agent keeps alive for persistent sessions.
 const KERNELS: [(&str, &str); 3] = [
-    ("kernels/python.py", include_str!("../agent/kernels/python.py")),
+    (
+        "kernels/python.py",
+        include_str!("../agent/kernels/python.py"),
+    ),
     ("kernels/js.mjs", include_str!("../agent/kernels/js.mjs")),
     ("kernels/bash.sh", include_str!("../agent/kernels/bash.sh")),
 ];

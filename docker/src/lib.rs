@@ -9,6 +9,7 @@ mod limits;
 mod output;
 mod plan;
 mod pool;
+mod session;
 mod spec;
 
 pub use custom::{default_custom_tag, PackageSet, LABEL_BASE, LABEL_PACKAGES};
@@ -21,4 +22,5 @@ pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{confine, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
+pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot};
 pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};

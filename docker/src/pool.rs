@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::{remove, Sandbox};
 use crate::error::{Error, Result};
-use crate::spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -165,7 +165,7 @@ impl Pool {
         Ok(sandbox)
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
+    pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
         let sandbox = Sandbox::start(
             &self.docker,
             spec,
@@ -226,6 +226,11 @@ impl Pool {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         lock(&self.live).remove(&sandbox.id);
         drop(sandbox);
+    }
+
+    /// Stops tracking a container this pool created, so shutdown leaves it (CLI sessions).
+    pub(crate) fn untrack(&self, id: &str) {
+        lock(&self.live).remove(id);
     }
 
     pub async fn destroy(&self, sandbox: Sandbox) {
@@ -336,25 +341,32 @@ impl Pool {
         }
     }
 
+    /// Containers that end with their creating instance (sandboxes and server sessions), of
+    /// `instance` or of every instance.
     async fn list_sandboxes(
         &self,
         instance: Option<&str>,
     ) -> Result<Vec<bollard::models::ContainerSummary>> {
-        let mut labels = vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_KIND}=sandbox"),
-        ];
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(instance) = instance {
             labels.push(format!("{LABEL_INSTANCE}={instance}"));
         }
-        self.docker
+        let all = self
+            .docker
             .list_containers(Some(ListContainersOptions::<String> {
                 all: true,
                 filters: HashMap::from([("label".to_string(), labels)]),
                 ..Default::default()
             }))
             .await
-            .map_err(Error::docker("list containers"))
+            .map_err(Error::docker("list containers"))?;
+        let dies_with_instance = |c: &bollard::models::ContainerSummary| {
+            let kind = c.labels.as_ref().and_then(|l| l.get(LABEL_KIND));
+            [ContainerKind::Sandbox, ContainerKind::Session]
+                .iter()
+                .any(|k| kind.map(String::as_str) == Some(k.as_str()))
+        };
+        Ok(all.into_iter().filter(dies_with_instance).collect())
     }
 
     /// Removes sandbox containers whose creating instance is no longer alive (its lock is free).

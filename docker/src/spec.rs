@@ -14,6 +14,35 @@ pub const LABEL_MANAGED: &str = "isol8.managed";
 pub const LABEL_INSTANCE: &str = "isol8.instance";
 pub const LABEL_RUNTIME: &str = "isol8.runtime";
 pub const LABEL_KIND: &str = "isol8.kind";
+/// Label naming the session a session container serves.
+pub const LABEL_SESSION: &str = "isol8.session";
+/// Label holding the identity (hash) of the API key a session belongs to.
+pub const LABEL_OWNER: &str = "isol8.owner";
+
+/// What a container is for; decides who may remove it and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerKind {
+    /// A pooled or one-off sandbox: removed by its instance's shutdown, or by orphan reclaim.
+    Sandbox,
+    /// Kept after its run for inspection (`persist`): only `cleanup` removes it.
+    Kept,
+    /// A server session's container: like a sandbox, gone with its instance.
+    Session,
+    /// A CLI session: outlives the process that made it, so later `isol8 run --session-id` calls
+    /// continue it; removed by `isol8 session stop`, idle expiry or `cleanup`.
+    LocalSession,
+}
+
+impl ContainerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerKind::Sandbox => "sandbox",
+            ContainerKind::Kept => "kept",
+            ContainerKind::Session => "session",
+            ContainerKind::LocalSession => "local-session",
+        }
+    }
+}
 
 /// The uid/gid the agent and every program run as; never root.
 pub const SANDBOX_USER: &str = "1000:1000";
@@ -31,9 +60,9 @@ pub struct ContainerSpec {
     pub sandbox_bytes: u64,
     pub tmp_bytes: u64,
     pub network: NetworkMode,
-    /// Kept after its run for inspection (`persist`): labelled `kind=kept`, so neither the pool's
-    /// shutdown nor orphan reclaim removes it; `cleanup` does.
-    pub kept: bool,
+    pub kind: ContainerKind,
+    /// Extra labels (a session's id and owner).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ContainerSpec {
@@ -47,22 +76,21 @@ impl ContainerSpec {
             sandbox_bytes: limits.sandbox_bytes,
             tmp_bytes: limits.tmp_bytes,
             network,
-            kept: false,
+            kind: ContainerKind::Sandbox,
+            labels: Default::default(),
         }
     }
 
     /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user, no capabilities,
     /// no-new-privileges, Docker's default seccomp profile, pids/memory (no swap)/CPU limits, no network.
     pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>) -> Config<String> {
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),
             (LABEL_RUNTIME.to_string(), self.runtime_label.clone()),
-            (
-                LABEL_KIND.to_string(),
-                if self.kept { "kept" } else { "sandbox" }.to_string(),
-            ),
+            (LABEL_KIND.to_string(), self.kind.as_str().to_string()),
         ]);
+        labels.extend(self.labels.clone());
         let tmpfs = HashMap::from([
             (
                 "/sandbox".to_string(),

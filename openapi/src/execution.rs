@@ -287,4 +287,8 @@ pub struct ExecutionResult {
     /// `outputPaths` that existed, base64-encoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, String>>,
+    /// Sessions only: the interpreter had to be restarted during this call (timeout, exit, crash),
+    /// so state from earlier calls is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_restarted: Option<bool>,
 }

@@ -2,6 +2,7 @@
 
 mod execution;
 mod misc;
+mod session;
 mod stream;
 
 pub use execution::{
@@ -9,4 +10,5 @@ pub use execution::{
     NetworkFilter, NetworkMode, Runtime,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
+pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

@@ -1,6 +1,7 @@
 //! The axum application: router, OpenAPI document, middleware stack, and `serve` with graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -20,7 +21,7 @@ use utoipa_axum::routes;
 use crate::auth::require_key;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{execute, system};
+use crate::routes::{execute, sessions, system};
 use crate::state::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -53,6 +54,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(execute::stream_alias))
         .routes(routes!(system::cleanup))
         .routes(routes!(system::metrics))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::delete_session))
+        .routes(routes!(sessions::write_file, sessions::read_file))
 }
 
 /// The OpenAPI document of the routes `app` serves, with the rules utoipa's attributes cannot state.
@@ -213,6 +217,8 @@ pub async fn serve(
             reaper_engine.shutdown().await;
         }
     });
+    let sessions = Arc::clone(&state.sessions);
+    let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -221,6 +227,8 @@ pub async fn serve(
         })
         .await;
     reaper.abort();
+    expiry.abort();
+    sessions.close_all(&engine).await;
     engine.shutdown().await;
     result
 }

@@ -103,6 +103,14 @@ pub struct ServerConfig {
     pub reuse_containers: bool,
     /// How long running executions may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// A session idle this long (milliseconds) is ended and its container removed.
+    pub session_idle_timeout_ms: u64,
+    /// Sessions one API key may hold at once (429 past it).
+    pub max_sessions_per_key: usize,
+    /// Sessions the server holds at once (429 past it).
+    pub max_sessions: usize,
+    /// Largest file `GET /file` returns, in bytes (`POST /file` is bounded by `maxBodyBytes`).
+    pub max_file_bytes: u64,
     /// OCI runtime for sandboxes, e.g. `runsc`.
     pub oci_runtime: Option<String>,
     /// Log format.
@@ -131,6 +139,10 @@ impl Default for ServerConfig {
             pool_size: 2,
             reuse_containers: true,
             shutdown_grace_ms: 10_000,
+            session_idle_timeout_ms: 3_600_000,
+            max_sessions_per_key: 10,
+            max_sessions: 100,
+            max_file_bytes: 10 * 1024 * 1024,
             oci_runtime: None,
             log_format: LogFormat::Text,
         }
@@ -216,6 +228,9 @@ impl ServerConfig {
         if self.max_concurrent == 0 {
             return Err("maxConcurrent must be at least 1".into());
         }
+        if self.session_idle_timeout_ms == 0 {
+            return Err("sessionIdleTimeoutMs must be greater than zero".into());
+        }
         Ok(())
     }
 
@@ -225,6 +240,14 @@ impl ServerConfig {
 
     pub fn max_limits(&self) -> Limits {
         self.maximums.to_limits("maximums").unwrap_or_default()
+    }
+
+    pub fn session_limits(&self) -> crate::sessions::SessionLimits {
+        crate::sessions::SessionLimits {
+            idle_timeout: Duration::from_millis(self.session_idle_timeout_ms),
+            max_per_key: self.max_sessions_per_key,
+            max_total: self.max_sessions,
+        }
     }
 
     pub fn engine_config(&self) -> EngineConfig {

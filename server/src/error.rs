@@ -29,6 +29,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     pub fn policy(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "policy_violation", message)
     }
@@ -66,6 +70,7 @@ impl From<EngineError> for ApiError {
         // Exhaustive on purpose: a new engine error must get a deliberate status.
         let (status, code) = match &err {
             EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             EngineError::Unsupported(_) => (StatusCode::BAD_REQUEST, "unsupported"),
             EngineError::DockerUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")

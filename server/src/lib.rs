@@ -9,6 +9,7 @@ pub mod launch;
 mod metrics;
 mod policy;
 mod routes;
+mod sessions;
 mod state;
 
 pub use app::{app, openapi, serve};

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -20,6 +21,7 @@ pub struct AppState {
     pub default_limits: Limits,
     pub max_limits: Limits,
     pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
     /// The bearer key. Compared in constant time; never logged.
     pub(crate) api_key: Arc<String>,
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
@@ -36,11 +38,19 @@ impl AppState {
             default_limits: config.default_limits(),
             max_limits: config.max_limits(),
             metrics: Arc::new(Metrics::default()),
+            sessions: Arc::new(Sessions::new(config.session_limits(), false)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             api_key: Arc::new(api_key),
         }
+    }
+
+    /// For the CLI's embedded server: sessions outlive the process and are shared by every local
+    /// invocation (found again by their containers' labels).
+    pub fn with_local_sessions(mut self) -> Self {
+        self.sessions = Arc::new(Sessions::new(self.config.session_limits(), true));
+        self
     }
 
     /// Identity of the key a request authenticated with; sandboxes are never shared across owners.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
 
 use super::images::{connect_engine, Progress};
+use super::sessions::{expire_local, touch_local};
 use crate::err;
 
 #[derive(Debug, Args)]
@@ -81,9 +83,16 @@ pub struct RunArgs {
     /// Use this image instead of the runtime's.
     #[arg(long)]
     image: Option<String>,
-    /// Keep the container after the run and print its id.
+    /// Keep the container after the run for inspection and print its id.
     #[arg(long)]
     persist: bool,
+    /// Run in a session whose state (variables, files, packages) later runs continue; prints the
+    /// session id to pass as --session-id.
+    #[arg(long)]
+    persistent: bool,
+    /// The session to run in (created on first use; implies --persistent).
+    #[arg(long, value_name = "NAME")]
+    session_id: Option<String>,
     /// A remote isol8 server, e.g. http://host:3000.
     #[arg(long)]
     host: Option<String>,
@@ -175,8 +184,24 @@ fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
     Ok(ExecuteBody {
         request,
         options: Some(options),
-        session_id: None,
+        session_id: session_id(args),
     })
+}
+
+/// The session a run names: --session-id, or a fresh name for --persistent.
+fn session_id(args: &RunArgs) -> Option<String> {
+    match (&args.session_id, args.persistent) {
+        (Some(id), _) => Some(id.clone()),
+        (None, true) => Some(format!("cli-{}", random_hex(6))),
+        (None, false) => None,
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A server started in this process on loopback with a random key, for local runs.
@@ -199,14 +224,16 @@ async fn start_embedded(runtime: Runtime) -> Result<EmbeddedServer, ExitCode> {
         .await;
     progress.abandon();
     built.map_err(err)?;
+    expire_local(
+        &engine,
+        Duration::from_millis(config.session_idle_timeout_ms),
+    )
+    .await;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
-    let key: String = {
-        use rand::Rng;
-        let bytes: [u8; 32] = rand::thread_rng().gen();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    };
-    let state = AppState::new(engine, config, key.clone());
+    let key = random_hex(32);
+    // Sessions outlive this process: the next `isol8 run --session-id` continues them.
+    let state = AppState::new(engine, config, key.clone()).with_local_sessions();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(isol8_server::serve(state, listener, async move {
         let _ = stopped.await;
@@ -223,6 +250,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return err(e),
     };
+    if let Some(id) = &body.session_id {
+        eprintln!("[INFO] Session ID: {id}");
+        if args.host.is_none() {
+            touch_local(id);
+        }
+    }
     let (client, embedded) = match &args.host {
         Some(host) => {
             let Some(key) = args.key.clone().filter(|k| !k.is_empty()) else {
@@ -297,7 +330,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         }
     };
     if args.persist {
-        eprintln!("[INFO] container kept: {container}");
+        eprintln!("[INFO] container kept: {container} (remove it with `docker rm -f {container}` or `isol8 cleanup`)");
     }
     let reason = match status {
         ExecutionStatus::Completed => None,

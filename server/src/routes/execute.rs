@@ -4,7 +4,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -12,7 +14,8 @@ use futures::Stream;
 use isol8_api::{
     ErrorBody, ExecuteBody, ExecutionResult, StreamEvent, StreamEventType, StreamPhase,
 };
-use isol8_docker::{RunEvent, RunPlan};
+use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -21,11 +24,6 @@ use crate::policy;
 use crate::state::AppState;
 
 fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
-    if body.session_id.is_some() {
-        return Err(ApiError::bad_request(
-            "sessions (sessionId) are not available on this server yet",
-        ));
-    }
     let options = body.options.clone().unwrap_or_default();
     policy::check(
         &body.request,
@@ -58,13 +56,56 @@ fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan
 pub async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
-    let plan = plan(&state, &caller, &body)?;
-    let _slot = state.acquire_slot().await?;
-    let result = state.engine.execute(plan).await?;
+    let (events, _slot) = start(&state, &caller, &headers, &body).await?;
+    let result = Engine::collect(events).await?;
     state.metrics.record_execution(&result);
     Ok(Json(result))
+}
+
+/// The header that carries a session id where the body cannot be read for routing (ingress
+/// affinity); the body's `sessionId` wins when both are given.
+pub const SESSION_HEADER: &str = "x-isol8-session";
+
+/// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
+/// it names (created on first use). The slot is held until the returned permit drops.
+async fn start(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &ExecuteBody,
+) -> Result<(RunEvents, OwnedSemaphorePermit), ApiError> {
+    let plan = plan(state, caller, body)?;
+    let session_id = match &body.session_id {
+        Some(id) => Some(id.clone()),
+        None => headers
+            .get(SESSION_HEADER)
+            .map(|v| v.to_str().map(str::to_string))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
+    };
+    let slot = state.acquire_slot().await?;
+    let Some(id) = session_id else {
+        return Ok((state.engine.execute_stream(plan).await?, slot));
+    };
+    let session = state
+        .sessions
+        .get_or_create(&caller.owner, &id, plan.runtime)?;
+    session.touch();
+    let locked = Arc::clone(&session.slot).lock_owned().await;
+    let key = session.key(state.sessions.local);
+    match state.engine.execute_in_session(locked, &key, plan).await {
+        Ok(events) => Ok((events, slot)),
+        Err(err) => {
+            // A session whose container could not even be made is not kept.
+            if session.slot.try_lock().is_ok_and(|s| s.is_none()) {
+                state.sessions.remove(&caller.owner, &id);
+            }
+            Err(err.into())
+        }
+    }
 }
 
 /// Run code and stream its output as Server-Sent Events.
@@ -86,11 +127,10 @@ pub async fn execute(
 pub async fn execute_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let plan = plan(&state, &caller, &body)?;
-    let slot = state.acquire_slot().await?;
-    let mut events = state.engine.execute_stream(plan).await?;
+    let (mut events, slot) = start(&state, &caller, &headers, &body).await?;
     let stream = async_stream::stream! {
         // The slot is held until the stream ends or the client goes away.
         let _slot = slot;
@@ -124,9 +164,10 @@ pub async fn execute_stream(
 pub async fn stream_alias(
     state: State<AppState>,
     caller: Extension<Caller>,
+    headers: HeaderMap,
     body: JsonBody<ExecuteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    execute_stream(state, caller, body).await
+    execute_stream(state, caller, headers, body).await
 }
 
 fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(

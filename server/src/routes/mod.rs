@@ -1,4 +1,5 @@
 //! HTTP routes; each handler extracts, validates, calls the engine once and maps the result.
 
 pub mod execute;
+pub mod sessions;
 pub mod system;

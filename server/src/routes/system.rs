@@ -83,7 +83,9 @@ pub async fn cleanup(
     ),
     security(("bearer" = [])))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(state.engine.pool_stats(), 0);
+    let text = state
+        .metrics
+        .render(state.engine.pool_stats(), state.sessions.count());
     (
         [(
             header::CONTENT_TYPE,

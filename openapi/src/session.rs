@@ -1,0 +1,67 @@
+//! Session bodies: the caller's sessions, files in and out.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::Runtime;
+
+/// One of the caller's sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub id: String,
+    pub runtime: Runtime,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub last_accessed_at: String,
+    /// A call is running in it (or waiting for it).
+    pub is_active: bool,
+    /// Short id of its container, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// `GET /sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"sessions": [{"id": "agent-7", "runtime": "python",
+    "createdAt": "2026-11-29T10:00:00.000Z", "lastAccessedAt": "2026-11-29T10:05:00.000Z",
+    "isActive": false, "containerId": "3f2a9c1b7d4e"}]}))]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// `POST /file`: write a file into a session's `/sandbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"sessionId": "agent-7", "path": "/sandbox/data.csv", "content": "YSxiCjEsMgo="}))]
+pub struct FileWrite {
+    pub session_id: String,
+    /// Inside `/sandbox` (absolute, or relative to it); parent folders are created.
+    pub path: String,
+    /// The bytes, base64-encoded.
+    pub content: String,
+}
+
+/// `GET /file` query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    pub session_id: String,
+    /// Inside `/sandbox`.
+    pub path: String,
+}
+
+/// `GET /file` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileContent {
+    /// The bytes, base64-encoded.
+    pub content: String,
+}
+
+/// A plain acknowledgement (`POST /file`, `DELETE /session/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OkResponse {
+    pub ok: bool,
+}
