@@ -76,7 +76,8 @@ run_schemathesis() {
     local server=$!
     for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
     # Coverage phase skipped: it crashes inside schemathesis on this schema (an upstream AST recursion bug).
-    # positive_data_acceptance waits for sessions (issue 6): sessionId is refused until then.
+    # positive_data_acceptance is off: some valid-looking values are refused for reasons a schema
+    # cannot state (a memory limit under 16m, a file path that leaves /sandbox after `..`).
     local st_status=0
     "$venv/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
         -H "Authorization: Bearer $key" --checks all --exclude-checks positive_data_acceptance \

@@ -576,3 +576,62 @@ fn json_logs_carry_request_ids_and_never_code_secrets_or_keys() {
         );
     }
 }
+
+#[test]
+fn cli_sessions_continue_across_processes_and_can_be_listed_and_stopped() {
+    let name = format!("cli-test-{}", std::process::id());
+    let first = isol8(&[
+        "run",
+        "-r",
+        "python",
+        "--session-id",
+        &name,
+        "-e",
+        "count = 41",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains(&format!("[INFO] Session ID: {name}")),
+        "{}",
+        stderr(&first)
+    );
+    let second = isol8(&[
+        "run",
+        "-r",
+        "python",
+        "--session-id",
+        &name,
+        "-e",
+        "count += 1; print(count)",
+    ]);
+    assert_eq!(stdout(&second), "42\n", "{}", stderr(&second));
+
+    let listed = isol8(&["session", "list", "--json"]);
+    let sessions: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert!(
+        sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == name.as_str()),
+        "{sessions}"
+    );
+    let stopped = isol8(&["session", "stop", &name]);
+    assert!(
+        stderr(&stopped).contains(&format!("[OK] Session \"{name}\" destroyed.")),
+        "{}",
+        stderr(&stopped)
+    );
+    let again = isol8(&["session", "stop", &name]);
+    assert!(!again.status.success());
+
+    // --persistent without a name makes one and says it; the next run continues it.
+    let made = isol8(&["run", "-r", "bash", "--persistent", "-e", "kept=yes"]);
+    let id = stderr(&made)
+        .lines()
+        .find_map(|l| l.strip_prefix("[INFO] Session ID: ").map(str::to_string))
+        .expect("a generated session id");
+    let used = isol8(&["run", "-r", "bash", "--session-id", &id, "-e", "echo $kept"]);
+    assert_eq!(stdout(&used), "yes\n", "{}", stderr(&used));
+    isol8(&["session", "stop", &id]);
+}

@@ -32,9 +32,6 @@ impl PackageSet {
         let mut set = BTreeSet::new();
         for raw in names {
             let name = raw.as_ref().trim();
-            if name.is_empty() {
-                continue;
-            }
             let allowed = |c: char| c.is_ascii_alphanumeric() || "@._/+:=<>!~^*,[]-".contains(c);
             let first_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '@');
             if !first_ok || !name.chars().all(allowed) || name.len() > 214 {
@@ -267,8 +264,9 @@ mod tests {
 
     #[test]
     fn package_sets_are_sorted_deduplicated_and_validated() {
-        let set = PackageSet::parse(Runtime::Python, &["six", " attrs ", "six", ""]).unwrap();
+        let set = PackageSet::parse(Runtime::Python, &["six", " attrs ", "six"]).unwrap();
         assert_eq!(set.label(), "attrs,six");
+        assert!(PackageSet::parse(Runtime::Python, &[""]).is_err());
         for bad in [
             "-e",
             "--index-url=http://x",

@@ -349,7 +349,7 @@ impl Engine {
                 .await?
                 .ok_or_else(|| {
                     let names: Vec<&str> = plan.packages.names().collect();
-                    Error::Unsupported(format!(
+                    Error::NotFound(format!(
                         "no {} image holds {}; build one with `isol8 build --base {} --install {}`",
                         plan.runtime,
                         names.join(", "),

@@ -8,6 +8,9 @@ pub enum Error {
     /// The request itself is wrong (bad runtime, sizes, paths, ...): the caller must change it.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The request does not fit the state of what it names (a session of another runtime).
+    #[error("{0}")]
+    Conflict(String),
     /// What the request names does not exist (a session's file).
     #[error("{0}")]
     NotFound(String),

@@ -28,7 +28,12 @@ pub fn parse_size(field: &str, raw: &str) -> Result<u64> {
     }
     let value: f64 = number.parse().map_err(|_| bad())?;
     let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(Error::InvalidRequest(format!(
+            "{field}: \"{raw}\" is too large"
+        )));
+    }
+    if bytes < 1.0 {
         return Err(Error::InvalidRequest(format!(
             "{field}: \"{raw}\" must be greater than zero"
         )));

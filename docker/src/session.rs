@@ -93,7 +93,7 @@ impl Engine {
     ) -> Result<RunEvents> {
         if let Some(session) = slot.as_ref() {
             if session.runtime != plan.runtime {
-                return Err(Error::InvalidRequest(format!(
+                return Err(Error::Conflict(format!(
                     "session \"{}\" runs {}, not {}",
                     key.id, session.runtime, plan.runtime
                 )));
@@ -164,7 +164,7 @@ impl Engine {
             return Ok(None);
         };
         if found.runtime != runtime.as_str() {
-            return Err(Error::InvalidRequest(format!(
+            return Err(Error::Conflict(format!(
                 "session \"{}\" runs {}, not {runtime}",
                 key.id, found.runtime
             )));

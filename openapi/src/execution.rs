@@ -131,6 +131,32 @@ pub struct NetworkFilter {
     pub blacklist: Vec<String>,
 }
 
+/// A package specifier: a name with an optional version (`requests==2.32.3`, `lodash@4`, `jq`).
+#[derive(ToSchema)]
+#[schema(pattern = "^\\s*[A-Za-z0-9@][A-Za-z0-9@._/+:=<>!~^*,\\[\\]-]{0,213}\\s*$")]
+#[allow(dead_code)] // a schema only: the field holds plain strings
+struct PackageName(String);
+
+/// A file path inside the sandbox.
+#[derive(ToSchema)]
+#[schema(pattern = "^[^\\u0000]*\\S[^\\u0000]*$")]
+#[allow(dead_code)] // a schema only: the field holds plain strings
+struct FilePath(String);
+
+/// A count that JSON may spell as a float with no fraction (`1000.0`), as some clients do.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let value: Option<f64> = Option::deserialize(deserializer)?;
+    match value {
+        None => Ok(None),
+        Some(v) if v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64 => Ok(Some(v as u64)),
+        Some(v) => Err(serde::de::Error::custom(format!(
+            "{v} is not a whole number of at least 0"
+        ))),
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -146,7 +172,11 @@ pub struct ExecutionRequest {
     #[schema(pattern = "\\S")]
     pub cmd: Option<String>,
     /// Time limit in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// Environment variables (names: letters, digits and `_`, not starting with a digit).
@@ -156,14 +186,18 @@ pub struct ExecutionRequest {
     pub stdin: Option<String>,
     /// File name extension of the code file, e.g. `.cjs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\s*\\.?[A-Za-z0-9]{0,16}\\s*$")]
     pub file_extension: Option<String>,
     /// Files written before the run: path (absolute, or relative to `workdir`) to UTF-8 text.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
     /// Files read back after the run and returned base64-encoded in `files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(inline, value_type = Vec<FilePath>)]
     pub output_paths: Vec<String>,
+    /// Packages the code needs, served by a custom image that holds them (`isol8 build`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(inline, value_type = Vec<PackageName>)]
     pub install_packages: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_script: Option<String>,
@@ -185,32 +219,42 @@ pub struct ExecutionOptions {
     pub network_filter: Option<NetworkFilter>,
     /// Memory limit such as `512m` or `1g` (binary multiples, at least 16m); swap is never allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
+    #[schema(pattern = "^\\s*[0-9]{1,12}(\\.[0-9]{1,6})?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub memory_limit: Option<String>,
     /// CPU cores, e.g. `0.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.01)]
     pub cpu_limit: Option<f64>,
     /// Processes and threads (at least 8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     #[schema(minimum = 8)]
     pub pids_limit: Option<u64>,
     /// Bytes kept per output stream; more is cut and flagged `truncated`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     #[schema(minimum = 1)]
     pub max_output_size: Option<u64>,
     /// Size of the `/sandbox` tmpfs, e.g. `512m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
+    #[schema(pattern = "^\\s*[0-9]{1,12}(\\.[0-9]{1,6})?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub sandbox_size: Option<String>,
     /// Size of the `/tmp` tmpfs, e.g. `256m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*[kKmMgGtT]?[bB]?\\s*$")]
+    #[schema(pattern = "^\\s*[0-9]{1,12}(\\.[0-9]{1,6})?\\s*[kKmMgGtT]?[bB]?\\s*$")]
     pub tmp_size: Option<String>,
     /// Environment variables whose values are masked as `***` in all output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// An image to run in instead of the runtime's (e.g. a custom image from `isol8 build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\S+$")]
     pub image: Option<String>,
     /// Keep the container after the run for inspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +262,11 @@ pub struct ExecutionOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_network: Option<bool>,
     /// Time limit in milliseconds (the request's `timeoutMs` wins when both are given).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
@@ -231,7 +279,10 @@ pub struct ExecuteBody {
     pub request: ExecutionRequest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<ExecutionOptions>,
+    /// Run in this session (created on first use): its container and interpreter state persist
+    /// between calls. The `X-Isol8-Session` header may carry it instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub session_id: Option<String>,
 }
 

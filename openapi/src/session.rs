@@ -36,10 +36,13 @@ pub struct SessionList {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"sessionId": "agent-7", "path": "/sandbox/data.csv", "content": "YSxiCjEsMgo="}))]
 pub struct FileWrite {
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub session_id: String,
     /// Inside `/sandbox` (absolute, or relative to it); parent folders are created.
+    #[schema(pattern = "^[^\\u0000]*\\S[^\\u0000]*$")]
     pub path: String,
-    /// The bytes, base64-encoded.
+    /// The bytes, base64-encoded (standard alphabet, padded).
+    #[schema(pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub content: String,
 }
 
@@ -48,8 +51,10 @@ pub struct FileWrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FileQuery {
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub session_id: String,
     /// Inside `/sandbox`.
+    #[param(pattern = "^[^\\u0000]*\\S[^\\u0000]*$")]
     pub path: String,
 }
 

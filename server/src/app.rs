@@ -75,9 +75,19 @@ fn refine_openapi(doc: &mut serde_json::Value) {
     use serde_json::json;
     let env_names = json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
     let schemas = &mut doc["components"]["schemas"];
-    schemas["ExecutionRequest"]["oneOf"] = json!([{"required": ["code"]}, {"required": ["cmd"]}]);
-    schemas["ExecutionRequest"]["properties"]["env"]["propertyNames"] = env_names.clone();
-    schemas["ExecutionOptions"]["properties"]["secrets"]["propertyNames"] = env_names;
+    // Exactly one of code and cmd, as a string (an explicit null counts as absent).
+    schemas["ExecutionRequest"]["oneOf"] = json!([
+        {"required": ["code"], "properties": {"code": {"type": "string"}}},
+        {"required": ["cmd"], "properties": {"cmd": {"type": "string"}}}
+    ]);
+    let env_values = json!({"type": "string", "pattern": "^[^\\u0000]*$"});
+    schemas["ExecutionRequest"]["properties"]["files"]["propertyNames"] =
+        json!({"pattern": "^[^\\u0000]*\\S[^\\u0000]*$"});
+    for (schema, field) in [("ExecutionRequest", "env"), ("ExecutionOptions", "secrets")] {
+        let map = &mut schemas[schema]["properties"][field];
+        map["propertyNames"] = env_names.clone();
+        map["additionalProperties"] = env_values.clone();
+    }
     let sse_frame = json!({
         "type": "object",
         "required": ["event", "data"],

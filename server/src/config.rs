@@ -111,6 +111,11 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Largest file `GET /file` returns, in bytes (`POST /file` is bounded by `maxBodyBytes`).
     pub max_file_bytes: u64,
+    /// A JSON file of further API keys, each with a name and a tenant:
+    /// `[{"name": "ci", "key": "...", "tenant": "team-a"}]`. Sessions and warm containers are
+    /// scoped to the tenant; only the master key may call `/cleanup`.
+    #[schema(value_type = Option<String>)]
+    pub keys_file: Option<PathBuf>,
     /// OCI runtime for sandboxes, e.g. `runsc`.
     pub oci_runtime: Option<String>,
     /// Log format.
@@ -143,6 +148,7 @@ impl Default for ServerConfig {
             max_sessions_per_key: 10,
             max_sessions: 100,
             max_file_bytes: 10 * 1024 * 1024,
+            keys_file: None,
             oci_runtime: None,
             log_format: LogFormat::Text,
         }

@@ -52,6 +52,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -71,6 +72,7 @@ impl From<EngineError> for ApiError {
         let (status, code) = match &err {
             EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Unsupported(_) => (StatusCode::BAD_REQUEST, "unsupported"),
             EngineError::DockerUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")

@@ -113,7 +113,14 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         env!("CARGO_PKG_VERSION")
     );
     eprintln!("       Auth: Bearer token required");
-    let state = AppState::new(engine, config, key);
+    let keys = match &config.keys_file {
+        Some(path) => match crate::load_keys(path) {
+            Ok(keys) => keys,
+            Err(e) => return err(e),
+        },
+        None => Vec::new(),
+    };
+    let state = AppState::new(engine, config, key).with_named_keys(keys);
     match crate::serve(state, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => err(e),

@@ -13,6 +13,7 @@ mod sessions;
 mod state;
 
 pub use app::{app, openapi, serve};
+pub use auth::{load_keys, NamedKey};
 pub use config::{LimitsConfig, LogFormat, ServerConfig};
 pub use error::ApiError;
 pub use state::AppState;

@@ -8,6 +8,7 @@ use isol8_docker::{Engine, Limits};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::NamedKey;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// The bearer key. Compared in constant time; never logged.
     pub(crate) api_key: Arc<String>,
+    /// Further keys, each with a tenant (the config's `keysFile`).
+    pub(crate) named_keys: Arc<Vec<NamedKey>>,
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
     /// streams included; dropping it frees the slot.
     slots: Arc<Semaphore>,
@@ -43,7 +46,14 @@ impl AppState {
             waiting: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
             api_key: Arc::new(api_key),
+            named_keys: Arc::new(Vec::new()),
         }
+    }
+
+    /// Accepts `keys` besides the master key.
+    pub fn with_named_keys(mut self, keys: Vec<NamedKey>) -> Self {
+        self.named_keys = Arc::new(keys);
+        self
     }
 
     /// For the CLI's embedded server: sessions outlive the process and are shared by every local

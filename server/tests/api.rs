@@ -3,93 +3,12 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use isol8_docker::Engine;
-use isol8_server::{AppState, ServerConfig};
+use isol8_server::ServerConfig;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
-const KEY: &str = "test-key-0123456789";
+mod common;
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    instance: String,
-}
-
-impl Server {
-    async fn start(config: ServerConfig) -> Server {
-        Self::start_with(config, None).await
-    }
-
-    async fn start_with(config: ServerConfig, docker_host: Option<&str>) -> Server {
-        let mut engine_config = config.engine_config();
-        engine_config.docker_host = docker_host.map(str::to_string);
-        let engine = Engine::connect(engine_config).await.expect("engine");
-        let instance = engine.instance_id().to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState::new(engine, config, KEY.to_string());
-        let task = tokio::spawn(isol8_server::serve(state, listener, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            http: reqwest::Client::new(),
-            stop: Some(stop),
-            task,
-            instance,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn config() -> ServerConfig {
-    ServerConfig {
-        pool_size: 0,
-        ..ServerConfig::default()
-    }
-}
-
-async fn error_body(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let id = response
-        .headers()
-        .get("x-request-id")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body: Value = response.json().await.expect("error bodies are JSON");
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{body}"
-    );
-    assert!(body["code"].as_str().is_some(), "{body}");
-    assert_eq!(
-        body["requestId"].as_str(),
-        id.as_deref(),
-        "request id in body and header"
-    );
-    (status, body)
-}
+use common::{config, error_body, Server, KEY};
 
 #[tokio::test]
 async fn health_needs_no_key_and_every_protected_path_refuses_without_one() {

@@ -47,6 +47,8 @@ fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
         (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
+        (status = 409, description = "The session runs another runtime", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "Over capacity", body = ErrorBody),
         (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
@@ -119,6 +121,8 @@ async fn start(
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
         (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
+        (status = 409, description = "The session runs another runtime", body = ErrorBody),
         (status = 429, description = "Over capacity", body = ErrorBody),
         (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
     ),
@@ -158,6 +162,8 @@ pub async fn execute_stream(
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
         (status = 403, description = "Wrong key or over policy", body = ErrorBody),
+        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
+        (status = 409, description = "The session runs another runtime", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -15,6 +15,11 @@ use crate::sessions::{self, Session};
 use crate::state::AppState;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Decoding accepts non-zero trailing bits, as most encoders' readers do.
+const B64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -91,7 +96,7 @@ pub async fn write_file(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<FileWrite>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    let data = B64
+    let data = B64_LENIENT
         .decode(body.content.as_bytes())
         .map_err(|e| ApiError::bad_request(format!("content is not base64: {e}")))?;
     let session = state.sessions.get(&caller.owner, &body.session_id)?;

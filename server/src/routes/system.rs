@@ -3,9 +3,10 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use isol8_api::{CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -56,13 +57,20 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>
         (status = 200, description = "What was removed", body = CleanupResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key, or not the master key", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn cleanup(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<CleanupResponse>, ApiError> {
+    if !caller.master {
+        return Err(ApiError::policy(
+            "only the master key may clean up: it removes every isol8 container on the engine",
+        ));
+    }
     // The body is optional: no body means `{}`.
     let images = if body.iter().all(u8::is_ascii_whitespace) {
         false
