@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for its own container's reset before taking a fresh one.
+const RESET_WAIT: Duration = Duration::from_millis(100);
 
 /// How the pool keeps and reuses containers.
 #[derive(Debug, Clone)]
@@ -79,6 +81,12 @@ pub(crate) struct Pool {
     warm: Mutex<Vec<ContainerSpec>>,
     /// Wakes the replenisher: signalled when a fresh container is taken or the warm set changes.
     wake: Notify,
+    /// Containers being reset, per bucket: a caller whose own container is a few milliseconds
+    /// from ready waits for it rather than taking a fresh one (which would make the replenisher
+    /// start a new container, stealing CPU from the run). Same locking rule as `idle`.
+    resetting: Mutex<HashMap<PoolKey, usize>>,
+    /// Signalled whenever a reset ends.
+    returned: Notify,
     busy: AtomicUsize,
     closed: AtomicBool,
     /// Every background task of the pool (replenisher, resets, removals); shutdown waits for them
@@ -109,6 +117,8 @@ impl Pool {
             live: Mutex::new(HashSet::new()),
             warm: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            resetting: Mutex::new(HashMap::new()),
+            returned: Notify::new(),
             busy: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
@@ -138,19 +148,37 @@ impl Pool {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
-        let taken = {
-            let mut idle = lock(&self.idle);
-            let mut take = |owner: Option<String>| {
-                idle.get_mut(&PoolKey {
-                    spec: spec.clone(),
-                    owner,
-                })
-                .and_then(Vec::pop)
+        let own = PoolKey {
+            spec: spec.clone(),
+            owner: Some(owner.to_string()),
+        };
+        let wait_until = Instant::now() + RESET_WAIT;
+        let taken = loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let (found, resetting) = {
+                let mut idle = lock(&self.idle);
+                let mut take = |key: &PoolKey| idle.get_mut(key).and_then(Vec::pop);
+                match take(&own) {
+                    Some(found) => (Some((found, false)), false),
+                    None => {
+                        let resetting = lock(&self.resetting).get(&own).copied().unwrap_or(0) > 0;
+                        let fresh = PoolKey {
+                            spec: spec.clone(),
+                            owner: None,
+                        };
+                        match resetting && Instant::now() < wait_until {
+                            true => (None, true),
+                            false => (take(&fresh).map(|found| (found, true)), false),
+                        }
+                    }
+                }
             };
-            match take(Some(owner.to_string())) {
-                Some(found) => Some((found, false)),
-                None => take(None).map(|found| (found, true)),
+            if !resetting {
+                break found;
             }
+            let _ = tokio::time::timeout_at(wait_until.into(), returned).await;
         };
         let sandbox = match taken {
             Some((found, fresh)) => {
@@ -193,19 +221,32 @@ impl Pool {
                 pool.destroy(sandbox).await;
                 return;
             }
-            if let Err(err) = sandbox.reset(RESET_TIMEOUT).await {
-                tracing::warn!(container = %sandbox.short_id(), error = %err, "reset failed; destroying");
-                pool.destroy(sandbox).await;
-                return;
-            }
             let key = PoolKey {
                 spec: sandbox.spec.clone(),
                 owner: Some(owner),
             };
+            *lock(&pool.resetting).entry(key.clone()).or_default() += 1;
+            let reset = sandbox.reset(RESET_TIMEOUT).await;
+            let done_resetting = || {
+                let mut resetting = lock(&pool.resetting);
+                if let Some(n) = resetting.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        resetting.remove(&key);
+                    }
+                }
+            };
+            if let Err(err) = reset {
+                done_resetting();
+                pool.returned.notify_waiters();
+                tracing::warn!(container = %sandbox.short_id(), error = %err, "reset failed; destroying");
+                pool.destroy(sandbox).await;
+                return;
+            }
             let overflow = {
                 let mut idle = lock(&pool.idle);
-                let bucket = idle.entry(key).or_default();
-                if bucket.len() < pool.config.max_idle_per_owner {
+                let bucket = idle.entry(key.clone()).or_default();
+                let overflow = if bucket.len() < pool.config.max_idle_per_owner {
                     bucket.push(Idle {
                         sandbox,
                         since: Instant::now(),
@@ -213,8 +254,11 @@ impl Pool {
                     None
                 } else {
                     Some(sandbox)
-                }
+                };
+                done_resetting();
+                overflow
             };
+            pool.returned.notify_waiters();
             if let Some(sandbox) = overflow {
                 pool.destroy(sandbox).await;
             }

@@ -1,0 +1,578 @@
+//! The isol8 benchmark: every figure measured in one run, side by side with its baseline on the same
+//! machine, reported as absolute medians and as a ratio; prints a table and writes a JSON file.
+//!
+//! Run it with `./scripts/bench.sh` (a release build; images must be built). Warm-up runs are excluded
+//! from every figure and counted in the output; every execution's output is checked.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use isol8::Client;
+use isol8_api::{
+    ExecuteBody, ExecutionOptions, ExecutionRequest, NetworkMode, Runtime, StreamEventType,
+};
+use isol8_server::engine::Engine;
+use isol8_server::{AppState, ServerConfig};
+use serde_json::{json, Value};
+
+const WARMUP: usize = 5;
+
+/// Milliseconds of a sorted sample at quantile `q`.
+fn quantile(samples: &[Duration], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn p50(samples: &[Duration]) -> f64 {
+    quantile(samples, 0.5)
+}
+
+/// Runs a host command `runs` times (after warm-ups), checking its output.
+fn host_runs(argv: &[&str], expect: &str, runs: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::new();
+    for i in 0..WARMUP + runs {
+        let started = Instant::now();
+        let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+        let took = started.elapsed();
+        if String::from_utf8_lossy(&out.stdout) != expect {
+            bail!(
+                "{argv:?} printed {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        if i >= WARMUP {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+fn body(runtime: Runtime, code: &str) -> ExecuteBody {
+    ExecuteBody {
+        request: ExecutionRequest {
+            runtime,
+            code: Some(code.into()),
+            ..Default::default()
+        },
+        options: None,
+        session_id: None,
+    }
+}
+
+/// Sequential `POST /execute` latencies of `code` (output checked).
+async fn warm(
+    client: &Client,
+    runtime: Runtime,
+    code: &str,
+    expect: &str,
+    runs: usize,
+) -> Result<Vec<Duration>> {
+    let request = body(runtime, code);
+    let mut samples = Vec::new();
+    for i in 0..WARMUP + runs {
+        let started = Instant::now();
+        let result = client.execute(&request).await?;
+        let took = started.elapsed();
+        if result.stdout != expect {
+            bail!("{runtime}: printed {:?} ({})", result.stdout, result.stderr);
+        }
+        if i >= WARMUP {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+/// Time to the first stdout event of a program that prints, sleeps 1 s and prints again.
+async fn first_byte(client: &Client, runs: usize) -> Result<Vec<Duration>> {
+    let request = body(
+        Runtime::Python,
+        "import time\nprint(1)\ntime.sleep(1)\nprint(2)",
+    );
+    let mut samples = Vec::new();
+    for i in 0..2 + runs {
+        let started = Instant::now();
+        let mut events = Box::pin(client.execute_stream(&request).await?);
+        let mut first = None;
+        let mut text = String::new();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.kind == StreamEventType::Stdout {
+                first.get_or_insert_with(|| started.elapsed());
+                text.push_str(&event.data);
+            }
+        }
+        if text != "1\n2\n" {
+            bail!("stream printed {text:?}");
+        }
+        if i >= 2 {
+            samples.push(first.context("no stdout event")?);
+        }
+    }
+    Ok(samples)
+}
+
+/// Executions per second of python `print(1)` by `clients` concurrent HTTP clients for `seconds`.
+async fn server_throughput(client: &Client, clients: usize, seconds: u64) -> (f64, u64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers = (0..clients).map(|_| {
+        let (client, done, errors) = (client.clone(), done.clone(), errors.clone());
+        tokio::spawn(async move {
+            let request = body(Runtime::Python, "print(1)");
+            while Instant::now() < end {
+                match client.execute(&request).await {
+                    Ok(r) if r.stdout == "1\n" => done.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+    let ok = done.load(Ordering::Relaxed);
+    (
+        ok as f64 / started.elapsed().as_secs_f64(),
+        ok,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+/// Executions per second of the host's `python3 -c 'print(1)'` at `clients` concurrency.
+fn host_throughput(clients: usize, seconds: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < end {
+                    let out = Command::new("/usr/bin/python3")
+                        .args(["-c", "print(1)"])
+                        .output();
+                    if out.is_ok_and(|o| o.stdout == b"1\n") {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The raw Engine API loop a fresh container per run costs: create, start, wait, remove.
+async fn raw_engine_rate(
+    docker: &bollard::Docker,
+    image: &str,
+    clients: usize,
+    seconds: u64,
+) -> f64 {
+    use bollard::container::{
+        Config, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers = (0..clients).map(|_| {
+        let (docker, done, image) = (docker.clone(), done.clone(), image.to_string());
+        tokio::spawn(async move {
+            while Instant::now() < end {
+                let config = Config {
+                    image: Some(image.clone()),
+                    cmd: Some(vec!["python3".into(), "-c".into(), "print(1)".into()]),
+                    labels: Some(
+                        [
+                            ("isol8.managed".to_string(), "true".to_string()),
+                            ("isol8.kind".to_string(), "bench".to_string()),
+                        ]
+                        .into(),
+                    ),
+                    network_disabled: Some(true),
+                    ..Default::default()
+                };
+                let Ok(created) = docker
+                    .create_container(None::<CreateContainerOptions<String>>, config)
+                    .await
+                else {
+                    continue;
+                };
+                if docker
+                    .start_container::<String>(&created.id, None)
+                    .await
+                    .is_ok()
+                {
+                    let mut wait =
+                        docker.wait_container(&created.id, None::<WaitContainerOptions<String>>);
+                    while wait.next().await.is_some() {}
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = docker
+                    .remove_container(
+                        &created.id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// An in-process server on loopback.
+async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
+    let engine = Engine::connect(config.engine_config()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(engine.clone(), config, "bench-key".into());
+    tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
+    Ok((Client::new(format!("http://{addr}"), "bench-key"), engine))
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Memory charged to a container's cgroup (v2 or v1, systemd or cgroupfs driver), in MiB.
+fn container_mib(id: &str) -> Option<f64> {
+    let candidates = [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.current"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.current"),
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.usage_in_bytes"),
+    ];
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .map(|b| b / 1048576.0)
+}
+
+/// Starts the release `isol8-server` binary idle with a warm pool, then reads its RSS and each warm
+/// sandbox's memory.
+async fn idle_footprint(release_dir: &std::path::Path) -> Result<(f64, Vec<f64>)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(release_dir.join("isol8-server"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .env("ISOL8_API_KEY", "bench-footprint-key")
+        .env("ISOL8_POOL_SIZE", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting isol8-server (release build)")?;
+    // Let the pool fill and the process settle.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rss = rss_mib(child.id()).unwrap_or(f64::NAN);
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let list = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            filters: [("label".to_string(), vec!["isol8.kind=sandbox".to_string()])].into(),
+            ..Default::default()
+        }))
+        .await?;
+    let sandboxes = list
+        .iter()
+        .filter_map(|c| container_mib(c.id.as_deref()?))
+        .collect();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    Ok((rss, sandboxes))
+}
+
+fn cold_runs(argv: &[&str], runs: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::new();
+    for i in 0..1 + runs {
+        let started = Instant::now();
+        let out = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()?;
+        if out.stdout != b"1\n" {
+            bail!(
+                "{argv:?}: {:?} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if i >= 1 {
+            samples.push(started.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let seconds: u64 = std::env::var("ISOL8_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let out_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench/results.json".into());
+    let release_dir = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
+    let mut rows: Vec<(String, String, String, f64, f64, String)> = Vec::new();
+    let mut report = serde_json::Map::new();
+    let mut add = |name: &str,
+                   ours: String,
+                   base: String,
+                   ratio: f64,
+                   target: f64,
+                   note: &str,
+                   extra: Value| {
+        let met = if ratio.is_nan() {
+            "n/a"
+        } else if ratio <= target {
+            "met"
+        } else {
+            "MISSED"
+        };
+        rows.push((
+            name.into(),
+            ours.clone(),
+            base.clone(),
+            ratio,
+            target,
+            format!("{met} {note}"),
+        ));
+        report.insert(name.into(), json!({"ours": ours, "baseline": base, "ratio": ratio, "target": target, "met": met == "met", "detail": extra}));
+    };
+
+    eprintln!("warm pool server…");
+    let (client, engine) = start_server(ServerConfig {
+        pool_size: 2,
+        max_concurrent: 16,
+        ..ServerConfig::default()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    eprintln!("warm latency…");
+    let host_py = host_runs(&["/usr/bin/python3", "-c", "print(1)"], "1\n", 50)?;
+    let ours_py = warm(&client, Runtime::Python, "print(1)", "1\n", 50).await?;
+    add(
+        "warm python p50 (ms)",
+        format!("{:.1} (p99 {:.1})", p50(&ours_py), quantile(&ours_py, 0.99)),
+        format!("{:.1} host python3", p50(&host_py)),
+        p50(&ours_py) / p50(&host_py),
+        1.5,
+        "ratio to host",
+        json!({"p50": p50(&ours_py), "p99": quantile(&ours_py, 0.99), "host_p50": p50(&host_py)}),
+    );
+    let host_sh = host_runs(&["/bin/sh", "-c", "echo 1"], "1\n", 50)?;
+    let ours_sh = warm(&client, Runtime::Bash, "echo 1", "1\n", 50).await?;
+    add(
+        "warm bash p50 (ms)",
+        format!("{:.1} (p99 {:.1})", p50(&ours_sh), quantile(&ours_sh, 0.99)),
+        format!("{:.1} host sh", p50(&host_sh)),
+        p50(&ours_sh) / 10.0,
+        1.0,
+        "ratio to 10 ms absolute",
+        json!({"p50": p50(&ours_sh), "host_p50": p50(&host_sh)}),
+    );
+    if std::path::Path::new("/usr/bin/node").exists() {
+        let host_node = host_runs(&["/usr/bin/node", "-e", "console.log(1)"], "1\n", 20)?;
+        let ours_node = warm(&client, Runtime::Node, "console.log(1)", "1\n", 20).await?;
+        add(
+            "warm node p50 (ms)",
+            format!("{:.1}", p50(&ours_node)),
+            format!("{:.1} host node", p50(&host_node)),
+            p50(&ours_node) / p50(&host_node),
+            f64::INFINITY,
+            "informational",
+            json!({"p50": p50(&ours_node), "host_p50": p50(&host_node)}),
+        );
+    }
+
+    eprintln!("stream first byte…");
+    let ttfb = first_byte(&client, 10).await?;
+    add(
+        "stream first byte (ms)",
+        format!("{:.1}", p50(&ttfb)),
+        format!("{:.1} + 5 warm p50", p50(&ours_py)),
+        p50(&ttfb) / (p50(&ours_py) + 5.0),
+        1.0,
+        "ratio to warm p50 + 5 ms",
+        json!({"p50": p50(&ttfb)}),
+    );
+
+    eprintln!("server overhead…");
+    let rejected = {
+        let mut request = body(Runtime::Python, "print(1)");
+        request.options = Some(ExecutionOptions {
+            network: Some(NetworkMode::Host),
+            ..Default::default()
+        });
+        let mut samples = Vec::new();
+        for i in 0..WARMUP + 200 {
+            let started = Instant::now();
+            let refused = client.execute(&request).await.is_err();
+            if i >= WARMUP && refused {
+                samples.push(started.elapsed());
+            }
+        }
+        samples
+    };
+    add(
+        "server overhead per request (ms)",
+        format!("{:.2}", p50(&rejected)),
+        "1.00 budget".into(),
+        p50(&rejected) / 1.0,
+        1.0,
+        "HTTP+JSON+auth+policy, client-observed on loopback",
+        json!({"p50": p50(&rejected), "p99": quantile(&rejected, 0.99)}),
+    );
+
+    eprintln!("throughput ({seconds} s each)…");
+    let host_rate = host_throughput(8, seconds);
+    let (ours_rate, ok, errors) = server_throughput(&client, 8, seconds).await;
+    add(
+        "throughput default mode (runs/s)",
+        format!("{ours_rate:.1} ({ok} ok, {errors} errors)"),
+        format!("{host_rate:.1} host python3 x8"),
+        host_rate / ours_rate / 2.0,
+        1.0,
+        "target: ≥ 50% of host",
+        json!({"ours": ours_rate, "host": host_rate, "errors": errors}),
+    );
+    let image = engine
+        .built_runtimes()
+        .await?
+        .get(&Runtime::Python)
+        .cloned()
+        .context("python image")?;
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let mut raw_best = 0.0f64;
+    for clients in [1, 2, 4, 8] {
+        raw_best = raw_best.max(raw_engine_rate(&docker, &image, clients, seconds / 4 + 1).await);
+    }
+    let (strict_client, strict_engine) = start_server(ServerConfig {
+        pool_size: 8,
+        reuse_containers: false,
+        max_concurrent: 16,
+        ..ServerConfig::default()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (strict_rate, ok, errors) = server_throughput(&strict_client, 8, seconds).await;
+    add(
+        "throughput strict mode (runs/s)",
+        format!("{strict_rate:.1} ({ok} ok, {errors} errors)"),
+        format!("{raw_best:.1} raw create+start+wait+remove"),
+        raw_best * 0.9 / strict_rate,
+        1.0,
+        "target: ≥ 90% of raw loop",
+        json!({"ours": strict_rate, "raw_best": raw_best, "errors": errors}),
+    );
+    strict_engine.shutdown().await;
+
+    eprintln!("cold CLI…");
+    let cli = release_dir.join("isol8");
+    let ours_cold = cold_runs(
+        &[
+            cli.to_str().unwrap(),
+            "run",
+            "-e",
+            "print(1)",
+            "-r",
+            "python",
+        ],
+        5,
+    )?;
+    let docker_run = cold_runs(
+        &[
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "python3",
+            "-c",
+            "print(1)",
+        ],
+        5,
+    )?;
+    add(
+        "cold CLI (ms)",
+        format!("{:.0}", p50(&ours_cold)),
+        format!("{:.0} docker run --rm", p50(&docker_run)),
+        p50(&ours_cold) / p50(&docker_run) / 0.8,
+        1.0,
+        "target: ≤ 0.8x docker run",
+        json!({"ours": p50(&ours_cold), "docker_run": p50(&docker_run)}),
+    );
+
+    engine.shutdown().await;
+    eprintln!("idle footprint…");
+    let (rss, sandboxes) = idle_footprint(&release_dir).await?;
+    add(
+        "idle server RSS (MiB)",
+        format!("{rss:.1}"),
+        "30 budget".into(),
+        rss / 30.0,
+        1.0,
+        "release isol8-server, warm pool filled",
+        json!({"rss_mib": rss}),
+    );
+    let per_sandbox = sandboxes.iter().cloned().fold(f64::NAN, f64::max);
+    add(
+        "warm sandbox memory (MiB)",
+        format!("{per_sandbox:.1} max of {}", sandboxes.len()),
+        "5 budget".into(),
+        per_sandbox / 5.0,
+        1.0,
+        "the container's cgroup: agent + page cache",
+        json!({"each_mib": sandboxes}),
+    );
+
+    println!(
+        "\n{:<36} {:>28} {:>34} {:>7}  target",
+        "figure", "isol8", "baseline", "ratio"
+    );
+    for (name, ours, base, ratio, _target, note) in &rows {
+        println!("{name:<36} {ours:>28} {base:>34} {ratio:>7.2}  {note}");
+    }
+    report.insert("machine".into(), json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "seconds_per_throughput": seconds, "warmup_runs": WARMUP}));
+    std::fs::write(
+        &out_path,
+        serde_json::to_string_pretty(&Value::Object(report))? + "\n",
+    )?;
+    eprintln!("\nwrote {out_path}");
+    Ok(())
+}
