@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fresh containers the replenisher starts at once.
+const PARALLEL_STARTS: usize = 4;
 /// How long a caller waits for its own container's reset before taking a fresh one.
 const RESET_WAIT: Duration = Duration::from_millis(100);
 
@@ -297,38 +299,56 @@ impl Pool {
             for sandbox in expired {
                 self.destroy(sandbox).await;
             }
-            let missing = {
+            // Every missing fresh container, up to a few at once: starting them one after another
+            // would cap strict mode (a fresh container per run) at one container start at a time.
+            let missing: Vec<ContainerSpec> = {
                 let warm = lock(&self.warm).clone();
                 let idle = lock(&self.idle);
-                warm.into_iter().find(|spec| {
-                    let key = PoolKey {
-                        spec: spec.clone(),
-                        owner: None,
-                    };
-                    idle.get(&key).map_or(0, Vec::len) < self.config.size
-                })
+                warm.into_iter()
+                    .flat_map(|spec| {
+                        let key = PoolKey {
+                            spec: spec.clone(),
+                            owner: None,
+                        };
+                        let have = idle.get(&key).map_or(0, Vec::len);
+                        std::iter::repeat_n(spec, self.config.size.saturating_sub(have))
+                    })
+                    .take(PARALLEL_STARTS)
+                    .collect()
             };
-            match missing {
-                Some(spec) => match self.create(&spec).await {
+            let created =
+                futures::future::join_all(missing.iter().map(|spec| self.create(spec))).await;
+            let mut first_error = None;
+            for (spec, result) in missing.iter().zip(created) {
+                match result {
                     Ok(sandbox) => {
                         failures = 0;
-                        let key = PoolKey { spec, owner: None };
+                        let key = PoolKey {
+                            spec: spec.clone(),
+                            owner: None,
+                        };
                         lock(&self.idle).entry(key).or_default().push(Idle {
                             sandbox,
                             since: Instant::now(),
                         });
                     }
                     Err(err) => {
-                        failures += 1;
-                        let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
-                        tracing::warn!(error = %err, ?backoff, "could not start a warm sandbox");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = self.wake.notified() => {}
-                        }
+                        first_error.get_or_insert(err);
                     }
-                },
-                None => {
+                }
+            }
+            match (missing.is_empty(), first_error) {
+                (false, Some(err)) => {
+                    failures += 1;
+                    let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                    tracing::warn!(error = %err, ?backoff, "could not start a warm sandbox");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                (false, None) => {}
+                (true, _) => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = self.wake.notified() => {}

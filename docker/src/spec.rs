@@ -111,6 +111,11 @@ impl ContainerSpec {
             NetworkMode::Filtered => "none",
         };
         let memory = i64::try_from(self.memory_bytes).unwrap_or(i64::MAX);
+        // Containers that die with their instance also die with their connection: when the process
+        // holding the attach goes away (exit, crash), stdin closes, the agent exits and Docker
+        // removes the container. Kept containers and CLI sessions must outlive the process.
+        let ends_with_connection =
+            matches!(self.kind, ContainerKind::Sandbox | ContainerKind::Session);
         let host_config = HostConfig {
             memory: Some(memory),
             memory_swap: Some(memory),
@@ -138,6 +143,7 @@ impl ContainerSpec {
             ]),
             runtime: oci_runtime.map(str::to_string),
             init: Some(false),
+            auto_remove: Some(ends_with_connection),
             privileged: Some(false),
             ..Default::default()
         };
@@ -153,7 +159,7 @@ impl ContainerSpec {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             open_stdin: Some(true),
-            stdin_once: Some(false),
+            stdin_once: Some(ends_with_connection),
             tty: Some(false),
             labels: Some(labels),
             host_config: Some(host_config),

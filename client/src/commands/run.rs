@@ -204,14 +204,11 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A server started in this process on loopback with a random key, for local runs.
-struct EmbeddedServer {
-    client: Client,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn start_embedded(runtime: Runtime) -> Result<EmbeddedServer, ExitCode> {
+/// Starts a server in this process on loopback with a random key, for local runs, and returns a
+/// client of it. It is never stopped gracefully: when this process exits its attach connections
+/// close, and Docker stops and removes those containers itself (stdin-once + auto-remove), so the
+/// user does not wait for container removals. Kept containers and sessions are not of that kind.
+async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
     let config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load().map_err(err)?.0
@@ -234,15 +231,8 @@ async fn start_embedded(runtime: Runtime) -> Result<EmbeddedServer, ExitCode> {
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
     let state = AppState::new(engine, config, key.clone()).with_local_sessions();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(isol8_server::serve(state, listener, async move {
-        let _ = stopped.await;
-    }));
-    Ok(EmbeddedServer {
-        client: Client::new(format!("http://{addr}"), key),
-        stop,
-        task,
-    })
+    tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
+    Ok(Client::new(format!("http://{addr}"), key))
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -256,15 +246,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
             touch_local(id);
         }
     }
-    let (client, embedded) = match &args.host {
+    let client = match &args.host {
         Some(host) => {
             let Some(key) = args.key.clone().filter(|k| !k.is_empty()) else {
                 return err("API key required. Use --key or set ISOL8_API_KEY.");
             };
-            (Client::new(host.clone(), key), None)
+            Client::new(host.clone(), key)
         }
         None => match start_embedded(body.request.runtime).await {
-            Ok(server) => (server.client.clone(), Some(server)),
+            Ok(client) => client,
             Err(code) => return code,
         },
     };
@@ -275,10 +265,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(130)
         }
     };
-    if let Some(server) = embedded {
-        let _ = server.stop.send(());
-        let _ = server.task.await;
-    }
     outcome
 }
 
