@@ -45,6 +45,28 @@ pub struct ServeArgs {
     /// Say how to update the server (it is part of this binary) and exit.
     #[arg(long)]
     update: bool,
+    /// Ask the server on this port (loopback) whether it is up, exit 0 if so (container
+    /// HEALTHCHECK; the image has no curl).
+    #[arg(long)]
+    health_check: bool,
+}
+
+/// `GET /health` on loopback with plain std I/O: true when the server answers 200.
+fn health_check(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::time::Duration::from_secs(2),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && head.ends_with(b" 200")
 }
 
 fn resolve_port(flag: Option<String>) -> Result<u16, String> {
@@ -76,12 +98,18 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let Some(key) = args.key.filter(|k| !k.is_empty()) else {
-        return err("API key required. Use --key or set ISOL8_API_KEY.");
-    };
-    let port = match resolve_port(args.port) {
+    let port = match resolve_port(args.port.clone()) {
         Ok(p) => p,
         Err(e) => return err(e),
+    };
+    if args.health_check {
+        return match health_check(port) {
+            true => ExitCode::SUCCESS,
+            false => err(format!("no healthy isol8 server on 127.0.0.1:{port}")),
+        };
+    }
+    let Some(key) = args.key.filter(|k| !k.is_empty()) else {
+        return err("API key required. Use --key or set ISOL8_API_KEY.");
     };
     let (config, source) = match ServerConfig::load() {
         Ok(c) => c,
