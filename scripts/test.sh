@@ -3,6 +3,8 @@
 # start it on Debian as root), build the runtime images, then fmt, clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCHEMATHESIS_VERSION=4.32.5
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 log() { echo "==> $*" >&2; }
 
@@ -41,11 +43,30 @@ ensure_docker() {
 ensure_docker
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_install debootstrap
 command -v python3 >/dev/null || apt_install python3
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+command -v kubectl >/dev/null || apt_install kubernetes-client
+
+# Python tools of the suite, pinned, in a venv under target/.
+mkdir -p target
+PY_TOOLS=target/py-tools
+if [ ! -x "$PY_TOOLS/bin/schemathesis" ] || [ ! -x "$PY_TOOLS/bin/kubernetes-validate" ]; then
+    log "installing schemathesis and kubernetes-validate into $PY_TOOLS"
+    python3 -m venv "$PY_TOOLS" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$PY_TOOLS"; }
+    "$PY_TOOLS/bin/pip" install -q --disable-pip-version-check \
+        "schemathesis==$SCHEMATHESIS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
 
 # HTTPS from containers may pass a TLS-inspecting proxy: trust the host's CA bundle in images and sandboxes.
 if [ -z "${ISOL8_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     export ISOL8_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 fi
+
+log "Kubernetes manifests: kubectl kustomize + kubernetes-validate"
+for dir in deploy/k8s/base deploy/k8s/overlays/example; do
+    kubectl kustomize "$dir" > "target/rendered-$(basename "$dir").yaml"
+done
+"$PY_TOOLS/bin/kubernetes-validate" --strict --quiet target/rendered-base.yaml target/rendered-example.yaml \
+    deploy/k8s/overlays/example/ingress-nginx-controller.yaml
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -63,13 +84,8 @@ cargo test --workspace --locked -- --test-threads 4 2>&1 | tee /tmp/isol8-test.l
 # The contract, fuzzed: schemathesis drives a real isol8-server with the committed spec.
 # /cleanup is left out because it would remove the runtime images mid-run.
 run_schemathesis() {
-    local venv=target/schemathesis-venv port key
+    local port key
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    if [ ! -x "$venv/bin/schemathesis" ]; then
-        log "installing schemathesis into $venv"
-        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
-        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-    fi
     key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
     ISOL8_API_KEY=$key ISOL8_DEFAULTS_TIMEOUT_MS=3000 ISOL8_MAXIMUMS_TIMEOUT_MS=5000 \
         ./target/debug/isol8-server --bind 127.0.0.1 --port $port >/tmp/isol8-schemathesis-server.log 2>&1 &
@@ -79,14 +95,13 @@ run_schemathesis() {
     # positive_data_acceptance is off: some valid-looking values are refused for reasons a schema
     # cannot state (a memory limit under 16m, a file path that leaves /sandbox after `..`).
     local st_status=0
-    "$venv/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
+    "$PY_TOOLS/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
         -H "Authorization: Bearer $key" --checks all --exclude-checks positive_data_acceptance \
         --exclude-path /cleanup --phases examples,fuzzing,stateful --max-examples 40 --workers 2 \
         --seed 1 --no-color 2>&1 | tail -n 30 | tee -a /tmp/isol8-test.log || st_status=$?
     kill -TERM $server; wait $server || true
     return $st_status
 }
-SCHEMATHESIS_VERSION=4.32.5
 log "schemathesis against a running isol8-server"
 if ! run_schemathesis; then
     echo "[ERR] schemathesis found contract violations" >&2

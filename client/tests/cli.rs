@@ -421,9 +421,17 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Vec
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read its stderr for its whole life (a closed pipe would make its next line fail); hand back
+    // the lines up to "listening on".
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     let mut seen = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
         let done = line.contains("listening on");
         seen.push(line);
         if done {
@@ -634,4 +642,73 @@ fn cli_sessions_continue_across_processes_and_can_be_listed_and_stopped() {
     let used = isol8(&["run", "-r", "bash", "--session-id", &id, "-e", "echo $kept"]);
     assert_eq!(stdout(&used), "yes\n", "{}", stderr(&used));
     isol8(&["session", "stop", &id]);
+}
+
+#[test]
+fn a_killed_server_leaves_no_sandbox_or_session_containers() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let (server, _) = spawn_serve(
+        &["--bind", "127.0.0.1", "--port", &port],
+        &[
+            ("ISOL8_API_KEY", "crash-key-0123456789"),
+            ("ISOL8_POOL_SIZE", "1"),
+        ],
+    );
+    let host = format!("http://127.0.0.1:{port}");
+    let out = isol8(&[
+        "run",
+        "--host",
+        &host,
+        "--key",
+        "crash-key-0123456789",
+        "-r",
+        "python",
+        "--session-id",
+        "doomed",
+        "-e",
+        "x = 1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let instance = {
+        let inspect = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=isol8.session=doomed",
+                "--format",
+                "{{.Label \"isol8.instance\"}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&inspect.stdout).trim().to_string()
+    };
+    assert!(!instance.is_empty(), "the session's container exists");
+    // SIGKILL: no graceful shutdown runs. Docker removes the containers once their connection is gone.
+    let mut server = server;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=isol8.instance={instance}"),
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&left.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containers outlived their server"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

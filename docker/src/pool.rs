@@ -2,8 +2,6 @@
 //! cleanup of what a crashed instance left behind.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,8 +92,6 @@ pub(crate) struct Pool {
     /// Every background task of the pool (replenisher, resets, removals); shutdown waits for them
     /// so nothing is created after it returns.
     tasks: TaskTracker,
-    /// Held (flock) for the life of the instance; its absence tells a later instance we are dead.
-    _instance_lock: Option<File>,
 }
 
 impl Pool {
@@ -105,11 +101,6 @@ impl Pool {
         instance: String,
         oci_runtime: Option<String>,
     ) -> Self {
-        let lock = instance_lock_path(&instance).and_then(|path| {
-            let file = File::create(path).ok()?;
-            file.try_lock().ok()?;
-            Some(file)
-        });
         Pool {
             docker,
             config,
@@ -124,7 +115,6 @@ impl Pool {
             busy: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
-            _instance_lock: lock,
         }
     }
 
@@ -433,19 +423,20 @@ impl Pool {
         Ok(all.into_iter().filter(dies_with_instance).collect())
     }
 
-    /// Removes sandbox containers whose creating instance is no longer alive (its lock is free).
-    /// Returns how many were removed.
+    /// Removes sandbox and session containers that no live instance holds: their connection closed
+    /// (the instance died), so they exited, and Docker did not get to remove them; or they were
+    /// created and never started. A live instance's containers are running: this is safe for several
+    /// servers sharing one engine, whatever machine or container they run in. Returns how many.
     pub async fn reclaim_orphans(&self) -> Result<usize> {
         let containers = self.list_sandboxes(None).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         let mut removed = 0;
         for container in containers {
-            let owner_instance = container
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_INSTANCE))
-                .cloned()
-                .unwrap_or_default();
-            if owner_instance == self.instance || instance_alive(&owner_instance) {
+            let state = container.state.as_deref().unwrap_or_default();
+            let stale_create = state == "created" && now - container.created.unwrap_or(now) > 60;
+            if !(matches!(state, "exited" | "dead") || stale_create) {
                 continue;
             }
             if let Some(id) = container.id {
@@ -462,30 +453,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn instance_lock_path(instance: &str) -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("isol8-instances");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir.join(format!("{instance}.lock")))
-}
-
-/// An instance is alive while it holds the lock on its file.
-fn instance_alive(instance: &str) -> bool {
-    if instance.is_empty() || instance.contains(['/', '.']) {
-        return false;
-    }
-    let Some(path) = instance_lock_path(instance) else {
-        return false;
-    };
-    let Ok(file) = File::open(&path) else {
-        return false;
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&path);
-            false
-        }
-        Err(_) => true,
-    }
 }

@@ -550,3 +550,60 @@ async fn warm_runs_reuse_started_containers_and_shutdown_removes_everything() {
         .unwrap();
     assert!(left.is_empty(), "containers left after shutdown: {left:?}");
 }
+
+#[tokio::test]
+async fn a_new_engine_removes_exited_sandboxes_of_dead_instances_but_not_live_ones() {
+    use bollard::container::{
+        Config, CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+    };
+    use futures::StreamExt;
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let probe = engine(0).await;
+    let image = probe.built_runtimes().await.unwrap()[&Runtime::Bash].clone();
+    probe.shutdown().await;
+    let make = |cmd: &str| Config {
+        image: Some(image.clone()),
+        entrypoint: Some(vec!["bash".into(), "-c".into(), cmd.into()]),
+        labels: Some(
+            [
+                ("isol8.managed", "true"),
+                ("isol8.kind", "sandbox"),
+                ("isol8.instance", "some-other-instance"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    let dead = docker
+        .create_container(None::<CreateContainerOptions<String>>, make("true"))
+        .await
+        .unwrap()
+        .id;
+    docker.start_container::<String>(&dead, None).await.unwrap();
+    let mut wait = docker.wait_container(&dead, None::<WaitContainerOptions<String>>);
+    while wait.next().await.is_some() {}
+    let live = docker
+        .create_container(None::<CreateContainerOptions<String>>, make("sleep 60"))
+        .await
+        .unwrap()
+        .id;
+    docker.start_container::<String>(&live, None).await.unwrap();
+
+    let engine = engine(0).await;
+    let dead_gone = docker.inspect_container(&dead, None).await.is_err();
+    let live_kept = docker.inspect_container(&live, None).await.is_ok();
+    engine.shutdown().await;
+    let force = Some(RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    });
+    let _ = docker.remove_container(&live, force).await;
+    let _ = docker.remove_container(&dead, force).await;
+    assert!(dead_gone, "the exited orphan was not removed");
+    assert!(
+        live_kept,
+        "a running container of another instance was removed"
+    );
+}
