@@ -275,6 +275,17 @@ for fam, kind, addr in [(socket.AF_INET, socket.SOCK_STREAM, ("1.1.1.1", 53)), (
 try:
     socket.getaddrinfo("example.com", 80); print("dns works")
 except OSError: print("dns fails")
+# ICMP: raw sockets need CAP_NET_RAW (dropped); unprivileged ping sockets find no route.
+for kind in (socket.SOCK_RAW, socket.SOCK_DGRAM):
+    try:
+        s = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+        s.settimeout(2)
+        s.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", ("1.1.1.1", 0)); print("icmp sent")
+    except OSError as e: print("icmp", type(e).__name__)
+try:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(2)
+    s.connect(("2606:4700:4700::1111", 53)); print("ipv6 reachable")
+except OSError as e: print("ipv6", type(e).__name__)
 print("ifaces", sorted(os.listdir("/sys/class/net")))
 caps = [l for l in open("/proc/self/status") if l.startswith(("CapEff", "CapBnd", "NoNewPrivs", "Seccomp:"))]
 print("".join(caps), end="")
@@ -286,6 +297,8 @@ print("".join(caps), end="")
     assert!(out.contains("pids True"), "own pid namespace: {out}");
     assert!(!out.contains("net reachable"), "{out}");
     assert!(out.contains("dns fails"), "{out}");
+    assert!(!out.contains("icmp sent"), "{out}");
+    assert!(!out.contains("ipv6 reachable"), "{out}");
     assert!(out.contains("ifaces ['lo']"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
