@@ -411,3 +411,43 @@ async fn the_session_header_works_and_bad_ids_are_refused() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn packages_installed_in_a_session_persist() {
+    let server = Server::start(config()).await;
+    // A wheel made in the session itself (no network). The root is read-only, so a plain
+    // `pip install` goes to the sandbox user's ~/.local, under /sandbox, which the session keeps.
+    let make_wheel = r#"
+import zipfile
+files = {
+    "sessionprobe/__init__.py": "VALUE = 'installed'\n",
+    "sessionprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: sessionprobe\nVersion: 1.0\n",
+    "sessionprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    "sessionprobe-1.0.dist-info/RECORD": "",
+}
+with zipfile.ZipFile("/sandbox/sessionprobe-1.0-py3-none-any.whl", "w") as z:
+    for name, text in files.items():
+        z.writestr(name, text)
+"#;
+    let made = call(&server, KEY, "pkgs", "python", make_wheel).await;
+    assert_eq!(made["exitCode"], 0, "{made}");
+    let install = call(
+        &server,
+        KEY,
+        "pkgs",
+        "python",
+        "import subprocess, sys\nr = subprocess.run(['pip', 'install', '--no-index', '/sandbox/sessionprobe-1.0-py3-none-any.whl'], capture_output=True, text=True)\nprint(r.returncode)\nsys.stderr.write(r.stderr)",
+    )
+    .await;
+    assert_eq!(install["stdout"], "0\n", "{install}");
+    let used = call(
+        &server,
+        KEY,
+        "pkgs",
+        "python",
+        "import sessionprobe\nprint(sessionprobe.VALUE)",
+    )
+    .await;
+    assert_eq!(used["stdout"], "installed\n", "{used}");
+    server.stop().await;
+}

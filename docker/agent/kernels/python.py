@@ -2,9 +2,11 @@
 
 Cells arrive on fd 3 as JSON lines {"code", "stdin", "env", "cwd"}; after each, {"exit": n} goes to fd 4.
 """
+import importlib
 import io
 import json
 import os
+import site
 import sys
 import traceback
 
@@ -12,8 +14,19 @@ namespace = {"__name__": "__main__", "__builtins__": __builtins__}
 control_in = os.fdopen(3, "r")
 control_out = os.fdopen(4, "w")
 
+
+def see_new_packages():
+    """Packages `pip install`ed by an earlier cell land in the user site, which did not exist when
+    this interpreter started: add it, so the next import finds them without a restart."""
+    user_site = site.getusersitepackages()
+    if os.path.isdir(user_site) and user_site not in sys.path:
+        site.addsitedir(user_site)
+    importlib.invalidate_caches()
+
+
 for line in control_in:
     cell = json.loads(line)
+    see_new_packages()
     os.environ.update(cell.get("env") or {})
     if cell.get("cwd"):
         os.chdir(cell["cwd"])
