@@ -42,8 +42,12 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &ExecuteBody) -> Result<reqwest::Response, ClientError> {
-        self.send(self.http.post(self.url(path)).json(body), path)
-            .await
+        let mut request = self.http.post(self.url(path)).json(body);
+        // Also as a header, so a load balancer can route the session's calls to one replica.
+        if let Some(id) = &body.session_id {
+            request = request.header("X-Isol8-Session", id);
+        }
+        self.send(request, path).await
     }
 
     fn url(&self, path: &str) -> String {

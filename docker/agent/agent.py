@@ -225,6 +225,7 @@ class Run:
         self.oom_before = oom_kill_count()
         self.stdin_fd = None
         self.stdin_buf = b""
+        self.scoped = False
 
     def start(self):
         req = self.req
@@ -299,13 +300,24 @@ class Run:
     def terminate(self, status):
         if self.status is None:
             self.status = status
-        kill_all()
+        self.kill()
+
+    def kill(self):
+        """Everything but the agent; in a session (`scoped`), only this run's process group, so the
+        session's interpreter survives a `cmd` or setup script."""
+        if not self.scoped:
+            kill_all()
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
 
     def on_reaped(self, statuses):
         if self.pid in statuses and self.exit_status is None:
             self.exit_status = statuses[self.pid]
             # The run ends with its main process: what it left behind dies with it, so the pipes close.
-            kill_all()
+            self.kill()
 
     def finished(self):
         return self.exit_status is not None and self.open_pipes == 0
@@ -406,7 +418,14 @@ class Kernel:
         """Complete JSON lines from the interpreter's control pipe ([] at EOF or nothing new)."""
         try:
             chunk = os.read(fd, READ_CHUNK)
-        except (BlockingIOError, OSError):
+        except BlockingIOError:
+            return []
+        except OSError:
+            chunk = b""
+        if not chunk:  # the interpreter is gone; stop watching its control pipe
+            self.sel.unregister(fd)
+            os.close(fd)
+            self.fds.remove(fd)
             return []
         self.ctl_buf += chunk
         lines = []
@@ -650,23 +669,27 @@ def main():
                     state.run.on_control(messages)
         statuses = reap_all()
         run = state.run
+        # The interpreter died outside a cell (a `cmd` run killed it, or it crashed): the next cell
+        # starts a new one and says the state is gone.
+        if state.kernel is not None and state.kernel.pid in statuses and not isinstance(run, Cell):
+            state.drop_kernel()
+            state.kernel_lost = True
         if run is not None:
             run.on_reaped(statuses)
             if run.exit_status is None and run.status is None and time.monotonic() >= run.deadline:
                 run.terminate("timeout")
             elif not run.finished() and (run.exit_status is not None or run.status is not None):
-                if not isinstance(run, Cell) or run.status is not None or run.kernel_died:
-                    kill_all()  # a process forked during the last kill: keep killing until the pipes close
+                if isinstance(run, Cell):
+                    if run.status is not None or run.kernel_died:
+                        kill_all()
+                else:
+                    run.kill()  # a process forked during the last kill: keep killing until the pipes close
             if run.finished():
                 run.close_stdin()
                 emit(run.result())
                 state.run = None
                 if isinstance(run, Cell) and run.kernel_died:
                     state.drop_kernel()
-        elif state.kernel is not None and state.kernel.pid in statuses:
-            state.drop_kernel()
-            state.kernel_lost = True
-            kill_all()
 
 
 def handle(msg, state):
@@ -679,6 +702,7 @@ def handle(msg, state):
         try:
             if op == "run":
                 new = Run(msg, state.sel)
+                new.scoped = state.kernel is not None
             else:
                 runtime = msg.get("runtime")
                 if runtime not in KERNELS:

@@ -85,7 +85,7 @@ pub enum RunEvent {
     Finished(ExecutionResult),
 }
 
-/// The events of one run. Dropping it cancels the run and destroys its container.
+/// The events of one run. Dropping it cancels the run; its container is destroyed, never reused.
 pub type RunEvents = mpsc::Receiver<RunEvent>;
 
 /// isol8's objects on a Docker engine, as listed by [`Engine::list_managed`].
@@ -270,7 +270,8 @@ impl Engine {
                 .images
                 .ensure_runtime(*runtime, force, progress)
                 .await?;
-            lock(&self.resolved).insert(*runtime, tag.clone());
+            // Resolved again on next use: a default custom image (`setup --python …`) may win.
+            lock(&self.resolved).remove(runtime);
             out.insert(*runtime, tag);
         }
         self.refresh_warm_set().await;
@@ -428,6 +429,7 @@ impl Engine {
                 tx,
                 docker,
                 session: false,
+                session_replaced: false,
             };
             let reusable = run.drive().await;
             if persist {
@@ -542,6 +544,8 @@ pub(crate) struct Run<S> {
     pub(crate) docker: Docker,
     /// Code goes to the session's long-lived interpreter instead of a fresh process.
     pub(crate) session: bool,
+    /// The session's earlier container was lost; this call runs in a new one.
+    pub(crate) session_replaced: bool,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -570,6 +574,14 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
         let started = Instant::now();
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut outcome = None;
+        if self.session_replaced {
+            let message = "the session's container was replaced; state from earlier calls is gone";
+            self.emit(RunEvent::Error {
+                phase: StreamPhase::Code,
+                message: message.into(),
+            })
+            .await;
+        }
         if let Some(script) = self.plan.setup_script.clone() {
             match self.phase(StreamPhase::Setup, Some(script)).await {
                 Stop::Cancelled => return false,
@@ -616,7 +628,9 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             timestamp,
             container_id: self.sandbox.short_id(),
             files: (!self.plan.output_paths.is_empty()).then_some(outcome.files),
-            session_restarted: self.session.then_some(outcome.restarted),
+            session_restarted: self
+                .session
+                .then_some(outcome.restarted || self.session_replaced),
         };
         self.emit(RunEvent::Finished(result)).await;
         outcome.reusable
@@ -713,7 +727,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                     return Stop::Cancelled;
                 }
                 _ = &mut backstop => {
-                    let message = "the sandbox did not stop at its timeout; it was destroyed".to_string();
+                    let message = "the sandbox did not stop at its timeout; it is destroyed".to_string();
                     let mut outcome = self.failed(phase, message).await;
                     outcome.status = ExecutionStatus::Timeout;
                     outcome.exit_code = 137;

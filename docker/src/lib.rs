@@ -22,5 +22,5 @@ pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{confine, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
-pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot};
+pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot, SessionState};
 pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};

@@ -33,6 +33,9 @@ pub struct SessionKey {
 pub struct SessionSandbox {
     sandbox: Sandbox,
     pub runtime: Runtime,
+    /// Every secret a call of this session passed: they stay in the interpreter's environment,
+    /// so later calls mask them too.
+    secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl SessionSandbox {
@@ -41,19 +44,55 @@ impl SessionSandbox {
     }
 }
 
-/// The lock that serializes a session's calls; empty until the first call creates the container,
-/// and again after the container died.
-pub type SessionSlot = Arc<tokio::sync::Mutex<Option<SessionSandbox>>>;
+/// What a session holds between calls: its container (none until the first call creates it, and
+/// again after it was lost), and whether one was lost, so the next call can say so.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    sandbox: Option<SessionSandbox>,
+    lost: bool,
+}
+
+impl SessionState {
+    pub fn has_container(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    pub fn container_id(&self) -> Option<String> {
+        self.sandbox.as_ref().map(SessionSandbox::container_id)
+    }
+
+    pub fn sandbox_mut(&mut self) -> Option<&mut SessionSandbox> {
+        self.sandbox.as_mut()
+    }
+
+    /// Takes the container out (to close the session).
+    pub fn take(&mut self) -> Option<SessionSandbox> {
+        self.sandbox.take()
+    }
+}
+
+/// The lock that serializes a session's calls.
+pub type SessionSlot = Arc<tokio::sync::Mutex<SessionState>>;
 
 /// A session's sandbox locked for one call; handed to the run task so the lock is held until the
 /// call ends, also when the client streams.
-struct Locked(OwnedMutexGuard<Option<SessionSandbox>>);
+struct Locked(OwnedMutexGuard<SessionState>);
+
+impl Locked {
+    fn session(&mut self) -> &mut SessionSandbox {
+        self.0
+            .sandbox
+            .as_mut()
+            .expect("a locked session has a sandbox")
+    }
+}
 
 impl Deref for Locked {
     type Target = Sandbox;
     fn deref(&self) -> &Sandbox {
         &self
             .0
+            .sandbox
             .as_ref()
             .expect("a locked session has a sandbox")
             .sandbox
@@ -62,11 +101,7 @@ impl Deref for Locked {
 
 impl DerefMut for Locked {
     fn deref_mut(&mut self) -> &mut Sandbox {
-        &mut self
-            .0
-            .as_mut()
-            .expect("a locked session has a sandbox")
-            .sandbox
+        &mut self.session().sandbox
     }
 }
 
@@ -87,11 +122,12 @@ impl Engine {
     /// the call's last event.
     pub async fn execute_in_session(
         &self,
-        mut slot: OwnedMutexGuard<Option<SessionSandbox>>,
+        mut slot: OwnedMutexGuard<SessionState>,
         key: &SessionKey,
-        plan: RunPlan,
+        mut plan: RunPlan,
     ) -> Result<RunEvents> {
-        if let Some(session) = slot.as_ref() {
+        let mut replaced = false;
+        if let Some(session) = slot.sandbox.as_ref() {
             if session.runtime != plan.runtime {
                 return Err(Error::Conflict(format!(
                     "session \"{}\" runs {}, not {}",
@@ -107,7 +143,12 @@ impl Engine {
                 Some(session) => session,
                 None => self.create_session(key, &plan).await?,
             };
-            *slot = Some(session);
+            slot.sandbox = Some(session);
+            replaced = std::mem::take(&mut slot.lost);
+        }
+        if let Some(session) = slot.sandbox.as_mut() {
+            session.secrets.extend(plan.secrets.clone());
+            plan.secrets = session.secrets.clone();
         }
         let (tx, rx) = mpsc::channel(64);
         let mut run = Run {
@@ -116,13 +157,17 @@ impl Engine {
             tx,
             docker: self.docker().clone(),
             session: true,
+            session_replaced: replaced,
         };
         let pool = Arc::clone(self.pool());
         tokio::spawn(async move {
-            run.drive().await;
-            // A dead container is dropped so the next call starts a fresh one.
-            if run.sandbox.is_gone() {
-                if let Some(session) = run.sandbox.0.take() {
+            let usable = run.drive().await;
+            // A call that was cancelled or overran its backstop may still be running in the agent,
+            // and a dead container cannot serve: either way the next call starts a fresh one (and
+            // says the session restarted) rather than read this call's leftovers.
+            if !usable || run.sandbox.is_gone() {
+                if let Some(session) = run.sandbox.0.sandbox.take() {
+                    run.sandbox.0.lost = true;
                     pool.destroy(session.sandbox).await;
                 }
             }
@@ -147,6 +192,7 @@ impl Engine {
         Ok(SessionSandbox {
             sandbox,
             runtime: plan.runtime,
+            secrets: Default::default(),
         })
     }
 
@@ -187,7 +233,11 @@ impl Engine {
         );
         spec.kind = ContainerKind::LocalSession;
         let sandbox = Sandbox::adopt(docker, &found.container_id, spec).await?;
-        Ok(Some(SessionSandbox { sandbox, runtime }))
+        Ok(Some(SessionSandbox {
+            sandbox,
+            runtime,
+            secrets: Default::default(),
+        }))
     }
 
     /// Writes `data` to `path` (inside /sandbox; parent folders created) in the session's container.

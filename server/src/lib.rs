@@ -16,6 +16,7 @@ pub use app::{app, openapi, serve};
 pub use auth::{load_keys, NamedKey};
 pub use config::{LimitsConfig, LogFormat, ServerConfig};
 pub use error::ApiError;
+pub use sessions::check_id as check_session_id;
 pub use state::AppState;
 
 /// The engine the server runs on, re-exported for the embedding CLI (image builds, local runs).

@@ -451,3 +451,58 @@ with zipfile.ZipFile("/sandbox/sessionprobe-1.0-py3-none-any.whl", "w") as z:
     assert_eq!(used["stdout"], "installed\n", "{used}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn commands_secrets_and_cancelled_calls_keep_a_session_coherent() {
+    let server = Server::start(config()).await;
+    call(&server, KEY, "mixed", "python", "kept = 'yes'").await;
+    // A shell command in the session runs beside the interpreter, not instead of it.
+    let cmd = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "cmd": "echo from-shell"}, "sessionId": "mixed"}),
+        )
+        .await;
+    let cmd: Value = cmd.json().await.unwrap();
+    assert_eq!(cmd["stdout"], "from-shell\n", "{cmd}");
+    let after = call(&server, KEY, "mixed", "python", "print(kept)").await;
+    assert_eq!(after["stdout"], "yes\n", "{after}");
+    assert_eq!(after["sessionRestarted"], false);
+
+    // A secret given once stays masked in later calls, which still see it in the environment.
+    let given = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "import os"}, "options": {"secrets": {"TOKEN": "s3cr3t-value"}},
+                   "sessionId": "mixed"}),
+        )
+        .await;
+    assert_eq!(given.status(), 200);
+    let later = call(
+        &server,
+        KEY,
+        "mixed",
+        "python",
+        "print(os.environ['TOKEN'])",
+    )
+    .await;
+    assert_eq!(later["stdout"], "***\n", "{later}");
+
+    // A streamed call whose client goes away: the next call gets its own result, not the
+    // abandoned one's, and is told the state is gone.
+    let response = server
+        .post(
+            "/execute/stream",
+            json!({"request": {"runtime": "python", "code": "import time\nprint('started', flush=True)\ntime.sleep(30)"},
+                   "sessionId": "mixed"}),
+        )
+        .await;
+    let mut bytes = response.bytes_stream();
+    use futures::StreamExt;
+    let _ = bytes.next().await;
+    drop(bytes);
+    let next = call(&server, KEY, "mixed", "python", "print('fresh')").await;
+    assert_eq!(next["stdout"], "fresh\n", "{next}");
+    assert_eq!(next["sessionRestarted"], true, "{next}");
+    server.stop().await;
+}

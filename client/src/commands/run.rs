@@ -241,6 +241,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return err(e),
     };
     if let Some(id) = &body.session_id {
+        // Checked here too: the id also names a file under ~/.isol8/sessions.
+        if let Err(e) = isol8_server::check_session_id(id) {
+            return err(e);
+        }
         eprintln!("[INFO] Session ID: {id}");
         if args.host.is_none() {
             touch_local(id);

@@ -38,6 +38,11 @@ enum SessionCommand {
 }
 
 pub async fn session(args: SessionArgs) -> ExitCode {
+    if let SessionCommand::Stop { id } = &args.command {
+        if let Err(e) = isol8_server::check_session_id(id) {
+            return err(e);
+        }
+    }
     match &args.host {
         Some(host) => {
             let Some(key) = args.key.clone().filter(|k| !k.is_empty()) else {

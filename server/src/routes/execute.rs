@@ -88,21 +88,24 @@ async fn start(
             .transpose()
             .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
     };
-    let slot = state.acquire_slot().await?;
     let Some(id) = session_id else {
+        let slot = state.acquire_slot().await?;
         return Ok((state.engine.execute_stream(plan).await?, slot));
     };
     let session = state
         .sessions
         .get_or_create(&caller.owner, &id, plan.runtime)?;
     session.touch();
+    // The session's turn first, then an execution slot: calls queued on a busy session must not
+    // hold slots other clients could use.
     let locked = Arc::clone(&session.slot).lock_owned().await;
+    let slot = state.acquire_slot().await?;
     let key = session.key(state.sessions.local);
     match state.engine.execute_in_session(locked, &key, plan).await {
         Ok(events) => Ok((events, slot)),
         Err(err) => {
             // A session whose container could not even be made is not kept.
-            if session.slot.try_lock().is_ok_and(|s| s.is_none()) {
+            if session.slot.try_lock().is_ok_and(|s| !s.has_container()) {
                 state.sessions.remove(&caller.owner, &id);
             }
             Err(err.into())

@@ -32,11 +32,7 @@ fn info(session: &Session) -> SessionInfo {
         created_at: rfc3339(session.created),
         last_accessed_at: rfc3339(session.last_used()),
         is_active: session.busy(),
-        container_id: session
-            .slot
-            .try_lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|s| s.container_id())),
+        container_id: session.slot.try_lock().ok().and_then(|s| s.container_id()),
     }
 }
 
@@ -103,7 +99,7 @@ pub async fn write_file(
     session.touch();
     let mut slot = session.slot.lock().await;
     let sandbox = slot
-        .as_mut()
+        .sandbox_mut()
         .ok_or_else(|| no_container(&body.session_id))?;
     state
         .engine
@@ -132,7 +128,7 @@ pub async fn read_file(
     session.touch();
     let mut slot = session.slot.lock().await;
     let sandbox = slot
-        .as_mut()
+        .sandbox_mut()
         .ok_or_else(|| no_container(&query.session_id))?;
     let data = state
         .engine
