@@ -529,6 +529,12 @@ impl Engine {
         Ok(response)
     }
 
+    /// Removes the warm containers kept for `owner` (one tenant's cleanup; sessions are the
+    /// server's). Returns how many.
+    pub async fn cleanup_owner(&self, owner: &str) -> usize {
+        self.pool.drop_owner(owner).await
+    }
+
     /// Stops taking runs and removes every container this engine created.
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;

@@ -348,6 +348,28 @@ impl Pool {
         }
     }
 
+    /// Removes the idle containers kept for `owner` (its reused, reset sandboxes); returns how many.
+    pub async fn drop_owner(&self, owner: &str) -> usize {
+        let taken: Vec<Sandbox> = {
+            let mut idle = lock(&self.idle);
+            let keys: Vec<PoolKey> = idle
+                .keys()
+                .filter(|k| k.owner.as_deref() == Some(owner))
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| idle.remove(k))
+                .flatten()
+                .map(|i| i.sandbox)
+                .collect()
+        };
+        let count = taken.len();
+        for sandbox in taken {
+            self.destroy(sandbox).await;
+        }
+        count
+    }
+
     fn take_expired(&self) -> Vec<Sandbox> {
         let mut idle = lock(&self.idle);
         let mut out = Vec::new();

@@ -113,7 +113,7 @@ pub struct ServerConfig {
     pub max_file_bytes: u64,
     /// A JSON file of further API keys, each with a name and a tenant:
     /// `[{"name": "ci", "key": "...", "tenant": "team-a"}]`. Sessions and warm containers are
-    /// scoped to the tenant; only the master key may call `/cleanup`.
+    /// scoped to the tenant, and so is `/cleanup` (the master key's cleans up everything).
     #[schema(value_type = Option<String>)]
     pub keys_file: Option<PathBuf>,
     /// OCI runtime for sandboxes, e.g. `runsc`.

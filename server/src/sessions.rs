@@ -179,6 +179,27 @@ impl Sessions {
         expired.iter().filter_map(|k| map.remove(k)).collect()
     }
 
+    /// Takes out every session of `owner` (its cleanup).
+    fn take_owner(&self, owner: &str) -> Vec<Arc<Session>> {
+        let owner = self.owner(owner);
+        let mut map = lock(&self.map);
+        let keys: Vec<(String, String)> =
+            map.keys().filter(|(o, _)| *o == owner).cloned().collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
+    /// Ends every session of `owner`; returns how many containers that removed.
+    pub async fn close_owner(&self, engine: &Engine, owner: &str) -> usize {
+        let mut removed = 0;
+        for session in self.take_owner(owner) {
+            if session.slot.lock().await.has_container() {
+                removed += 1;
+            }
+            close(engine, &session).await;
+        }
+        removed
+    }
+
     /// Takes out every session (shutdown).
     fn take_all(&self) -> Vec<Arc<Session>> {
         lock(&self.map).drain().map(|(_, s)| s).collect()

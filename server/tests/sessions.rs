@@ -267,15 +267,36 @@ async fn another_key_never_sees_or_reaches_a_session() {
     assert_eq!(deleted.status(), 200);
     let still = call(&server, KEY, "mine", "python", "print(secret)").await;
     assert_eq!(still["stdout"], "only-mine\n");
-    // Only the master key cleans up.
-    let cleanup = server
+    // A tenant's cleanup ends its own sessions only; images are the master key's business.
+    call(&server, OTHER_KEY, "theirs", "python", "pass").await;
+    let cleanup: Value = server
         .http
         .post(server.url("/cleanup"))
         .bearer_auth(OTHER_KEY)
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(cleanup.status(), 403);
+    assert_eq!(cleanup["containers"]["removed"], 1, "{cleanup}");
+    let theirs: Value = get(&server, OTHER_KEY, "/sessions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["sessions"], json!([]));
+    let still = call(&server, KEY, "mine", "python", "print(secret)").await;
+    assert_eq!(still["stdout"], "only-mine\n");
+    let images = server
+        .http
+        .post(server.url("/cleanup"))
+        .bearer_auth(OTHER_KEY)
+        .json(&json!({"images": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(images.status(), 403);
     server.stop().await;
 }
 

@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use isol8_api::{CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime};
+use isol8_api::{
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -50,14 +52,15 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>
     }))
 }
 
-/// Remove every isol8 container on the Docker engine (and images with `{"images": true}`).
+/// With the master key: remove every isol8 container on the Docker engine (and images with
+/// `{"images": true}`). With a tenant's key: end that tenant's sessions and drop its warm containers.
 #[utoipa::path(post, path = "/cleanup", tag = "system",
     request_body(content = Option<CleanupRequest>),
     responses(
         (status = 200, description = "What was removed", body = CleanupResponse),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
-        (status = 403, description = "Wrong key, or not the master key", body = ErrorBody),
+        (status = 403, description = "Wrong key, or images asked for without the master key", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -66,11 +69,6 @@ pub async fn cleanup(
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<CleanupResponse>, ApiError> {
-    if !caller.master {
-        return Err(ApiError::policy(
-            "only the master key may clean up: it removes every isol8 container on the engine",
-        ));
-    }
     // The body is optional: no body means `{}`.
     let images = if body.iter().all(u8::is_ascii_whitespace) {
         false
@@ -79,6 +77,27 @@ pub async fn cleanup(
             .map_err(|e| ApiError::bad_request(format!("invalid cleanup body: {e}")))?
             .images
     };
+    if !caller.master {
+        // A tenant's key cleans up what is its own: its sessions and its warm containers.
+        if images {
+            return Err(ApiError::policy(
+                "only the master key may remove images: they are shared by every tenant",
+            ));
+        }
+        let sessions = state
+            .sessions
+            .close_owner(&state.engine, &caller.owner)
+            .await;
+        let warm = state.engine.cleanup_owner(&caller.owner).await;
+        return Ok(Json(CleanupResponse {
+            ok: true,
+            containers: CleanupCounts {
+                removed: (sessions + warm) as u64,
+                ..Default::default()
+            },
+            images: None,
+        }));
+    }
     Ok(Json(state.engine.cleanup(images).await?))
 }
 
