@@ -98,7 +98,7 @@ run_schemathesis() {
     "$PY_TOOLS/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
         -H "Authorization: Bearer $key" --checks all --exclude-checks positive_data_acceptance \
         --exclude-path /cleanup --phases examples,fuzzing,stateful --max-examples 40 --workers 2 \
-        --seed 1 --no-color 2>&1 | tail -n 30 | tee -a /tmp/isol8-test.log || st_status=$?
+        --seed 1 --no-color 2>&1 | tail -n 80 | tee -a /tmp/isol8-test.log || st_status=$?
     kill -TERM $server; wait $server || true
     return $st_status
 }

@@ -379,14 +379,21 @@ fn install_selects_filtered_networking_unless_net_is_given() {
         "-e",
         "import six",
     ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("filtered"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--install without --net: using filtered networking"),
+        "{}",
+        stderr(&out)
+    );
     for net in [["--net", "none"].as_slice(), ["--net=none"].as_slice()] {
         let mut args = vec!["run", "-r", "python", "--install", "isol8-absent-pkg"];
         args.extend_from_slice(net);
         args.extend_from_slice(&["-e", "print(1)"]);
         let out = isol8(&args);
         assert!(!out.status.success());
+        assert!(
+            !stderr(&out).contains("using filtered networking"),
+            "{net:?}"
+        );
         assert!(
             stderr(&out).contains("no python image holds isol8-absent-pkg"),
             "{net:?}: {}",
@@ -711,4 +718,19 @@ fn a_killed_server_leaves_no_sandbox_or_session_containers() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn filtered_runs_reach_only_allowed_hosts_and_log_network_prints_each_request() {
+    let out = isol8(&[
+        "run", "-r", "python", "--net", "filtered", "--allow", "^example\\.org$", "--deny", "^example\\.org$",
+        "--log-network", "-e",
+        "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org/x', timeout=5)\nexcept Exception as e:\n    print('refused' if '403' in str(e) else e)",
+    ]);
+    assert_eq!(stdout(&out), "refused\n", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("BLOCK GET example.org/x (denied by rule)"),
+        "{}",
+        stderr(&out)
+    );
 }

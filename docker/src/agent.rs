@@ -147,6 +147,11 @@ impl Sandbox {
                 } => Error::ImageMissing {
                     image: spec.image.clone(),
                 },
+                // Docker refuses what the request asked for (a malformed image name): the caller's error.
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                } => Error::InvalidRequest(format!("image \"{}\": {message}", spec.image)),
                 _ => Error::Docker {
                     action: "create container",
                     source: e,

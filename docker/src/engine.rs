@@ -10,7 +10,8 @@ use bollard::container::ListContainersOptions;
 use bollard::image::{ListImagesOptions, RemoveImageOptions};
 use bollard::Docker;
 use isol8_api::{
-    CleanupCounts, CleanupResponse, ExecutionResult, ExecutionStatus, Runtime, StreamPhase,
+    CleanupCounts, CleanupResponse, ExecutionResult, ExecutionStatus, NetworkMode, Runtime,
+    StreamPhase,
 };
 use tokio::sync::mpsc;
 
@@ -19,6 +20,7 @@ use crate::custom::{default_custom_tag, PackageSet};
 use crate::error::{is_not_found, Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
+use crate::network::FilteredNetwork;
 use crate::output::OutputFilter;
 use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
@@ -405,9 +407,9 @@ impl Engine {
 
     /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
-    pub async fn execute_stream(&self, plan: RunPlan) -> Result<RunEvents> {
-        let spec = self.container_spec(&plan).await?;
-        let sandbox = self.pool.acquire(&spec, &plan.owner).await.map_err(|e| {
+    pub async fn execute_stream(&self, mut plan: RunPlan) -> Result<RunEvents> {
+        let mut spec = self.container_spec(&plan).await?;
+        let unavailable = |e: Error| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {
                     address: self.address.clone(),
@@ -416,11 +418,42 @@ impl Engine {
             } else {
                 e
             }
-        })?;
+        };
+        // Filtered runs get their own network and proxy, and a container made for them alone.
+        let network = match plan.network {
+            NetworkMode::Filtered => {
+                let network = FilteredNetwork::create(
+                    &self.docker,
+                    self.instance_id(),
+                    &spec.image,
+                    &plan.allow_hosts,
+                    &plan.deny_hosts,
+                )
+                .await?;
+                spec.filtered_network = Some(network.name.clone());
+                plan.env.extend(network.proxy_env());
+                Some(network)
+            }
+            _ => None,
+        };
+        let sandbox = match &network {
+            Some(_) => self.pool.create(&spec).await,
+            None => self.pool.acquire(&spec, &plan.owner).await,
+        };
+        let sandbox = match sandbox {
+            Ok(sandbox) => sandbox,
+            Err(err) => {
+                if let Some(network) = network {
+                    network.teardown(&self.docker).await;
+                }
+                return Err(unavailable(err));
+            }
+        };
         let (tx, rx) = mpsc::channel(64);
         let pool = Arc::clone(&self.pool);
         let docker = self.docker.clone();
-        tokio::spawn(async move {
+        // A pool task, so shutdown waits for the run's teardown (its container, network, proxy).
+        self.pool.spawn(async move {
             let owner = plan.owner.clone();
             let persist = plan.persist;
             let mut run = Run {
@@ -430,9 +463,13 @@ impl Engine {
                 docker,
                 session: false,
                 session_replaced: false,
+                network,
             };
             let reusable = run.drive().await;
-            if persist {
+            if let Some(network) = run.network.take() {
+                pool.destroy(*run.sandbox).await;
+                network.teardown(&run.docker).await;
+            } else if persist {
                 tracing::info!(container = %run.sandbox.short_id(), "keeping container (persist)");
                 pool.forget(*run.sandbox);
             } else {
@@ -552,6 +589,8 @@ pub(crate) struct Run<S> {
     pub(crate) session: bool,
     /// The session's earlier container was lost; this call runs in a new one.
     pub(crate) session_replaced: bool,
+    /// `filtered` mode: the run's network and proxy.
+    pub(crate) network: Option<FilteredNetwork>,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -634,10 +673,15 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             timestamp,
             container_id: self.sandbox.short_id(),
             files: (!self.plan.output_paths.is_empty()).then_some(outcome.files),
+            network_logs: None,
             session_restarted: self
                 .session
                 .then_some(outcome.restarted || self.session_replaced),
         };
+        let mut result = result;
+        if let (Some(network), true) = (&self.network, self.plan.log_network) {
+            result.network_logs = Some(network.logs(&self.docker).await);
+        }
         self.emit(RunEvent::Finished(result)).await;
         outcome.reusable
     }

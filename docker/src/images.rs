@@ -19,6 +19,7 @@ pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
 const AGENT_PY: &str = include_str!("../agent/agent.py");
 const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
+const PROXY_PY: &str = include_str!("../agent/proxy.py");
 /// The session interpreters the agent keeps alive for persistent sessions.
 const KERNELS: [(&str, &str); 3] = [
     (
@@ -237,6 +238,7 @@ impl ImageBuilder {
             ("Dockerfile".into(), BASE_DOCKERFILE.as_bytes().to_vec()),
             ("agent.py".into(), AGENT_PY.as_bytes().to_vec()),
             ("fetch-wheel.py".into(), FETCH_WHEEL_PY.as_bytes().to_vec()),
+            ("proxy.py".into(), PROXY_PY.as_bytes().to_vec()),
             ("extra-ca.crt".into(), ca),
         ];
         files.extend(

@@ -6,6 +6,7 @@ mod engine;
 mod error;
 mod images;
 mod limits;
+mod network;
 mod output;
 mod plan;
 mod pool;

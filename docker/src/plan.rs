@@ -40,6 +40,12 @@ pub struct RunPlan {
     pub workdir: String,
     pub limits: Limits,
     pub network: NetworkMode,
+    /// `filtered` mode: hostnames (regexes, full match) the program may reach, and ones it may not
+    /// (deny wins; an empty allow list allows nothing).
+    pub allow_hosts: Vec<String>,
+    pub deny_hosts: Vec<String>,
+    /// Return the proxy's request log with the result.
+    pub log_network: bool,
     /// Identity of the API key the run belongs to; containers are never reused across owners.
     pub owner: String,
     /// Keep the container after the run (for inspection); it is never reused.
@@ -107,11 +113,13 @@ impl RunPlan {
         check_env("secrets", &options.secrets)?;
         let packages = PackageSet::parse(request.runtime, &request.install_packages)?;
         let network = options.network.unwrap_or_default();
-        if network == NetworkMode::Filtered {
-            return Err(Error::Unsupported(
-                "network mode \"filtered\" is not available on this server yet; use \"none\""
-                    .into(),
-            ));
+        let filter = options.network_filter.clone().unwrap_or_default();
+        for pattern in filter.whitelist.iter().chain(&filter.blacklist) {
+            regex::Regex::new(pattern).map_err(|e| {
+                invalid(format!(
+                    "networkFilter: \"{pattern}\" is not a valid regex: {e}"
+                ))
+            })?;
         }
         if let Some(image) = &options.image {
             if image.trim().is_empty() || image.contains(char::is_whitespace) {
@@ -136,6 +144,9 @@ impl RunPlan {
             workdir,
             limits,
             network,
+            allow_hosts: filter.whitelist,
+            deny_hosts: filter.blacklist,
+            log_network: options.log_network.unwrap_or(false),
             owner: owner.to_string(),
             persist: options.persist.unwrap_or(false),
         })

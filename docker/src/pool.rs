@@ -264,6 +264,14 @@ impl Pool {
         drop(sandbox);
     }
 
+    /// Runs `task` as one of the pool's background tasks, so shutdown waits for it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
     /// Stops tracking a container this pool created, so shutdown leaves it (CLI sessions).
     pub(crate) fn untrack(&self, id: &str) {
         lock(&self.live).remove(id);
@@ -398,16 +406,18 @@ impl Pool {
         for sandbox in idle {
             self.destroy(sandbox).await;
         }
+        // Containers still in use go first: their runs then end at once, and so do the tasks
+        // driving them (and tearing down filtered networks), which are waited for next.
+        let live: Vec<String> = lock(&self.live).drain().collect();
+        for id in live {
+            remove(&self.docker, &id).await;
+        }
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(60), self.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("pool tasks did not finish within 60 s of shutdown");
-        }
-        let live: Vec<String> = lock(&self.live).drain().collect();
-        for id in live {
-            remove(&self.docker, &id).await;
         }
         // Anything still labelled with this instance (a create that raced shutdown) goes too.
         if let Ok(left) = self.list_sandboxes(Some(&self.instance)).await {
@@ -438,11 +448,47 @@ impl Pool {
             .map_err(Error::docker("list containers"))?;
         let dies_with_instance = |c: &bollard::models::ContainerSummary| {
             let kind = c.labels.as_ref().and_then(|l| l.get(LABEL_KIND));
-            [ContainerKind::Sandbox, ContainerKind::Session]
-                .iter()
-                .any(|k| kind.map(String::as_str) == Some(k.as_str()))
+            [
+                ContainerKind::Sandbox.as_str(),
+                ContainerKind::Session.as_str(),
+                "proxy",
+            ]
+            .iter()
+            .any(|k| kind.map(String::as_str) == Some(*k))
         };
         Ok(all.into_iter().filter(dies_with_instance).collect())
+    }
+
+    async fn remove_orphan_proxy(&self, id: &str) -> usize {
+        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
+            return 0;
+        };
+        let networks: Vec<String> = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| {
+                n.into_keys()
+                    .filter(|k| k.starts_with("isol8-net-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &networks {
+            let members = self
+                .docker
+                .inspect_network::<String>(name, None)
+                .await
+                .ok()
+                .and_then(|n| n.containers)
+                .map_or(0, |c| c.len());
+            if members > 1 {
+                return 0;
+            }
+        }
+        remove(&self.docker, id).await;
+        for name in networks {
+            let _ = self.docker.remove_network(&name).await;
+        }
+        1
     }
 
     /// Removes sandbox and session containers that no live instance holds: their connection closed
@@ -457,6 +503,24 @@ impl Pool {
         let mut removed = 0;
         for container in containers {
             let state = container.state.as_deref().unwrap_or_default();
+            let is_proxy = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_KIND))
+                .is_some_and(|k| k == "proxy");
+            // A filtered run's proxy outlives a crashed server: it is an orphan when no sandbox
+            // shares its network any more.
+            // (A young proxy may be waiting for its sandbox to be created: leave it.)
+            let young = now - container.created.unwrap_or(now) < 60;
+            if is_proxy && state == "running" && !young {
+                if let Some(id) = container.id.as_deref() {
+                    removed += self.remove_orphan_proxy(id).await;
+                }
+                continue;
+            }
+            if is_proxy && state == "running" {
+                continue;
+            }
             let stale_create = state == "created" && now - container.created.unwrap_or(now) > 60;
             if !(matches!(state, "exited" | "dead") || stale_create) {
                 continue;

@@ -158,6 +158,7 @@ impl Engine {
             docker: self.docker().clone(),
             session: true,
             session_replaced: replaced,
+            network: None,
         };
         let pool = Arc::clone(self.pool());
         tokio::spawn(async move {

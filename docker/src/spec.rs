@@ -61,6 +61,9 @@ pub struct ContainerSpec {
     pub tmp_bytes: u64,
     pub network: NetworkMode,
     pub kind: ContainerKind,
+    /// `filtered` mode: the run's internal network, where the only other member is its proxy.
+    /// Without one a filtered container gets no network at all (fail closed).
+    pub filtered_network: Option<String>,
     /// Extra labels (a session's id and owner).
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -77,6 +80,7 @@ impl ContainerSpec {
             tmp_bytes: limits.tmp_bytes,
             network,
             kind: ContainerKind::Sandbox,
+            filtered_network: None,
             labels: Default::default(),
         }
     }
@@ -104,11 +108,10 @@ impl ContainerSpec {
                 format!("rw,exec,nosuid,nodev,size={},mode=1777", self.tmp_bytes),
             ),
         ]);
-        let network_mode = match self.network {
-            NetworkMode::None => "none",
-            NetworkMode::Host => "host",
-            // Filtered containers join an internal network chosen by the network policy.
-            NetworkMode::Filtered => "none",
+        let network_mode = match (self.network, &self.filtered_network) {
+            (NetworkMode::None, _) | (NetworkMode::Filtered, None) => "none",
+            (NetworkMode::Host, _) => "host",
+            (NetworkMode::Filtered, Some(name)) => name.as_str(),
         };
         let memory = i64::try_from(self.memory_bytes).unwrap_or(i64::MAX);
         // Containers that die with their instance also die with their connection: when the process
@@ -128,6 +131,12 @@ impl ContainerSpec {
             cap_drop: Some(vec!["ALL".to_string()]),
             security_opt: Some(vec!["no-new-privileges:true".to_string()]),
             network_mode: Some(network_mode.to_string()),
+            // Filtered: names resolve nowhere (Docker's resolver forwards to this dead address), so
+            // DNS cannot carry data out; the proxy resolves for the program.
+            dns: (self.network == NetworkMode::Filtered).then(|| vec!["127.0.0.1".to_string()]),
+            // …and fail fast instead of retrying for ten seconds.
+            dns_options: (self.network == NetworkMode::Filtered)
+                .then(|| vec!["timeout:1".to_string(), "attempts:1".to_string()]),
             ipc_mode: Some("private".to_string()),
             ulimits: Some(vec![
                 ResourcesUlimits {

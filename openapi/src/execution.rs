@@ -286,6 +286,25 @@ pub struct ExecuteBody {
     pub session_id: Option<String>,
 }
 
+/// One request a `filtered` sandbox made through isol8's proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkLogEntry {
+    /// RFC 3339.
+    pub time: String,
+    /// `CONNECT` for HTTPS, else the HTTP method.
+    pub method: String,
+    pub host: String,
+    /// The path, where visible (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub allowed: bool,
+    /// Why it was refused (or could not connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub duration_ms: u64,
+}
+
 /// How a run ended; the same value in the result and in the stream's final event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -338,6 +357,9 @@ pub struct ExecutionResult {
     /// `outputPaths` that existed, base64-encoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, String>>,
+    /// `filtered` mode with `logNetwork`: every request the program made through the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_logs: Option<Vec<NetworkLogEntry>>,
     /// Sessions only: the interpreter had to be restarted during this call (timeout, exit, crash),
     /// so state from earlier calls is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,7 @@ mod stream;
 
 pub use execution::{
     ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus,
-    NetworkFilter, NetworkMode, Runtime,
+    NetworkFilter, NetworkLogEntry, NetworkMode, Runtime,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
 pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};

@@ -86,7 +86,7 @@ pub struct ServerConfig {
     /// The most a request may ask for.
     #[schema(inline)]
     pub maximums: LimitsConfig,
-    /// Network modes requests may use. `host` is off unless listed here.
+    /// Network modes requests may use (`none` and `filtered` by default). `host` is off unless listed.
     #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
     /// Executions running at once.
@@ -136,7 +136,7 @@ impl Default for ServerConfig {
                 sandbox_size: "2g".into(),
                 tmp_size: "1g".into(),
             },
-            allowed_networks: vec![NetworkMode::None],
+            allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
             max_concurrent: 10,
             max_queue: 100,
             queue_timeout_ms: 30_000,

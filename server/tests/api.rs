@@ -460,3 +460,24 @@ async fn metrics_count_executions_and_requests_by_route() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_image_name_is_the_callers_error() {
+    let server = Server::start(config()).await;
+    let r = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": "1"}, "options": {"image": "Not/A:Valid:Image"}}),
+        )
+        .await;
+    let (status, body) = error_body(r).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Not/A:Valid:Image"),
+        "{body}"
+    );
+    server.stop().await;
+}

@@ -159,7 +159,10 @@ fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
     };
     // --install needs a way to the package registry: filtered networking, unless --net says otherwise.
     let network = match args.net {
-        None if !args.install.is_empty() => Some(NetworkMode::Filtered),
+        None if !args.install.is_empty() => {
+            eprintln!("[INFO] --install without --net: using filtered networking");
+            Some(NetworkMode::Filtered)
+        }
         explicit => explicit,
     };
     let network_filter = (!args.allow.is_empty() || !args.deny.is_empty()).then(|| NetworkFilter {
@@ -295,6 +298,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         };
         write_stdout(&result.stdout);
         eprint!("{}", result.stderr);
+        print_network_logs(args, &result);
         (result.status, result.exit_code, result.container_id)
     } else {
         let mut events = match client.execute_stream(body).await {
@@ -315,7 +319,10 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
             }
         }
         match summary {
-            Some(r) => (r.status, r.exit_code, r.container_id),
+            Some(r) => {
+                print_network_logs(args, &r);
+                (r.status, r.exit_code, r.container_id)
+            }
             None => return err("the stream ended without a result"),
         }
     };
@@ -345,4 +352,27 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         exit_code
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// `--log-network`: one stderr line per request the program made through the filtered proxy.
+fn print_network_logs(args: &RunArgs, result: &isol8_api::ExecutionResult) {
+    if !args.log_network {
+        return;
+    }
+    for entry in result.network_logs.iter().flatten() {
+        let verdict = if entry.allowed { "ALLOW" } else { "BLOCK" };
+        let reason = entry
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        eprintln!(
+            "[NET] {} {verdict} {} {}{}{reason} {}ms",
+            entry.time,
+            entry.method,
+            entry.host,
+            entry.path.as_deref().unwrap_or(""),
+            entry.duration_ms
+        );
+    }
 }

@@ -1,0 +1,163 @@
+"""isol8 egress proxy for `filtered` networking: the only thing a filtered sandbox can reach.
+
+It runs in its own container, on the sandbox's internal network and on a network with a way out. A
+request passes when its hostname fully matches an allow pattern and no deny pattern (deny wins; no
+allow patterns means nothing passes), and when every address the name resolves to is public, unless
+an allow pattern names that exact address. Plain HTTP is forwarded; HTTPS goes through CONNECT (the
+hostname is checked, the bytes are not inspected). Each request is logged as one JSON line on stdout.
+
+Config (env ISOL8_PROXY_RULES): {"allow": [regex, ...], "deny": [regex, ...]}
+"""
+import ipaddress
+import json
+import os
+import re
+import select
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+
+RULES = json.loads(os.environ.get("ISOL8_PROXY_RULES", "{}"))
+ALLOW = [re.compile(p, re.IGNORECASE) for p in RULES.get("allow", [])]
+DENY = [re.compile(p, re.IGNORECASE) for p in RULES.get("deny", [])]
+LOG_LOCK = threading.Lock()
+
+
+def named_address(pattern):
+    """The address an allow pattern names exactly (`10.0.0.5`, `^10\\.0\\.0\\.5$`), else None: only
+    such a rule opens a private, loopback or link-local address; `.*` does not."""
+    literal = pattern.removeprefix("^").removesuffix("$").replace("\\.", ".")
+    try:
+        return str(ipaddress.ip_address(literal))
+    except ValueError:
+        return None
+
+
+NAMED_ADDRESSES = {a for a in (named_address(p) for p in RULES.get("allow", [])) if a}
+
+
+def log(entry):
+    with LOG_LOCK:
+        sys.stdout.write(json.dumps(entry) + "\n")
+        sys.stdout.flush()
+
+
+def host_allowed(host):
+    if any(p.fullmatch(host) for p in DENY):
+        return False, "denied by rule"
+    if not any(p.fullmatch(host) for p in ALLOW):
+        return False, "not in the allow list"
+    return True, None
+
+
+def resolve(host, port):
+    """The addresses to connect to, or a reason to refuse: every address must be public unless an
+    allow pattern names it exactly."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        return None, "cannot resolve: %s" % exc
+    addresses = sorted({info[4][0] for info in infos})
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        public = ip.is_global and not ip.is_multicast
+        if not public and address not in NAMED_ADDRESSES:
+            return None, "%s is not a public address" % address
+    return addresses, None
+
+
+def connect(addresses, port):
+    last = None
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout=10)
+        except OSError as exc:
+            last = exc
+    raise last or OSError("no address")
+
+
+def pipe(a, b):
+    sockets = [a, b]
+    while True:
+        readable, _, _ = select.select(sockets, [], [], 300)
+        if not readable:
+            return
+        for s in readable:
+            data = s.recv(65536)
+            if not data:
+                return
+            (b if s is a else a).sendall(data)
+
+
+class Handler(socketserver.StreamRequestHandler):
+    # Unbuffered: whatever follows the headers (a body, TLS bytes) must stay in the socket for pipe().
+    rbufsize = 0
+
+    def refuse(self, code, reason):
+        body = ("isol8 filtered network: %s\n" % reason).encode()
+        self.wfile.write(b"HTTP/1.1 %d Forbidden\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                         % (code, len(body), body))
+
+    def handle(self):
+        started = time.monotonic()
+        line = self.rfile.readline(65537).decode("latin-1").strip()
+        parts = line.split()
+        if len(parts) != 3:
+            return
+        method, target, version = parts
+        headers = []
+        while True:
+            header = self.rfile.readline(65537)
+            if header in (b"\r\n", b"\n", b""):
+                break
+            headers.append(header)
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            path = None
+        else:
+            url = urllib.parse.urlsplit(target)
+            host, port, path = url.hostname or "", str(url.port or 80), url.path or "/"
+        host = host.strip("[]").lower()
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "method": method, "host": host,
+                 "path": path}
+        allowed, reason = host_allowed(host)
+        addresses = None
+        if allowed:
+            addresses, reason = resolve(host, int(port or 0))
+            allowed = addresses is not None
+        if not allowed:
+            self.refuse(403, reason)
+            entry.update(allowed=False, reason=reason, durationMs=int((time.monotonic() - started) * 1000))
+            log(entry)
+            return
+        try:
+            upstream = connect(addresses, int(port))
+        except OSError as exc:
+            self.refuse(502, "cannot connect: %s" % exc)
+            entry.update(allowed=True, reason="unreachable", durationMs=int((time.monotonic() - started) * 1000))
+            log(entry)
+            return
+        with upstream:
+            if method == "CONNECT":
+                self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                request = "%s %s %s\r\n" % (method, (path or "/") + ("?" + url.query if url.query else ""), version)
+                upstream.sendall(request.encode("latin-1") + b"".join(
+                    h for h in headers if not h.lower().startswith(b"proxy-")) + b"\r\n")
+            pipe(self.connection, upstream)
+        entry.update(allowed=True, durationMs=int((time.monotonic() - started) * 1000))
+        log(entry)
+
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+if __name__ == "__main__":
+    server = Server(("0.0.0.0", 3128), Handler)
+    log({"ready": True})  # only once it listens: the sandbox may connect right away
+    server.serve_forever()

@@ -1,0 +1,241 @@
+//! `filtered` networking: a per-run internal Docker network whose only other member is a proxy
+//! container (`docker/agent/proxy.py`) that applies the allow/deny rules. The sandbox has no route
+//! anywhere else and no working DNS, so the rules cannot be walked around with a raw socket.
+
+use std::collections::HashMap;
+
+use bollard::container::{Config, CreateContainerOptions, LogOutput, LogsOptions};
+use bollard::models::HostConfig;
+use bollard::network::{ConnectNetworkOptions, CreateNetworkOptions};
+use bollard::Docker;
+use futures::StreamExt;
+use isol8_api::NetworkLogEntry;
+
+use crate::agent::remove;
+use crate::error::{Error, Result};
+use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, SANDBOX_USER};
+
+pub const PROXY_PORT: u16 = 3128;
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One run's network and proxy; `teardown` removes both.
+#[derive(Debug)]
+pub struct FilteredNetwork {
+    pub name: String,
+    proxy_id: String,
+    /// The proxy's address on the internal network, for the program's `HTTP(S)_PROXY`.
+    pub proxy_ip: String,
+}
+
+impl FilteredNetwork {
+    /// Creates the internal network and starts the proxy with `allow`/`deny` on it. Any failure
+    /// removes what was made and refuses the run: never a weaker policy.
+    pub async fn create(
+        docker: &Docker,
+        instance: &str,
+        image: &str,
+        allow: &[String],
+        deny: &[String],
+    ) -> Result<FilteredNetwork> {
+        let name = format!(
+            "isol8-net-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let labels = HashMap::from([
+            (LABEL_MANAGED, "true"),
+            (LABEL_INSTANCE, instance),
+            (LABEL_KIND, "filtered-network"),
+        ]);
+        docker
+            .create_network(CreateNetworkOptions {
+                name: name.as_str(),
+                internal: true,
+                enable_ipv6: false,
+                labels,
+                ..Default::default()
+            })
+            .await
+            .map_err(refused("create the run's internal network"))?;
+        match Self::start_proxy(docker, instance, image, &name, allow, deny).await {
+            Ok((proxy_id, proxy_ip)) => Ok(FilteredNetwork {
+                name,
+                proxy_id,
+                proxy_ip,
+            }),
+            Err(err) => {
+                let _ = docker.remove_network(&name).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn start_proxy(
+        docker: &Docker,
+        instance: &str,
+        image: &str,
+        network: &str,
+        allow: &[String],
+        deny: &[String],
+    ) -> Result<(String, String)> {
+        let rules = serde_json::json!({"allow": allow, "deny": deny}).to_string();
+        let config = Config {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![
+                "python3".into(),
+                "-I".into(),
+                "-u".into(),
+                "/opt/isol8/proxy.py".into(),
+            ]),
+            cmd: Some(vec![]),
+            env: Some(vec![format!("ISOL8_PROXY_RULES={rules}")]),
+            user: Some(SANDBOX_USER.into()),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_INSTANCE.to_string(), instance.to_string()),
+                (LABEL_KIND.to_string(), "proxy".to_string()),
+            ])),
+            host_config: Some(HostConfig {
+                // The way out: Docker's default bridge. The sandbox's side is connected below.
+                network_mode: Some("bridge".into()),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                memory: Some(128 * 1024 * 1024),
+                pids_limit: Some(128),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = docker
+            .create_container(None::<CreateContainerOptions<String>>, config)
+            .await
+            .map_err(refused("create the network proxy"))?
+            .id;
+        let started = async {
+            docker
+                .connect_network(
+                    network,
+                    ConnectNetworkOptions {
+                        container: id.as_str(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(refused("connect the proxy to the run's network"))?;
+            docker
+                .start_container::<String>(&id, None)
+                .await
+                .map_err(refused("start the network proxy"))?;
+            wait_ready(docker, &id).await?;
+            let inspect = docker
+                .inspect_container(&id, None)
+                .await
+                .map_err(refused("inspect the network proxy"))?;
+            inspect
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(network))
+                .and_then(|n| n.ip_address)
+                .filter(|ip| !ip.is_empty())
+                .ok_or_else(|| {
+                    Error::Unsupported("the network proxy got no address; refusing the run".into())
+                })
+        };
+        match started.await {
+            Ok(ip) => Ok((id, ip)),
+            Err(err) => {
+                remove(docker, &id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// The environment that sends the program's HTTP and HTTPS through the proxy.
+    pub fn proxy_env(&self) -> Vec<(String, String)> {
+        let url = format!("http://{}:{PROXY_PORT}", self.proxy_ip);
+        [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), url.clone()))
+        .chain([
+            ("NO_PROXY".into(), String::new()),
+            ("no_proxy".into(), String::new()),
+        ])
+        .collect()
+    }
+
+    /// Every request the proxy logged so far.
+    pub async fn logs(&self, docker: &Docker) -> Vec<NetworkLogEntry> {
+        let mut stream = docker.logs::<String>(
+            &self.proxy_id,
+            Some(LogsOptions {
+                stdout: true,
+                ..Default::default()
+            }),
+        );
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            if let LogOutput::StdOut { message } = chunk {
+                text.extend_from_slice(&message);
+            }
+        }
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Removes the proxy and the network (call after the sandbox is gone).
+    pub async fn teardown(self, docker: &Docker) {
+        remove(docker, &self.proxy_id).await;
+        if let Err(err) = docker.remove_network(&self.name).await {
+            tracing::warn!(network = %self.name, error = %err, "could not remove the run's network");
+        }
+    }
+}
+
+async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
+    let mut stream = docker.logs::<String>(
+        id,
+        Some(LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }),
+    );
+    let ready = async {
+        let mut seen = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if seen.contains("\"ready\"") {
+                return Ok(());
+            }
+        }
+        Err(Error::Unsupported(format!(
+            "the network proxy did not start; refusing the run: {}",
+            seen.trim()
+        )))
+    };
+    tokio::time::timeout(READY_TIMEOUT, ready)
+        .await
+        .unwrap_or(Err(Error::Timeout {
+            what: "network proxy start",
+            after: READY_TIMEOUT,
+        }))
+}
+
+/// A failure to set up the policy refuses the run and says why.
+fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error {
+    move |err| {
+        Error::Unsupported(format!(
+            "could not {action} for filtered networking, so the run is refused: {err}"
+        ))
+    }
+}

@@ -1,0 +1,187 @@
+//! `filtered` networking on the real engine: only the proxy is reachable, and it lets through exactly
+//! what the rules allow. The "outside" is a web server in a container of ours on Docker's bridge; no
+//! test traffic leaves the machine.
+
+use std::collections::HashMap;
+
+use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
+use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkFilter, NetworkMode, Runtime};
+use isol8_docker::{Engine, EngineConfig, Limits, PoolConfig, RunPlan};
+
+/// Tries every way out and prints one line per attempt.
+const PROBE: &str = r#"
+import os, socket, urllib.request
+WEB = os.environ["WEB"]
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r: return "ok"
+    except Exception as e: return "refused" if "403" in str(e) else "error"
+print("web", get("http://%s:8000/agent.py" % WEB))
+print("metadata", get("http://169.254.169.254/latest/meta-data/"))
+s = socket.socket(); s.settimeout(1)
+try: s.connect((WEB, 8000)); print("raw reachable")
+except OSError: print("raw blocked")
+try: socket.getaddrinfo("example.com", 80); print("dns works")
+except OSError: print("dns blocked")
+try:
+    s6 = socket.socket(socket.AF_INET6); s6.settimeout(1); s6.connect(("2606:4700:4700::1111", 443)); print("ipv6 reachable")
+except OSError: print("ipv6 blocked")
+proxy = os.environ["HTTP_PROXY"].split("//")[1].split(":")[0]
+s = socket.socket(); s.settimeout(1)
+try: s.connect((proxy, 22)); print("proxy-host reachable")
+except OSError: print("proxy-host blocked")
+"#;
+
+struct Web {
+    docker: bollard::Docker,
+    id: String,
+    ip: String,
+}
+
+impl Web {
+    async fn start(engine: &Engine) -> Web {
+        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+        let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
+        let config = Config {
+            image: Some(image),
+            entrypoint: Some(vec![
+                "python3".into(),
+                "-m".into(),
+                "http.server".into(),
+                "8000".into(),
+                "--directory".into(),
+                "/opt/isol8".into(),
+            ]),
+            labels: Some(HashMap::from([
+                ("isol8.managed".to_string(), "true".to_string()),
+                ("isol8.kind".to_string(), "test-web".to_string()),
+            ])),
+            ..Default::default()
+        };
+        let id = docker
+            .create_container(None::<CreateContainerOptions<String>>, config)
+            .await
+            .unwrap()
+            .id;
+        docker.start_container::<String>(&id, None).await.unwrap();
+        let ip = docker
+            .inspect_container(&id, None)
+            .await
+            .unwrap()
+            .network_settings
+            .and_then(|n| n.ip_address)
+            .unwrap();
+        Web { docker, id, ip }
+    }
+
+    async fn remove(self) {
+        let force = Some(RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        });
+        let _ = self.docker.remove_container(&self.id, force).await;
+    }
+}
+
+async fn probe(
+    engine: &Engine,
+    web: &Web,
+    allow: &[&str],
+    deny: &[&str],
+) -> (String, Vec<isol8_api::NetworkLogEntry>) {
+    let request = ExecutionRequest {
+        runtime: Runtime::Python,
+        code: Some(PROBE.into()),
+        env: [("WEB".to_string(), web.ip.clone())].into(),
+        ..Default::default()
+    };
+    let options = ExecutionOptions {
+        network: Some(NetworkMode::Filtered),
+        network_filter: Some(NetworkFilter {
+            whitelist: allow.iter().map(|s| s.to_string()).collect(),
+            blacklist: deny.iter().map(|s| s.to_string()).collect(),
+        }),
+        log_network: Some(true),
+        ..Default::default()
+    };
+    let plan = RunPlan::from_request(&request, &options, &Limits::default(), "net-test").unwrap();
+    let result = engine.execute(plan).await.unwrap();
+    assert_eq!(result.exit_code, 0, "{}", result.stderr);
+    (result.stdout, result.network_logs.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
+    let engine = Engine::connect(EngineConfig {
+        pool: PoolConfig {
+            size: 0,
+            ..PoolConfig::default()
+        },
+        warm_runtimes: vec![],
+        ..EngineConfig::default()
+    })
+    .await
+    .unwrap();
+    let web = Web::start(&engine).await;
+    let web_ip = web.ip.clone();
+    let exact_ip = format!("^{}$", web.ip.replace('.', "\\."));
+
+    // The web server's address is private: reachable only because a rule names it exactly.
+    let (allowed, logs) = probe(&engine, &web, &[&exact_ip, ".*"], &[]).await;
+    // Deny beats allow; an empty allow list allows nothing; a broad pattern does not reach private
+    // or link-local (metadata) addresses.
+    let (denied, _) = probe(&engine, &web, &[&exact_ip], &[&exact_ip]).await;
+    let (empty, _) = probe(&engine, &web, &[], &[]).await;
+    let (broad, _) = probe(&engine, &web, &[".*"], &[]).await;
+    web.remove().await;
+    engine.shutdown().await;
+
+    assert!(allowed.contains("web ok"), "{allowed}");
+    for out in [&allowed, &denied, &empty, &broad] {
+        assert!(out.contains("metadata refused"), "{out}");
+        assert!(out.contains("raw blocked"), "{out}");
+        assert!(out.contains("dns blocked"), "{out}");
+        assert!(out.contains("ipv6 blocked"), "{out}");
+        assert!(out.contains("proxy-host blocked"), "{out}");
+    }
+    assert!(denied.contains("web refused"), "{denied}");
+    assert!(empty.contains("web refused"), "{empty}");
+    assert!(broad.contains("web refused"), "{broad}");
+
+    let web_log = logs
+        .iter()
+        .find(|l| l.host == web_ip)
+        .expect("the web request is logged");
+    assert!(
+        web_log.allowed && web_log.method == "GET" && web_log.path.as_deref() == Some("/agent.py"),
+        "{web_log:?}"
+    );
+    let metadata_log = logs
+        .iter()
+        .find(|l| l.host == "169.254.169.254")
+        .expect("the metadata request is logged");
+    assert!(!metadata_log.allowed, "{metadata_log:?}");
+    assert!(
+        metadata_log
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not a public address"),
+        "{metadata_log:?}"
+    );
+
+    // Nothing of the runs is left: no proxy, no network.
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let networks = docker.list_networks::<String>(None).await.unwrap();
+    let ours: Vec<_> = networks
+        .iter()
+        .filter(|n| {
+            n.labels
+                .as_ref()
+                .and_then(|l| l.get("isol8.instance"))
+                .map(String::as_str)
+                == Some(engine.instance_id())
+        })
+        .collect();
+    assert!(ours.is_empty(), "networks left: {ours:?}");
+}
