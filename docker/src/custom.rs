@@ -57,6 +57,36 @@ impl PackageSet {
         self.0.iter().cloned().collect::<Vec<_>>().join(",")
     }
 
+    /// The shell script that installs these packages at the start of a run, as the sandbox user,
+    /// where the program finds them (user site, /sandbox/node_modules, the deno cache). Names are
+    /// validated; each is single-quoted.
+    pub fn install_script(&self, runtime: Runtime) -> String {
+        let names: Vec<String> = self.0.iter().map(|n| format!("'{n}'")).collect();
+        let names = names.join(" ");
+        let command = match runtime {
+            Runtime::Python => {
+                format!("pip install --user --no-input --disable-pip-version-check {names}")
+            }
+            Runtime::Node => {
+                format!("cd /sandbox && npm install --no-audit --no-fund --no-save {names}")
+            }
+            Runtime::Bun => format!("cd /sandbox && bun add {names}"),
+            Runtime::Deno => {
+                let specs: Vec<String> = self
+                    .0
+                    .iter()
+                    .map(|n| match n.starts_with("npm:") || n.starts_with("jsr:") {
+                        true => format!("'{n}'"),
+                        false => format!("'npm:{n}'"),
+                    })
+                    .collect();
+                format!("deno cache {}", specs.join(" "))
+            }
+            Runtime::Bash => "echo 'bash packages need a custom image' >&2; exit 1".to_string(),
+        };
+        format!("set -e\n{command}")
+    }
+
     fn from_label(label: &str) -> PackageSet {
         PackageSet(
             label

@@ -343,29 +343,53 @@ impl Engine {
     /// The container `plan` needs: its image (the runtime's, a custom image holding its packages, or
     /// the one it names) and its container-level limits.
     pub(crate) async fn container_spec(&self, plan: &RunPlan) -> Result<ContainerSpec> {
+        let (spec, install) = self.container_plan(plan).await?;
+        if install {
+            return Err(Error::Unsupported(
+                "packages that no image holds are installed at run time only in ephemeral runs; in a session, install them with the runtime's installer (pip, npm, …)".into(),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The container `plan` needs, and whether its packages must be installed at the start of the
+    /// run (no image holds them, and `filtered` networking can reach their registry).
+    async fn container_plan(&self, plan: &RunPlan) -> Result<(ContainerSpec, bool)> {
+        let mut install = false;
         let image = match &plan.image {
             Some(image) => image.clone(),
             None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
-            None => self
+            None => match self
                 .images
                 .find_custom(plan.runtime, &plan.packages)
                 .await?
-                .ok_or_else(|| {
+            {
+                Some(image) => image,
+                None if plan.network == NetworkMode::Filtered && plan.runtime != Runtime::Bash => {
+                    install = true;
+                    self.runtime_image(plan.runtime).await?
+                }
+                None => {
                     let names: Vec<&str> = plan.packages.names().collect();
-                    Error::NotFound(format!(
-                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`",
+                    return Err(Error::NotFound(format!(
+                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`{}",
                         plan.runtime,
                         names.join(", "),
                         plan.runtime,
-                        names.join(",")
-                    ))
-                })?,
+                        names.join(","),
+                        match plan.runtime {
+                            Runtime::Bash => "",
+                            _ => ", or install at run time with network \"filtered\"",
+                        }
+                    )));
+                }
+            },
         };
         let mut spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
         if plan.persist {
             spec.kind = ContainerKind::Kept;
         }
-        Ok(spec)
+        Ok((spec, install))
     }
 
     pub(crate) fn docker(&self) -> &Docker {
@@ -408,7 +432,16 @@ impl Engine {
     /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
     pub async fn execute_stream(&self, mut plan: RunPlan) -> Result<RunEvents> {
-        let mut spec = self.container_spec(&plan).await?;
+        let (mut spec, install) = self.container_plan(&plan).await?;
+        if install {
+            // The install is the run's first (setup-phase) step: its output streams as setup
+            // events, and a failure stops the run with the installer's words.
+            let script = plan.packages.install_script(plan.runtime);
+            plan.setup_script = Some(match plan.setup_script.take() {
+                Some(own) => format!("{script}\n{own}"),
+                None => script,
+            });
+        }
         let unavailable = |e: Error| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {

@@ -21,7 +21,7 @@ pub use error::{Error, Result};
 pub use images::{BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, LABEL_RECIPE};
 pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
-pub use plan::{confine, Program, RunPlan};
+pub use plan::{check_host_pattern, confine, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
 pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot, SessionState};
 pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};

@@ -230,6 +230,13 @@ fn code_extension(runtime: Runtime, requested: Option<&str>) -> Result<String> {
     Ok(ext.to_string())
 }
 
+/// A hostname pattern for `filtered` mode must compile.
+pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
+    regex::Regex::new(pattern)
+        .map(drop)
+        .map_err(|e| format!("\"{pattern}\" is not a valid regex: {e}"))
+}
+
 fn check_env(field: &str, vars: &BTreeMap<String, String>) -> Result<()> {
     for (key, value) in vars {
         let key_ok = !key.is_empty()

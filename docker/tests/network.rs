@@ -2,6 +2,8 @@
 //! what the rules allow. The "outside" is a web server in a container of ours on Docker's bridge; no
 //! test traffic leaves the machine.
 
+mod common;
+
 use std::collections::HashMap;
 
 use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
@@ -184,4 +186,98 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
         })
         .collect();
     assert!(ours.is_empty(), "networks left: {ours:?}");
+}
+
+/// Installs `packages` at run time through the filtered proxy from the local index, allowing
+/// `allow`; returns the result.
+async fn install_run(
+    engine: &Engine,
+    index: &common::LocalIndex,
+    packages: &[&str],
+    allow: &[String],
+) -> isol8_api::ExecutionResult {
+    let request = ExecutionRequest {
+        runtime: Runtime::Python,
+        code: Some("import probe_a\nprint(probe_a.VALUE)".into()),
+        install_packages: packages.iter().map(|s| s.to_string()).collect(),
+        env: [
+            ("PIP_INDEX_URL".to_string(), index.url.clone()),
+            ("PIP_TRUSTED_HOST".to_string(), index.host.clone()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let options = ExecutionOptions {
+        network: Some(NetworkMode::Filtered),
+        network_filter: Some(NetworkFilter {
+            whitelist: allow.to_vec(),
+            blacklist: vec![],
+        }),
+        log_network: Some(true),
+        ..Default::default()
+    };
+    let plan =
+        RunPlan::from_request(&request, &options, &Limits::default(), "install-test").unwrap();
+    engine.execute(plan).await.unwrap()
+}
+
+#[tokio::test]
+async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_not_allowed() {
+    let engine = Engine::connect(EngineConfig {
+        pool: PoolConfig {
+            size: 0,
+            ..PoolConfig::default()
+        },
+        warm_runtimes: vec![],
+        ..EngineConfig::default()
+    })
+    .await
+    .unwrap();
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
+    let index = common::LocalIndex::start(&docker, &image).await;
+    let exact = format!("^{}$", index.host.replace('.', "\\."));
+
+    let installed = install_run(&engine, &index, &["probe-a"], std::slice::from_ref(&exact)).await;
+    let missing = install_run(&engine, &index, &["probe-missing"], &[exact]).await;
+    let not_allowed = install_run(&engine, &index, &["probe-a"], &[]).await;
+    index.remove().await;
+    engine.shutdown().await;
+
+    assert_eq!(
+        installed.stdout, "probe_a\n",
+        "{}\n{:?}",
+        installed.stderr, installed.network_logs
+    );
+    for failed in [&missing, &not_allowed] {
+        assert_eq!(
+            failed.status,
+            isol8_api::ExecutionStatus::Error,
+            "{failed:?}"
+        );
+        assert!(
+            failed.stdout.is_empty(),
+            "the program must not run: {failed:?}"
+        );
+    }
+    assert!(
+        missing.stderr.contains("probe-missing"),
+        "the installer's words: {}",
+        missing.stderr
+    );
+    // pip reports the refused index as "no versions"; the proxy's log says why.
+    assert!(
+        not_allowed
+            .stderr
+            .contains("No matching distribution found for probe-a"),
+        "{}",
+        not_allowed.stderr
+    );
+    let blocked = not_allowed.network_logs.clone().unwrap_or_default();
+    assert!(
+        blocked
+            .iter()
+            .any(|l| !l.allowed && l.reason.as_deref() == Some("not in the allow list")),
+        "{blocked:?}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Server configuration: the policy (defaults and maximums), capacity, and where it was read from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,6 +90,16 @@ pub struct ServerConfig {
     /// Network modes requests may use (`none` and `filtered` by default). `host` is off unless listed.
     #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
+    /// Mode for requests that name none (`none` or `filtered`; must be in `allowedNetworks`).
+    #[schema(inline)]
+    pub default_network: NetworkMode,
+    /// Hostname regexes every `filtered` run may reach, besides the request's own.
+    pub network_allow: Vec<String>,
+    /// Hostname regexes no `filtered` run may reach, whatever the request allows.
+    pub network_deny: Vec<String>,
+    /// Package registry hostnames (regexes) per runtime, allowed in `filtered` mode when a
+    /// request installs packages.
+    pub registry_hosts: BTreeMap<String, Vec<String>>,
     /// Executions running at once.
     pub max_concurrent: usize,
     /// Requests waiting for a slot; more get 429.
@@ -137,6 +148,30 @@ impl Default for ServerConfig {
                 tmp_size: "1g".into(),
             },
             allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
+            default_network: NetworkMode::None,
+            network_allow: Vec::new(),
+            network_deny: Vec::new(),
+            registry_hosts: [
+                (
+                    "python",
+                    vec![r"^pypi\.org$", r"^files\.pythonhosted\.org$"],
+                ),
+                ("node", vec![r"^registry\.npmjs\.org$"]),
+                ("bun", vec![r"^registry\.npmjs\.org$"]),
+                (
+                    "deno",
+                    vec![r"^registry\.npmjs\.org$", r"^jsr\.io$", r"^npm\.jsr\.io$"],
+                ),
+                ("bash", vec![r"^deb\.debian\.org$"]),
+            ]
+            .into_iter()
+            .map(|(rt, hosts)| {
+                (
+                    rt.to_string(),
+                    hosts.into_iter().map(str::to_string).collect(),
+                )
+            })
+            .collect(),
             max_concurrent: 10,
             max_queue: 100,
             queue_timeout_ms: 30_000,
@@ -233,6 +268,17 @@ impl ServerConfig {
         }
         if self.max_concurrent == 0 {
             return Err("maxConcurrent must be at least 1".into());
+        }
+        if !self.allowed_networks.contains(&self.default_network) {
+            return Err(format!(
+                "defaultNetwork \"{}\" is not in allowedNetworks",
+                self.default_network.as_str()
+            ));
+        }
+        for pattern in self.network_allow.iter().chain(&self.network_deny) {
+            if let Err(e) = isol8_docker::check_host_pattern(pattern) {
+                return Err(format!("networkAllow/networkDeny: {e}"));
+            }
         }
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());

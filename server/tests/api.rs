@@ -481,3 +481,28 @@ async fn a_malformed_image_name_is_the_callers_error() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_servers_network_lists_join_the_requests_and_its_deny_wins() {
+    let server = Server::start(ServerConfig {
+        default_network: isol8_api::NetworkMode::Filtered,
+        network_deny: vec![r"^example\.org$".into()],
+        ..config()
+    })
+    .await;
+    let code = "import os, urllib.request\nprint(bool(os.environ.get('HTTP_PROXY')))\ntry:\n    urllib.request.urlopen('http://example.org/', timeout=5)\nexcept Exception as e:\n    print('403' in str(e))";
+    let r = server
+        .post(
+            "/execute",
+            json!({"request": {"runtime": "python", "code": code},
+                   "options": {"networkFilter": {"whitelist": ["^example\\.org$"]}, "logNetwork": true}}),
+        )
+        .await;
+    let result: Value = r.json().await.unwrap();
+    assert_eq!(result["stdout"], "True\nTrue\n", "{result}");
+    assert_eq!(
+        result["networkLogs"][0]["reason"], "denied by rule",
+        "{result}"
+    );
+    server.stop().await;
+}

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::Stream;
 use isol8_api::{
-    ErrorBody, ExecuteBody, ExecutionResult, StreamEvent, StreamEventType, StreamPhase,
+    ErrorBody, ExecuteBody, ExecutionResult, NetworkMode, StreamEvent, StreamEventType, StreamPhase,
 };
 use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,19 +24,33 @@ use crate::policy;
 use crate::state::AppState;
 
 fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
-    let options = body.options.clone().unwrap_or_default();
+    let mut options = body.options.clone().unwrap_or_default();
+    let config = &state.config;
+    options.network = Some(options.network.unwrap_or(config.default_network));
     policy::check(
         &body.request,
         &options,
         &state.max_limits,
-        &state.config.allowed_networks,
+        &config.allowed_networks,
     )?;
-    Ok(RunPlan::from_request(
+    let mut plan = RunPlan::from_request(
         &body.request,
         &options,
         &state.default_limits,
         &caller.owner,
-    )?)
+    )?;
+    if plan.network == NetworkMode::Filtered {
+        // The server's lists join the request's: its allow rules add, its deny rules always win.
+        plan.allow_hosts
+            .extend(config.network_allow.iter().cloned());
+        plan.deny_hosts.extend(config.network_deny.iter().cloned());
+        if !plan.packages.is_empty() {
+            let registries = config.registry_hosts.get(plan.runtime.as_str());
+            plan.allow_hosts
+                .extend(registries.into_iter().flatten().cloned());
+        }
+    }
+    Ok(plan)
 }
 
 /// Run code and wait for the result.

@@ -1,0 +1,95 @@
+//! Shared by the engine's test files: a small package index in a container of ours.
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::collections::HashMap;
+
+use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
+use bollard::Docker;
+use isol8_docker::LABEL_MANAGED;
+
+/// Makes two pure-Python wheels (probe-a, probe-b) and a PEP 503 simple index, then serves it.
+const INDEX_SERVER: &str = r#"
+import base64, hashlib, os, zipfile
+root = "/tmp/index"
+os.makedirs(root + "/files")
+for name in ("probe_a", "probe_b"):
+    dist = name.replace("_", "-")
+    files = {
+        name + "/__init__.py": "VALUE = %r\n" % name,
+        name + "-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % dist,
+        name + "-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: isol8-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append("%s,sha256=%s,%d" % (path, digest, len(text.encode())))
+    record.append(name + "-1.0.dist-info/RECORD,,")
+    files[name + "-1.0.dist-info/RECORD"] = "\n".join(record) + "\n"
+    wheel = "%s-1.0-py3-none-any.whl" % name
+    with zipfile.ZipFile(root + "/files/" + wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    os.makedirs("%s/simple/%s" % (root, dist))
+    with open("%s/simple/%s/index.html" % (root, dist), "w") as f:
+        f.write('<a href="../../files/%s">%s</a>\n' % (wheel, wheel))
+os.chdir(root)
+import http.server
+http.server.ThreadingHTTPServer(("0.0.0.0", 8000), http.server.SimpleHTTPRequestHandler).serve_forever()
+"#;
+
+/// A package index in a labelled container on Docker's default bridge; removed on drop.
+pub struct LocalIndex {
+    docker: Docker,
+    id: String,
+    pub url: String,
+    pub host: String,
+}
+
+impl LocalIndex {
+    pub async fn start(docker: &Docker, image: &str) -> LocalIndex {
+        let name = format!("isol8-test-index-{}", std::process::id());
+        let config = Config {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["python3".into(), "-c".into(), INDEX_SERVER.into()]),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                ("isol8.kind".to_string(), "test-index".to_string()),
+            ])),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.as_str(),
+                    platform: None,
+                }),
+                config,
+            )
+            .await
+            .expect("create index container");
+        docker
+            .start_container::<String>(&created.id, None)
+            .await
+            .expect("start index container");
+        let info = docker.inspect_container(&created.id, None).await.unwrap();
+        let host = info
+            .network_settings
+            .and_then(|n| n.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .expect("the index container has an address on the bridge");
+        LocalIndex {
+            docker: docker.clone(),
+            id: created.id,
+            url: format!("http://{host}:8000/simple"),
+            host,
+        }
+    }
+
+    pub async fn remove(self) {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let _ = self.docker.remove_container(&self.id, Some(options)).await;
+    }
+}
