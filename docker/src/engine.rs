@@ -83,6 +83,8 @@ pub enum RunEvent {
         phase: StreamPhase,
         message: String,
     },
+    /// A request the program made through the filtered proxy (with `logNetwork`).
+    Network(isol8_api::NetworkLogEntry),
     /// Always last. `stdout`/`stderr` are empty here: they were sent as events.
     Finished(ExecutionResult),
 }
@@ -611,6 +613,15 @@ impl Engine {
     }
 }
 
+/// Aborts a background task when dropped (the network-log follower ends with its run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One run in progress: holds its sandbox (owned, from the pool; or a session's, locked for the
 /// call) until it is done.
 pub(crate) struct Run<S> {
@@ -651,6 +662,13 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
     pub(crate) async fn drive(&mut self) -> bool {
         let started = Instant::now();
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // With logNetwork, each proxied request is also an event, as it happens.
+        let _network_events = match (&self.network, self.plan.log_network) {
+            (Some(network), true) => Some(AbortOnDrop(tokio::spawn(
+                network.follow(self.docker.clone(), self.tx.clone()),
+            ))),
+            _ => None,
+        };
         let mut outcome = None;
         if self.session_replaced {
             let message = "the session's container was replaced; state from earlier calls is gone";

@@ -191,11 +191,49 @@ impl FilteredNetwork {
             .collect()
     }
 
+    /// Sends each request the proxy logs from now on as a run event, until aborted.
+    pub fn follow(
+        &self,
+        docker: Docker,
+        tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let proxy = self.proxy_id.clone();
+        async move { follow_logs(docker, proxy, tx).await }
+    }
+
     /// Removes the proxy and the network (call after the sandbox is gone).
     pub async fn teardown(self, docker: &Docker) {
         remove(docker, &self.proxy_id).await;
         if let Err(err) = docker.remove_network(&self.name).await {
             tracing::warn!(network = %self.name, error = %err, "could not remove the run's network");
+        }
+    }
+}
+
+async fn follow_logs(
+    docker: Docker,
+    proxy: String,
+    tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
+) {
+    let mut stream = docker.logs::<String>(
+        &proxy,
+        Some(LogsOptions {
+            follow: true,
+            stdout: true,
+            since: 0,
+            ..Default::default()
+        }),
+    );
+    let mut pending = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if let Ok(entry) = serde_json::from_str::<NetworkLogEntry>(&line) {
+                if tx.send(crate::RunEvent::Network(entry)).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

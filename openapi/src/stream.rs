@@ -15,6 +15,9 @@ pub enum StreamEventType {
     Exit,
     /// `data` is a message; the run failed or hit a limit.
     Error,
+    /// `filtered` mode with `logNetwork`: `data` is one request through the proxy, a
+    /// `NetworkLogEntry` as JSON, sent as it happens.
+    Network,
     /// The final event: `result` carries the summary (`stdout`/`stderr` empty, they were streamed).
     Result,
 }
@@ -25,6 +28,7 @@ impl StreamEventType {
             StreamEventType::Stdout => "stdout",
             StreamEventType::Stderr => "stderr",
             StreamEventType::Exit => "exit",
+            StreamEventType::Network => "network",
             StreamEventType::Error => "error",
             StreamEventType::Result => "result",
         }

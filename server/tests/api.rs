@@ -506,3 +506,32 @@ async fn the_servers_network_lists_join_the_requests_and_its_deny_wins() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn network_logs_also_stream_as_events() {
+    let server = Server::start(config()).await;
+    let code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://blocked.example/', timeout=5)\nexcept Exception:\n    pass\nimport time\ntime.sleep(0.5)";
+    let response = server
+        .post(
+            "/execute/stream",
+            json!({"request": {"runtime": "python", "code": code},
+                   "options": {"network": "filtered", "logNetwork": true}}),
+        )
+        .await;
+    let frames = read_sse(response, Instant::now()).await;
+    let network: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.0 == "network")
+        .map(|f| &f.1)
+        .collect();
+    assert_eq!(network.len(), 1, "{frames:?}");
+    let entry: Value = serde_json::from_str(network[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(entry["host"], "blocked.example");
+    assert_eq!(entry["allowed"], false);
+    let result = &frames.last().unwrap().1["result"];
+    assert_eq!(
+        result["networkLogs"][0]["host"], "blocked.example",
+        "{result}"
+    );
+    server.stop().await;
+}

@@ -315,7 +315,8 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
                 StreamEventType::Stdout => write_stdout(&event.data),
                 StreamEventType::Stderr => eprint!("{}", event.data),
                 StreamEventType::Result => summary = event.result,
-                StreamEventType::Exit | StreamEventType::Error => {}
+                // Network events are printed from the result, once, with --log-network.
+                StreamEventType::Exit | StreamEventType::Error | StreamEventType::Network => {}
             }
         }
         match summary {

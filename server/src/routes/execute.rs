@@ -211,6 +211,11 @@ fn to_sse(event: RunEvent) -> Event {
             with_phase(StreamEventType::Exit, code.to_string(), phase)
         }
         RunEvent::Error { phase, message } => with_phase(StreamEventType::Error, message, phase),
+        RunEvent::Network(entry) => with_phase(
+            StreamEventType::Network,
+            serde_json::to_string(&entry).unwrap_or_default(),
+            StreamPhase::Code,
+        ),
         RunEvent::Finished(result) => StreamEvent {
             kind: StreamEventType::Result,
             data: result.status.as_str().to_string(),
