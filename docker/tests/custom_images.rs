@@ -10,9 +10,7 @@ use bollard::image::RemoveImageOptions;
 use bollard::Docker;
 use common::LocalIndex;
 use isol8_api::{ExecutionOptions, ExecutionRequest, ExecutionStatus, Runtime};
-use isol8_docker::{
-    Engine, EngineConfig, Error, ImageConfig, Limits, PackageSet, PoolConfig, RunPlan,
-};
+use isol8_docker::{Engine, EngineConfig, Error, ImageConfig, Limits, PackageSet, RunPlan};
 
 #[tokio::test]
 async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_superset() {
@@ -29,17 +27,11 @@ async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_supe
         ]),
         ..ImageConfig::default()
     };
-    let engine = Engine::connect(EngineConfig {
+    let engine = common::engine_without_pool(EngineConfig {
         images,
-        pool: PoolConfig {
-            size: 0,
-            ..PoolConfig::default()
-        },
-        warm_runtimes: vec![],
         ..EngineConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let both = PackageSet::parse(Runtime::Python, &["probe-b", "probe-a"]).unwrap();
     let steps = std::sync::Mutex::new(Vec::new());
     let built = engine

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkFilter, NetworkMode, Runtime};
-use isol8_docker::{Engine, EngineConfig, Limits, PoolConfig, RunPlan};
+use isol8_docker::{Engine, EngineConfig, Limits, RunPlan};
 
 /// Tries every way out and prints one line per attempt.
 const PROBE: &str = r#"
@@ -114,16 +114,7 @@ async fn probe(
 
 #[tokio::test]
 async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
-    let engine = Engine::connect(EngineConfig {
-        pool: PoolConfig {
-            size: 0,
-            ..PoolConfig::default()
-        },
-        warm_runtimes: vec![],
-        ..EngineConfig::default()
-    })
-    .await
-    .unwrap();
+    let engine = common::engine_without_pool(EngineConfig::default()).await;
     let web = Web::start(&engine).await;
     let web_ip = web.ip.clone();
     let exact_ip = format!("^{}$", web.ip.replace('.', "\\."));
@@ -223,16 +214,7 @@ async fn install_run(
 
 #[tokio::test]
 async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_not_allowed() {
-    let engine = Engine::connect(EngineConfig {
-        pool: PoolConfig {
-            size: 0,
-            ..PoolConfig::default()
-        },
-        warm_runtimes: vec![],
-        ..EngineConfig::default()
-    })
-    .await
-    .unwrap();
+    let engine = common::engine_without_pool(EngineConfig::default()).await;
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
     let index = common::LocalIndex::start(&docker, &image).await;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use isol8_server::ServerConfig;
 
-use super::images::connect_engine;
+use super::images::local_engine;
 use crate::err;
 
 #[derive(Debug, Args)]
@@ -52,11 +52,7 @@ pub fn config(args: ConfigArgs) -> ExitCode {
 }
 
 pub async fn cleanup(args: CleanupArgs) -> ExitCode {
-    let config = ServerConfig {
-        pool_size: 0,
-        ..ServerConfig::default()
-    };
-    let engine = match connect_engine(&config).await {
+    let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,
     };

@@ -124,8 +124,9 @@ pub async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
     Ok(engine)
 }
 
-/// An engine for building only: no warm pool.
-async fn build_engine() -> Result<Engine, ExitCode> {
+/// An engine on the local Docker for one command (build, cleanup, sessions): the user's config,
+/// no warm pool.
+pub async fn local_engine() -> Result<Engine, ExitCode> {
     let config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load().map_err(err)?.0
@@ -154,7 +155,7 @@ pub async fn setup(args: SetupArgs) -> ExitCode {
             Err(e) => return err(e),
         }
     }
-    let engine = match build_engine().await {
+    let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,
     };
@@ -193,7 +194,7 @@ pub async fn build(args: BuildArgs) -> ExitCode {
         Ok(set) => set,
         Err(e) => return err(e),
     };
-    let engine = match build_engine().await {
+    let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,
     };

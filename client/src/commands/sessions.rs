@@ -8,9 +8,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use isol8::Client;
 use isol8_server::engine::Engine;
-use isol8_server::ServerConfig;
 
-use super::images::connect_engine;
+use super::images::local_engine;
 use crate::err;
 
 #[derive(Debug, Args)]
@@ -85,11 +84,7 @@ async fn remote(client: Client, command: SessionCommand) -> ExitCode {
 }
 
 async fn local(command: SessionCommand) -> ExitCode {
-    let config = ServerConfig {
-        pool_size: 0,
-        ..ServerConfig::default()
-    };
-    let engine = match connect_engine(&config).await {
+    let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,
     };

@@ -5,7 +5,21 @@ use std::collections::HashMap;
 
 use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
 use bollard::Docker;
-use isol8_docker::LABEL_MANAGED;
+use isol8_docker::{Engine, EngineConfig, PoolConfig, LABEL_MANAGED};
+
+/// An engine with no warm pool (each test makes the containers it needs), on `config`.
+pub async fn engine_without_pool(config: EngineConfig) -> Engine {
+    Engine::connect(EngineConfig {
+        pool: PoolConfig {
+            size: 0,
+            ..PoolConfig::default()
+        },
+        warm_runtimes: vec![],
+        ..config
+    })
+    .await
+    .expect("Docker must be running for these tests")
+}
 
 /// Makes two pure-Python wheels (probe-a, probe-b) and a PEP 503 simple index, then serves it.
 const INDEX_SERVER: &str = r#"
