@@ -37,6 +37,12 @@ def named_address(pattern):
 
 
 NAMED_ADDRESSES = {a for a in (named_address(p) for p in RULES.get("allow", [])) if a}
+# Never reachable, whatever the rules: the Docker host's addresses on its bridges (engine-provided).
+NEVER = set(RULES.get("never", []))
+# Hostnames as DNS has them (ASCII labels) or dotted-quad IPv4: anything else could be read one way by
+# the rules and another by the resolver (IDNA folding, numeric IPv4 forms).
+HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+DOTTED_QUAD = re.compile(r"(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})(\.(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})){3}")
 
 
 def log(entry):
@@ -46,6 +52,8 @@ def log(entry):
 
 
 def host_allowed(host):
+    if not (HOSTNAME.fullmatch(host) or DOTTED_QUAD.fullmatch(host)):
+        return False, "not a plain hostname or IPv4 address"
     if any(p.fullmatch(host) for p in DENY):
         return False, "denied by rule"
     if not any(p.fullmatch(host) for p in ALLOW):
@@ -63,8 +71,11 @@ def resolve(host, port):
     addresses = sorted({info[4][0] for info in infos})
     for address in addresses:
         ip = ipaddress.ip_address(address)
-        public = ip.is_global and not ip.is_multicast
-        if not public and address not in NAMED_ADDRESSES:
+        if address in NEVER or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            return None, "%s is never reachable from a sandbox" % address
+        if any(p.fullmatch(address) for p in DENY):
+            return None, "%s is denied by rule" % address
+        if not ip.is_global and address not in NAMED_ADDRESSES:
             return None, "%s is not a public address" % address
     return addresses, None
 
@@ -120,7 +131,7 @@ class Handler(socketserver.StreamRequestHandler):
         else:
             url = urllib.parse.urlsplit(target)
             host, port, path = url.hostname or "", str(url.port or 80), url.path or "/"
-        host = host.strip("[]").lower()
+        host = host.lower().removesuffix(".")
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "method": method, "host": host,
                  "path": path}
         allowed, reason = host_allowed(host)
@@ -140,16 +151,25 @@ class Handler(socketserver.StreamRequestHandler):
             entry.update(allowed=True, reason="unreachable", durationMs=int((time.monotonic() - started) * 1000))
             log(entry)
             return
+        # Logged when decided, so a long-lived tunnel shows up at once.
+        entry.update(allowed=True, durationMs=int((time.monotonic() - started) * 1000))
+        log(entry)
         with upstream:
             if method == "CONNECT":
                 self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
-                request = "%s %s %s\r\n" % (method, (path or "/") + ("?" + url.query if url.query else ""), version)
-                upstream.sendall(request.encode("latin-1") + b"".join(
-                    h for h in headers if not h.lower().startswith(b"proxy-")) + b"\r\n")
-            pipe(self.connection, upstream)
-        entry.update(allowed=True, durationMs=int((time.monotonic() - started) * 1000))
-        log(entry)
+                # One request per connection, to the checked host: the Host header is rewritten (a
+                # CDN picks the site by it) and the connection closes after the answer.
+                hop = (b"proxy-", b"host:", b"connection:", b"keep-alive:")
+                kept = b"".join(h for h in headers if not h.lower().startswith(hop))
+                request = "%s %s %s\r\nHost: %s\r\nConnection: close\r\n" % (
+                    method, (path or "/") + ("?" + url.query if url.query else ""), version,
+                    host if port == "80" else "%s:%s" % (host, port))
+                upstream.sendall(request.encode("latin-1") + kept + b"\r\n")
+            try:
+                pipe(self.connection, upstream)
+            except OSError:
+                pass
 
 
 class Server(socketserver.ThreadingTCPServer):

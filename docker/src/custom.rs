@@ -84,7 +84,7 @@ impl PackageSet {
             }
             Runtime::Bash => "echo 'bash packages need a custom image' >&2; exit 1".to_string(),
         };
-        format!("set -e\n{command}")
+        format!("set -e; {command}")
     }
 
     fn from_label(label: &str) -> PackageSet {

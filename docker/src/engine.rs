@@ -345,10 +345,15 @@ impl Engine {
     /// The container `plan` needs: its image (the runtime's, a custom image holding its packages, or
     /// the one it names) and its container-level limits.
     pub(crate) async fn container_spec(&self, plan: &RunPlan) -> Result<ContainerSpec> {
+        if plan.network == NetworkMode::Filtered {
+            return Err(Error::Unsupported(
+                "sessions cannot use network \"filtered\" yet: each filtered run gets its own network and proxy".into(),
+            ));
+        }
         let (spec, install) = self.container_plan(plan).await?;
         if install {
             return Err(Error::Unsupported(
-                "packages that no image holds are installed at run time only in ephemeral runs; in a session, install them with the runtime's installer (pip, npm, …)".into(),
+                "packages that no image holds are installed at run time only in ephemeral runs with network \"filtered\"; build an image with `isol8 build` for sessions".into(),
             ));
         }
         Ok(spec)
@@ -437,12 +442,18 @@ impl Engine {
         let (mut spec, install) = self.container_plan(&plan).await?;
         if install {
             // The install is the run's first (setup-phase) step: its output streams as setup
-            // events, and a failure stops the run with the installer's words.
-            let script = plan.packages.install_script(plan.runtime);
+            // events, and a failure stops the run with the installer's words. Its subshell keeps
+            // `set -e` and `cd` away from the caller's own setup script. The registries are
+            // reachable only for installs.
+            let script = format!(
+                "( {} ) || exit $?",
+                plan.packages.install_script(plan.runtime)
+            );
             plan.setup_script = Some(match plan.setup_script.take() {
                 Some(own) => format!("{script}\n{own}"),
                 None => script,
             });
+            plan.allow_hosts.append(&mut plan.registry_hosts);
         }
         let unavailable = |e: Error| {
             if e.is_docker_unavailable() {
@@ -457,10 +468,12 @@ impl Engine {
         // Filtered runs get their own network and proxy, and a container made for them alone.
         let network = match plan.network {
             NetworkMode::Filtered => {
+                // The proxy runs from isol8's own runtime image, never one the request names.
+                let proxy_image = self.runtime_image(plan.runtime).await?;
                 let network = FilteredNetwork::create(
                     &self.docker,
                     self.instance_id(),
-                    &spec.image,
+                    &proxy_image,
                     &plan.allow_hosts,
                     &plan.deny_hosts,
                 )

@@ -46,12 +46,15 @@ impl FilteredNetwork {
             (LABEL_INSTANCE, instance),
             (LABEL_KIND, "filtered-network"),
         ]);
+        // No address for the host on this bridge: the proxy is the only thing the sandbox can reach.
+        let options = HashMap::from([("com.docker.network.bridge.inhibit_ipv4", "true")]);
         docker
             .create_network(CreateNetworkOptions {
                 name: name.as_str(),
                 internal: true,
                 enable_ipv6: false,
                 labels,
+                options,
                 ..Default::default()
             })
             .await
@@ -77,12 +80,24 @@ impl FilteredNetwork {
         allow: &[String],
         deny: &[String],
     ) -> Result<(String, String)> {
-        let rules = serde_json::json!({"allow": allow, "deny": deny}).to_string();
+        // The host's address on Docker's default bridge (the proxy's way out) is never a target.
+        let never: Vec<String> = docker
+            .inspect_network::<String>("bridge", None)
+            .await
+            .ok()
+            .and_then(|n| n.ipam)
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.gateway)
+            .collect();
+        let rules = serde_json::json!({"allow": allow, "deny": deny, "never": never}).to_string();
         let config = Config {
             image: Some(image.to_string()),
             entrypoint: Some(vec![
                 "python3".into(),
                 "-I".into(),
+                "-S".into(),
                 "-u".into(),
                 "/opt/isol8/proxy.py".into(),
             ]),

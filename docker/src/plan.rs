@@ -46,6 +46,9 @@ pub struct RunPlan {
     pub deny_hosts: Vec<String>,
     /// Return the proxy's request log with the result.
     pub log_network: bool,
+    /// Package registry hostnames, allowed in `filtered` mode only while packages are installed at
+    /// the start of the run (set by the server from its config).
+    pub registry_hosts: Vec<String>,
     /// Identity of the API key the run belongs to; containers are never reused across owners.
     pub owner: String,
     /// Keep the container after the run (for inspection); it is never reused.
@@ -121,6 +124,11 @@ impl RunPlan {
                 ))
             })?;
         }
+        if network == NetworkMode::Filtered && options.persist == Some(true) {
+            return Err(invalid(
+                "persist is not available with network \"filtered\": the run's network and proxy end with it".into(),
+            ));
+        }
         if let Some(image) = &options.image {
             if image.trim().is_empty() || image.contains(char::is_whitespace) {
                 return Err(invalid(format!("image \"{image}\" is not an image name")));
@@ -147,6 +155,7 @@ impl RunPlan {
             allow_hosts: filter.whitelist,
             deny_hosts: filter.blacklist,
             log_network: options.log_network.unwrap_or(false),
+            registry_hosts: Vec::new(),
             owner: owner.to_string(),
             persist: options.persist.unwrap_or(false),
         })

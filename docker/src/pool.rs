@@ -473,14 +473,11 @@ impl Pool {
             })
             .unwrap_or_default();
         for name in &networks {
-            let members = self
-                .docker
-                .inspect_network::<String>(name, None)
-                .await
-                .ok()
-                .and_then(|n| n.containers)
-                .map_or(0, |c| c.len());
-            if members > 1 {
+            // An error means we cannot tell: leave it.
+            let Ok(network) = self.docker.inspect_network::<String>(name, None).await else {
+                return 0;
+            };
+            if network.containers.map_or(0, |c| c.len()) > 1 {
                 return 0;
             }
         }
@@ -530,7 +527,36 @@ impl Pool {
                 removed += 1;
             }
         }
+        self.remove_empty_networks().await;
         Ok(removed)
+    }
+
+    /// Filtered-run networks left with no container (their run's teardown never came), older than a
+    /// minute so a run being set up right now keeps its own.
+    async fn remove_empty_networks(&self) {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_KIND}=filtered-network")],
+        )]);
+        let options = bollard::network::ListNetworksOptions { filters };
+        let Ok(networks) = self.docker.list_networks(Some(options)).await else {
+            return;
+        };
+        let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
+        for network in networks {
+            let old = network
+                .created
+                .as_deref()
+                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                .is_some_and(|c| c < minute_ago);
+            let Some(name) = network.name else { continue };
+            let Ok(detail) = self.docker.inspect_network::<String>(&name, None).await else {
+                continue;
+            };
+            if old && detail.containers.is_none_or(|c| c.is_empty()) {
+                let _ = self.docker.remove_network(&name).await;
+            }
+        }
     }
 }
 

@@ -28,7 +28,12 @@ except OSError: print("dns blocked")
 try:
     s6 = socket.socket(socket.AF_INET6); s6.settimeout(1); s6.connect(("2606:4700:4700::1111", 443)); print("ipv6 reachable")
 except OSError: print("ipv6 blocked")
+print("bridge-host", get("http://172.17.0.1:%s/" % os.environ.get("HOST_PORT", "2375")))
 proxy = os.environ["HTTP_PROXY"].split("//")[1].split(":")[0]
+gateway = proxy.rsplit(".", 1)[0] + ".1"
+s = socket.socket(); s.settimeout(1)
+try: s.connect((gateway, 22)); print("gateway reachable")
+except OSError: print("gateway blocked")
 s = socket.socket(); s.settimeout(1)
 try: s.connect((proxy, 22)); print("proxy-host reachable")
 except OSError: print("proxy-host blocked")
@@ -120,7 +125,7 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     let exact_ip = format!("^{}$", web.ip.replace('.', "\\."));
 
     // The web server's address is private: reachable only because a rule names it exactly.
-    let (allowed, logs) = probe(&engine, &web, &[&exact_ip, ".*"], &[]).await;
+    let (allowed, logs) = probe(&engine, &web, &[&exact_ip, ".*", r"^172\.17\.0\.1$"], &[]).await;
     // Deny beats allow; an empty allow list allows nothing; a broad pattern does not reach private
     // or link-local (metadata) addresses.
     let (denied, _) = probe(&engine, &web, &[&exact_ip], &[&exact_ip]).await;
@@ -136,6 +141,8 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
         assert!(out.contains("dns blocked"), "{out}");
         assert!(out.contains("ipv6 blocked"), "{out}");
         assert!(out.contains("proxy-host blocked"), "{out}");
+        assert!(out.contains("gateway blocked"), "{out}");
+        assert!(!out.contains("bridge-host ok"), "{out}");
     }
     assert!(denied.contains("web refused"), "{denied}");
     assert!(empty.contains("web refused"), "{empty}");
@@ -159,7 +166,7 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
             .reason
             .as_deref()
             .unwrap_or_default()
-            .contains("not a public address"),
+            .contains("never reachable"),
         "{metadata_log:?}"
     );
 

@@ -87,7 +87,8 @@ pub struct ServerConfig {
     /// The most a request may ask for.
     #[schema(inline)]
     pub maximums: LimitsConfig,
-    /// Network modes requests may use (`none` and `filtered` by default). `host` is off unless listed.
+    /// Network modes requests may use (`none` by default; add `filtered` to let requests reach the
+    /// hosts they allow through the proxy; `host` only where that is wanted).
     #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
     /// Mode for requests that name none (`none` or `filtered`; must be in `allowedNetworks`).
@@ -147,7 +148,7 @@ impl Default for ServerConfig {
                 sandbox_size: "2g".into(),
                 tmp_size: "1g".into(),
             },
-            allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
+            allowed_networks: vec![NetworkMode::None],
             default_network: NetworkMode::None,
             network_allow: Vec::new(),
             network_deny: Vec::new(),
@@ -275,7 +276,13 @@ impl ServerConfig {
                 self.default_network.as_str()
             ));
         }
-        for pattern in self.network_allow.iter().chain(&self.network_deny) {
+        let registries = self.registry_hosts.values().flatten();
+        for pattern in self
+            .network_allow
+            .iter()
+            .chain(&self.network_deny)
+            .chain(registries)
+        {
             if let Err(e) = isol8_docker::check_host_pattern(pattern) {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }

@@ -485,6 +485,10 @@ async fn a_malformed_image_name_is_the_callers_error() {
 #[tokio::test]
 async fn the_servers_network_lists_join_the_requests_and_its_deny_wins() {
     let server = Server::start(ServerConfig {
+        allowed_networks: vec![
+            isol8_api::NetworkMode::None,
+            isol8_api::NetworkMode::Filtered,
+        ],
         default_network: isol8_api::NetworkMode::Filtered,
         network_deny: vec![r"^example\.org$".into()],
         ..config()
@@ -509,7 +513,14 @@ async fn the_servers_network_lists_join_the_requests_and_its_deny_wins() {
 
 #[tokio::test]
 async fn network_logs_also_stream_as_events() {
-    let server = Server::start(config()).await;
+    let server = Server::start(ServerConfig {
+        allowed_networks: vec![
+            isol8_api::NetworkMode::None,
+            isol8_api::NetworkMode::Filtered,
+        ],
+        ..config()
+    })
+    .await;
     let code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://blocked.example/', timeout=5)\nexcept Exception:\n    pass\nimport time\ntime.sleep(0.5)";
     let response = server
         .post(

@@ -212,10 +212,14 @@ fn random_hex(bytes: usize) -> String {
 /// close, and Docker stops and removes those containers itself (stdin-once + auto-remove), so the
 /// user does not wait for container removals. Kept containers and sessions are not of that kind.
 async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load().map_err(err)?.0
     };
+    // The user at the terminal is the operator: filtered networking (rules they give) is theirs.
+    if !config.allowed_networks.contains(&NetworkMode::Filtered) {
+        config.allowed_networks.push(NetworkMode::Filtered);
+    }
     let engine = connect_engine(&config).await?;
     // The first local run on a machine builds the runtime's image.
     let progress = Progress::new(false);
