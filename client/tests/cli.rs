@@ -734,3 +734,51 @@ fn filtered_runs_reach_only_allowed_hosts_and_log_network_prints_each_request() 
         stderr(&out)
     );
 }
+
+#[test]
+fn two_cli_processes_on_one_local_session_take_turns() {
+    let name = format!("turns-{}", std::process::id());
+    let first = isol8(&[
+        "run",
+        "-r",
+        "python",
+        "--session-id",
+        &name,
+        "-e",
+        "log = []",
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let spawn = |code: &str| {
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["run", "-r", "python", "--session-id", &name, "-e", code])
+            .env_remove("ISOL8_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("import time\nlog.append('a'); time.sleep(1); log.append('a')");
+    let b = spawn("import time\nlog.append('b'); time.sleep(1); log.append('b')");
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let log = isol8(&[
+        "run",
+        "-r",
+        "python",
+        "--session-id",
+        &name,
+        "-e",
+        "print(''.join(log))",
+    ]);
+    let text = stdout(&log);
+    assert!(
+        text == "aabb\n" || text == "bbaa\n",
+        "interleaved: {text:?}"
+    );
+    isol8(&["session", "stop", &name]);
+}

@@ -18,7 +18,7 @@ use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
 
 use super::images::{connect_engine, Progress};
-use super::sessions::{expire_local, touch_local};
+use super::sessions::{expire_local, use_local};
 use crate::err;
 
 #[derive(Debug, Args)]
@@ -253,10 +253,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return err(e);
         }
         eprintln!("[INFO] Session ID: {id}");
-        if args.host.is_none() {
-            touch_local(id);
-        }
     }
+    // Held until this run ends (see `use_local`).
+    let _turn = match (&body.session_id, &args.host) {
+        (Some(id), None) => use_local(id),
+        _ => None,
+    };
     let client = match &args.host {
         Some(host) => {
             let Some(key) = args.key.clone().filter(|k| !k.is_empty()) else {

@@ -143,14 +143,22 @@ fn marker(id: &str) -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".isol8/sessions").join(id))
 }
 
-/// Records that the CLI session `id` was just used.
-pub fn touch_local(id: &str) {
-    if let Some(path) = marker(id) {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::write(path, b"");
-    }
+/// Records that the CLI session `id` is being used, and takes its turn: the returned file holds an
+/// exclusive lock until dropped, so two `isol8 run --session-id` processes take turns instead of
+/// talking to the session's agent at once (each process has its own server, so the server's
+/// per-session lock cannot order them).
+pub fn use_local(id: &str) -> Option<std::fs::File> {
+    let path = marker(id)?;
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    file.lock().ok()?;
+    let _ = file.set_modified(SystemTime::now()); // the idle clock of `expire_local`
+    Some(file)
 }
 
 fn forget_local(id: &str) {
