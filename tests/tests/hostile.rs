@@ -1,0 +1,153 @@
+//! Hostile code through the HTTP API with default limits: each attempt must fail inside the sandbox,
+//! be reported with the right status, and leave the next run unaffected. (A first part of the
+//! reliability suite; the rest of it — load, soak, hostile input — is still to come.)
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const KEY: &str = "hostile-test-key-0123456789";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn server() -> Server {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(target.join("debug/isol8-server"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .env("ISOL8_API_KEY", KEY)
+        .env("ISOL8_POOL_SIZE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("isol8-server is built (cargo build --workspace)");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, base }
+}
+
+async fn run(server: &Server, runtime: &str, code: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{}/execute", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"request": {"runtime": runtime, "code": code}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Each attempt prints "BLOCKED <name>" when the kernel or the sandbox refused it.
+const ESCAPES: &str = r#"
+import ctypes, os, socket, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, fn):
+    try:
+        ok = fn()
+    except Exception:
+        ok = False
+    print(("ESCAPED " if ok else "BLOCKED ") + name)
+attempt("mount", lambda: libc.mount(b"tmpfs", b"/mnt", b"tmpfs", 0, None) == 0)
+attempt("unshare-user", lambda: libc.unshare(0x10000000) == 0)
+attempt("ptrace-pid1", lambda: libc.ptrace(16, 1, None, None) == 0)
+attempt("setuid-root", lambda: libc.setuid(0) == 0)
+attempt("raw-socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) is not None)
+attempt("keyctl", lambda: libc.syscall(250, 0, None) >= 0)
+attempt("bpf", lambda: libc.syscall(321, 0, None, 0) >= 0)
+attempt("perf_event_open", lambda: libc.syscall(298, None, 0, -1, -1, 0) >= 0)
+attempt("init_module", lambda: libc.syscall(175, None, 0, b"") == 0)
+attempt("write-rootfs", lambda: open("/usr/bin/evil", "w") is not None)
+attempt("write-proc-sys", lambda: open("/proc/sys/kernel/hostname", "w").write("x") > 0)
+attempt("write-sys", lambda: open("/sys/kernel/uevent_helper", "w").write("x") > 0)
+attempt("sudo-like-setuid-binary", lambda: subprocess.run(["su", "-c", "id -u", "root"], capture_output=True, timeout=5, input=b"").stdout.strip() == b"0")
+attempt("agent-environment", lambda: b"ISOL8_API_KEY" in open("/proc/1/environ", "rb").read())
+"#;
+
+#[tokio::test]
+async fn escapes_are_blocked_and_the_next_run_is_clean() {
+    let server = server();
+    let result = run(&server, "python", ESCAPES).await;
+    let out = result["stdout"].as_str().unwrap_or_default();
+    assert!(!out.contains("ESCAPED"), "{out}\n{}", result["stderr"]);
+    assert_eq!(
+        out.matches("BLOCKED").count(),
+        14,
+        "{out}\n{}",
+        result["stderr"]
+    );
+    let next = run(&server, "python", "print('clean')").await;
+    assert_eq!(next["stdout"], "clean\n");
+}
+
+#[tokio::test]
+async fn floods_and_bombs_are_cut_and_reported() {
+    let server = server();
+    // A single 100 MB line with no newline, on stdout and stderr at once.
+    let flood = run(
+        &server,
+        "python",
+        "import sys, threading\nt = threading.Thread(target=lambda: sys.stderr.write('e' * 100_000_000))\nt.start()\nsys.stdout.write('o' * 100_000_000)",
+    )
+    .await;
+    assert_eq!(flood["status"], "output_limit", "{}", flood["status"]);
+    assert_eq!(flood["truncated"], true);
+    assert!(flood["stdout"].as_str().unwrap().len() <= 1024 * 1024);
+    // A child that ignores SIGTERM and double-forks into the background dies with the timeout.
+    let stubborn = json!({"request": {"runtime": "bash", "timeoutMs": 1500,
+        "code": "trap '' TERM; (setsid bash -c 'trap \"\" TERM; sleep 300' &); sleep 300"}});
+    let response: Value = reqwest::Client::new()
+        .post(format!("{}/execute", server.base))
+        .bearer_auth(KEY)
+        .json(&stubborn)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["status"], "timeout", "{response}");
+    // Invalid UTF-8 and NUL bytes come back as text, not as a failure.
+    let bytes = run(
+        &server,
+        "python",
+        "import sys\nsys.stdout.buffer.write(b'a\\xff\\x00b\\n')",
+    )
+    .await;
+    assert_eq!(bytes["status"], "completed");
+    assert_eq!(bytes["stdout"], "a\u{fffd}\u{0}b\n");
+    // Nothing of any of it is left for the next run.
+    let next = run(
+        &server,
+        "python",
+        "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\nfiles = [f for f in os.listdir('/sandbox') if not f.startswith('.isol8_main')] + os.listdir('/tmp')\nprint(len(procs), len(files))",
+    )
+    .await;
+    assert_eq!(next["stdout"], "0 0\n", "{next}");
+}
