@@ -151,3 +151,89 @@ async fn floods_and_bombs_are_cut_and_reported() {
     .await;
     assert_eq!(next["stdout"], "0 0\n", "{next}");
 }
+
+#[tokio::test]
+async fn hostile_input_leaves_the_server_answering_others_promptly() {
+    use tokio::io::AsyncWriteExt;
+    let server = server();
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let http = reqwest::Client::new();
+
+    // Deeply nested JSON in a field: a clear 400, not a crash.
+    let deep = format!(
+        "{{\"request\": {{\"runtime\": \"python\", \"code\": \"1\", \"metadata\": {}1{}}}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let r = http
+        .post(format!("{}/execute", server.base))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Slow clients: 50 connections trickling a request a byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let port = port.clone();
+        slow.push(tokio::spawn(async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await
+            else {
+                return;
+            };
+            for byte in b"POST /execute HTTP/1.1\r\nHost: x\r\n".iter() {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    // Many streams opened and dropped at once (most are refused with 429: the slots are bounded).
+    let mut dropped = Vec::new();
+    for _ in 0..200 {
+        let (http, base) = (http.clone(), server.base.clone());
+        dropped.push(tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/execute/stream"))
+                .bearer_auth(KEY)
+                .json(&json!({"request": {"runtime": "bash", "code": "sleep 5"}}))
+                .send()
+                .await;
+            drop(response);
+        }));
+    }
+    futures::future::join_all(dropped).await;
+    // Meanwhile the server answers a normal request promptly.
+    let started = Instant::now();
+    let health = http
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "health took {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = run(&server, "python", "print('still here')").await;
+        if result["stdout"] == "still here\n" {
+            break;
+        }
+        // Dropped streams free their slots as their runs are killed; until then 429 is fair.
+        assert!(
+            Instant::now() < deadline,
+            "the server did not recover: {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for task in slow {
+        task.abort();
+    }
+}
