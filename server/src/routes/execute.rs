@@ -44,13 +44,33 @@ fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan
         plan.allow_hosts
             .extend(config.network_allow.iter().cloned());
         plan.deny_hosts.extend(config.network_deny.iter().cloned());
-        if !plan.packages.is_empty() {
-            let registries = config.registry_hosts.get(plan.runtime.as_str());
-            plan.allow_hosts
-                .extend(registries.into_iter().flatten().cloned());
-        }
+        // Opened by the engine only while it installs packages no image holds.
+        let registries = config.registry_hosts.get(plan.runtime.as_str());
+        plan.registry_hosts = registries.into_iter().flatten().cloned().collect();
     }
     Ok(plan)
+}
+
+/// The failures every execution route can answer with (one list, so the routes cannot drift).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation only: the answers are built by `ApiError`
+enum ExecutionErrors {
+    #[response(status = 400, description = "Invalid request")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No key")]
+    NoKey(ErrorBody),
+    #[response(status = 403, description = "Wrong key or over policy")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "No image holds the requested packages")]
+    NoImage(ErrorBody),
+    #[response(status = 409, description = "The session runs another runtime")]
+    SessionConflict(ErrorBody),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorBody),
+    #[response(status = 429, description = "Over capacity")]
+    Busy(ErrorBody),
+    #[response(status = 503, description = "Docker unreachable or images missing")]
+    Unavailable(ErrorBody),
 }
 
 /// Run code and wait for the result.
@@ -58,14 +78,7 @@ fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan
     request_body = ExecuteBody,
     responses(
         (status = 200, description = "The run finished (any exit code, timeout or limit)", body = ExecutionResult),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "No key", body = ErrorBody),
-        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
-        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
-        (status = 409, description = "The session runs another runtime", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "Over capacity", body = ErrorBody),
-        (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
+        ExecutionErrors,
     ),
     security(("bearer" = []))
 )]
@@ -135,13 +148,7 @@ async fn start(
     request_body = ExecuteBody,
     responses(
         (status = 200, description = "text/event-stream of StreamEvent", body = StreamEvent, content_type = "text/event-stream"),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "No key", body = ErrorBody),
-        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
-        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
-        (status = 409, description = "The session runs another runtime", body = ErrorBody),
-        (status = 429, description = "Over capacity", body = ErrorBody),
-        (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
+        ExecutionErrors,
     ),
     security(("bearer" = []))
 )]
@@ -176,11 +183,7 @@ pub async fn execute_stream(
     request_body = ExecuteBody,
     responses(
         (status = 200, description = "text/event-stream of StreamEvent", body = StreamEvent, content_type = "text/event-stream"),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "No key", body = ErrorBody),
-        (status = 403, description = "Wrong key or over policy", body = ErrorBody),
-        (status = 404, description = "No image holds the requested packages", body = ErrorBody),
-        (status = 409, description = "The session runs another runtime", body = ErrorBody),
+        ExecutionErrors,
     ),
     security(("bearer" = []))
 )]
