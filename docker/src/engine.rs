@@ -252,13 +252,7 @@ impl Engine {
 
     /// The image tag of each runtime built from the current recipes (missing ones absent).
     pub async fn built_runtimes(&self) -> Result<BTreeMap<Runtime, String>> {
-        let mut out = BTreeMap::new();
-        for runtime in Runtime::ALL {
-            if let Some(tag) = self.images.find_runtime(runtime).await? {
-                out.insert(runtime, tag);
-            }
-        }
-        Ok(out)
+        self.images.find_runtimes(&Runtime::ALL).await
     }
 
     /// Builds the runtime images (hash-cached unless `force`), reporting progress.

@@ -112,15 +112,27 @@ impl ImageBuilder {
 
     /// The runtime's image tag when it is built from the current recipes, else `None`. Builds nothing.
     pub async fn find_runtime(&self, runtime: Runtime) -> Result<Option<String>> {
+        Ok(self.find_runtimes(&[runtime]).await?.remove(&runtime))
+    }
+
+    /// The image tags of `runtimes` that are built from the current recipes (the root and base are
+    /// looked up once for all of them). Builds nothing.
+    pub async fn find_runtimes(&self, runtimes: &[Runtime]) -> Result<BTreeMap<Runtime, String>> {
+        let mut found = BTreeMap::new();
         let Some(rootfs_id) = self.image_id(&self.rootfs_tag()).await? else {
-            return Ok(None);
+            return Ok(found);
         };
         let base_tag = self.base_tag(&rootfs_id)?;
         let Some(base_id) = self.image_id(&base_tag).await? else {
-            return Ok(None);
+            return Ok(found);
         };
-        let tag = runtime_tag(runtime, &base_id);
-        Ok(self.image_id(&tag).await?.map(|_| tag))
+        for runtime in runtimes {
+            let tag = runtime_tag(*runtime, &base_id);
+            if self.image_id(&tag).await?.is_some() {
+                found.insert(*runtime, tag);
+            }
+        }
+        Ok(found)
     }
 
     /// Builds what is missing (or everything, with `force`) and returns the runtime's image tag.
