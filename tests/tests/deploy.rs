@@ -5,34 +5,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use isol8_e2e::{binary, free_port, Killed};
 use serde_json::{json, Value};
 
 const KEY: &str = "deploy-test-key-0123456789";
-
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
@@ -200,18 +180,6 @@ async fn the_server_image_built_from_host_binaries_runs_code_through_the_host_en
         "",
         "containers left by the server"
     );
-}
-
-/// A child process killed when the test ends, passed or not.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 /// `isol8 serve` on a free loopback port; returns the child and its base URL once it listens.

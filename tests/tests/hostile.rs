@@ -2,38 +2,22 @@
 //! be reported with the right status, and leave the next run unaffected. (A first part of the
 //! reliability suite; the rest of it — load, soak, hostile input — is still to come.)
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use isol8_e2e::{binary, free_port, Killed};
 use serde_json::{json, Value};
 
 const KEY: &str = "hostile-test-key-0123456789";
 
 struct Server {
-    child: Child,
+    _child: Killed,
     base: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 fn server() -> Server {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(target.join("debug/isol8-server"))
+    let port = free_port();
+    let child = Command::new(binary("isol8-server"))
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .env("ISOL8_API_KEY", KEY)
         .env("ISOL8_POOL_SIZE", "1")
@@ -41,14 +25,17 @@ fn server() -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("isol8-server is built (cargo build --workspace)");
-    let base = format!("http://127.0.0.1:{port}");
+        .expect("isol8-server starts");
+    let child = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, base }
+    Server {
+        _child: child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 async fn run(server: &Server, runtime: &str, code: &str) -> Value {
