@@ -208,6 +208,14 @@ async fn fork_bomb_is_held_by_the_pids_limit() {
         ),
         "{result:?}"
     );
+    // Counted: forking stops at the pids limit (64 with the agent and the program itself).
+    let counted = py(
+        &engine,
+        "import os, time\nn = 0\nfor _ in range(200):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n    if pid == 0:\n        time.sleep(3)\n        os._exit(0)\n    n += 1\nprint(n)",
+    )
+    .await;
+    let forked: u32 = counted.stdout.trim().parse().expect("a count");
+    assert!((1..64).contains(&forked), "forked {forked} processes");
     // The engine still works afterwards.
     assert_eq!(py(&engine, "print('ok')").await.stdout, "ok\n");
     engine.shutdown().await;
