@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use bollard::container::{Config, CreateContainerOptions, RemoveContainerOptions};
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkFilter, NetworkMode, Runtime};
 use isol8_docker::{Engine, EngineConfig, Limits, RunPlan};
 
@@ -39,67 +36,16 @@ try: s.connect((proxy, 22)); print("proxy-host reachable")
 except OSError: print("proxy-host blocked")
 "#;
 
-struct Web {
-    docker: bollard::Docker,
-    id: String,
-    ip: String,
-}
-
-impl Web {
-    async fn start(engine: &Engine) -> Web {
-        let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-        let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
-        let config = Config {
-            image: Some(image),
-            entrypoint: Some(vec![
-                "python3".into(),
-                "-m".into(),
-                "http.server".into(),
-                "8000".into(),
-                "--directory".into(),
-                "/opt/isol8".into(),
-            ]),
-            labels: Some(HashMap::from([
-                ("isol8.managed".to_string(), "true".to_string()),
-                ("isol8.kind".to_string(), "test-web".to_string()),
-            ])),
-            ..Default::default()
-        };
-        let id = docker
-            .create_container(None::<CreateContainerOptions<String>>, config)
-            .await
-            .unwrap()
-            .id;
-        docker.start_container::<String>(&id, None).await.unwrap();
-        let ip = docker
-            .inspect_container(&id, None)
-            .await
-            .unwrap()
-            .network_settings
-            .and_then(|n| n.ip_address)
-            .unwrap();
-        Web { docker, id, ip }
-    }
-
-    async fn remove(self) {
-        let force = Some(RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        });
-        let _ = self.docker.remove_container(&self.id, force).await;
-    }
-}
-
 async fn probe(
     engine: &Engine,
-    web: &Web,
+    web: &common::Served,
     allow: &[&str],
     deny: &[&str],
 ) -> (String, Vec<isol8_api::NetworkLogEntry>) {
     let request = ExecutionRequest {
         runtime: Runtime::Python,
         code: Some(PROBE.into()),
-        env: [("WEB".to_string(), web.ip.clone())].into(),
+        env: [("WEB".to_string(), web.host.clone())].into(),
         ..Default::default()
     };
     let options = ExecutionOptions {
@@ -120,9 +66,16 @@ async fn probe(
 #[tokio::test]
 async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     let engine = common::engine_without_pool(EngineConfig::default()).await;
-    let web = Web::start(&engine).await;
-    let web_ip = web.ip.clone();
-    let exact_ip = format!("^{}$", web.ip.replace('.', "\\."));
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
+    let web = common::Served::start(
+        &docker,
+        &image,
+        &["-m", "http.server", "8000", "--directory", "/opt/isol8"],
+    )
+    .await;
+    let web_ip = web.host.clone();
+    let exact_ip = format!("^{}$", web.host.replace('.', "\\."));
 
     // The web server's address is private: reachable only because a rule names it exactly.
     let (allowed, logs) = probe(&engine, &web, &[&exact_ip, ".*", r"^172\.17\.0\.1$"], &[]).await;
@@ -171,7 +124,6 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     );
 
     // Nothing of the runs is left: no proxy, no network.
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let networks = docker.list_networks::<String>(None).await.unwrap();
     let ours: Vec<_> = networks
         .iter()

@@ -51,50 +51,47 @@ import http.server
 http.server.ThreadingHTTPServer(("0.0.0.0", 8000), http.server.SimpleHTTPRequestHandler).serve_forever()
 "#;
 
-/// A package index in a labelled container on Docker's default bridge; removed on drop.
-pub struct LocalIndex {
+/// A python process serving HTTP on port 8000 in a labelled container of ours on Docker's default
+/// bridge (the "outside" of network tests; no traffic leaves the machine). `remove` ends it.
+pub struct Served {
     docker: Docker,
     id: String,
-    pub url: String,
     pub host: String,
 }
 
-impl LocalIndex {
-    pub async fn start(docker: &Docker, image: &str) -> LocalIndex {
-        let name = format!("isol8-test-index-{}", std::process::id());
+impl Served {
+    pub async fn start(docker: &Docker, image: &str, args: &[&str]) -> Served {
+        let mut cmd = vec!["python3".to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
         let config = Config {
             image: Some(image.to_string()),
-            cmd: Some(vec!["python3".into(), "-c".into(), INDEX_SERVER.into()]),
+            entrypoint: Some(cmd),
             labels: Some(HashMap::from([
                 (LABEL_MANAGED.to_string(), "true".to_string()),
-                ("isol8.kind".to_string(), "test-index".to_string()),
+                ("isol8.kind".to_string(), "test-server".to_string()),
             ])),
             ..Default::default()
         };
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.as_str(),
-                    platform: None,
-                }),
-                config,
-            )
+        let id = docker
+            .create_container(None::<CreateContainerOptions<String>>, config)
             .await
-            .expect("create index container");
+            .expect("create the test server container")
+            .id;
         docker
-            .start_container::<String>(&created.id, None)
+            .start_container::<String>(&id, None)
             .await
-            .expect("start index container");
-        let info = docker.inspect_container(&created.id, None).await.unwrap();
-        let host = info
+            .expect("start the test server container");
+        let host = docker
+            .inspect_container(&id, None)
+            .await
+            .unwrap()
             .network_settings
             .and_then(|n| n.ip_address)
             .filter(|ip| !ip.is_empty())
-            .expect("the index container has an address on the bridge");
-        LocalIndex {
+            .expect("the test server has an address on the bridge");
+        Served {
             docker: docker.clone(),
-            id: created.id,
-            url: format!("http://{host}:8000/simple"),
+            id,
             host,
         }
     }
@@ -105,5 +102,27 @@ impl LocalIndex {
             ..Default::default()
         };
         let _ = self.docker.remove_container(&self.id, Some(options)).await;
+    }
+}
+
+/// A package index (two wheels it makes itself) served from a container of ours.
+pub struct LocalIndex {
+    served: Served,
+    pub url: String,
+    pub host: String,
+}
+
+impl LocalIndex {
+    pub async fn start(docker: &Docker, image: &str) -> LocalIndex {
+        let served = Served::start(docker, image, &["-c", INDEX_SERVER]).await;
+        LocalIndex {
+            url: format!("http://{}:8000/simple", served.host),
+            host: served.host.clone(),
+            served,
+        }
+    }
+
+    pub async fn remove(self) {
+        self.served.remove().await;
     }
 }
