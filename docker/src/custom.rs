@@ -58,9 +58,10 @@ impl PackageSet {
     }
 
     /// The shell script that installs these packages at the start of a run, as the sandbox user,
-    /// where the program finds them (user site, /sandbox/node_modules, the deno cache). Names are
-    /// validated; each is single-quoted.
-    pub fn install_script(&self, runtime: Runtime) -> String {
+    /// where the program finds them (user site, /sandbox/node_modules, the deno cache); `None` for
+    /// bash, whose apt needs root and a writable root filesystem. Names are validated; each is
+    /// single-quoted.
+    pub fn install_script(&self, runtime: Runtime) -> Option<String> {
         let names: Vec<String> = self.0.iter().map(|n| format!("'{n}'")).collect();
         let names = names.join(" ");
         let command = match runtime {
@@ -82,9 +83,9 @@ impl PackageSet {
                     .collect();
                 format!("deno cache {}", specs.join(" "))
             }
-            Runtime::Bash => "echo 'bash packages need a custom image' >&2; exit 1".to_string(),
+            Runtime::Bash => return None,
         };
-        format!("set -e; {command}")
+        Some(format!("set -e; {command}"))
     }
 
     fn from_label(label: &str) -> PackageSet {

@@ -345,7 +345,7 @@ impl Engine {
             ));
         }
         let (spec, install) = self.container_plan(plan).await?;
-        if install {
+        if install.is_some() {
             return Err(Error::Unsupported(
                 "packages that no image holds are installed at run time only in ephemeral runs with network \"filtered\"; build an image with `isol8 build` for sessions".into(),
             ));
@@ -353,10 +353,14 @@ impl Engine {
         Ok(spec)
     }
 
-    /// The container `plan` needs, and whether its packages must be installed at the start of the
-    /// run (no image holds them, and `filtered` networking can reach their registry).
-    async fn container_plan(&self, plan: &RunPlan) -> Result<(ContainerSpec, bool)> {
-        let mut install = false;
+    /// The container `plan` needs, and the script installing its packages at the start of the run
+    /// when no image holds them and `filtered` networking can reach their registry.
+    async fn container_plan(&self, plan: &RunPlan) -> Result<(ContainerSpec, Option<String>)> {
+        let mut install = None;
+        let run_time_install = match plan.network {
+            NetworkMode::Filtered => plan.packages.install_script(plan.runtime),
+            _ => None,
+        };
         let image = match &plan.image {
             Some(image) => image.clone(),
             None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
@@ -366,22 +370,22 @@ impl Engine {
                 .await?
             {
                 Some(image) => image,
-                None if plan.network == NetworkMode::Filtered && plan.runtime != Runtime::Bash => {
-                    install = true;
+                None if run_time_install.is_some() => {
+                    install = run_time_install;
                     self.runtime_image(plan.runtime).await?
                 }
                 None => {
                     let names: Vec<&str> = plan.packages.names().collect();
+                    let or_install = match plan.packages.install_script(plan.runtime) {
+                        Some(_) => ", or install at run time with network \"filtered\"",
+                        None => "",
+                    };
                     return Err(Error::NotFound(format!(
-                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`{}",
+                        "no {} image holds {}; build one with `isol8 build --base {} --install {}`{or_install}",
                         plan.runtime,
                         names.join(", "),
                         plan.runtime,
                         names.join(","),
-                        match plan.runtime {
-                            Runtime::Bash => "",
-                            _ => ", or install at run time with network \"filtered\"",
-                        }
                     )));
                 }
             },
@@ -434,15 +438,12 @@ impl Engine {
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
     pub async fn execute_stream(&self, mut plan: RunPlan) -> Result<RunEvents> {
         let (mut spec, install) = self.container_plan(&plan).await?;
-        if install {
+        if let Some(install) = install {
             // The install is the run's first (setup-phase) step: its output streams as setup
             // events, and a failure stops the run with the installer's words. Its subshell keeps
             // `set -e` and `cd` away from the caller's own setup script. The registries are
             // reachable only for installs.
-            let script = format!(
-                "( {} ) || exit $?",
-                plan.packages.install_script(plan.runtime)
-            );
+            let script = format!("( {install} ) || exit $?");
             plan.setup_script = Some(match plan.setup_script.take() {
                 Some(own) => format!("{script}\n{own}"),
                 None => script,
