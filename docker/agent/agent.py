@@ -61,11 +61,12 @@ def emit(obj):
         view = view[n:]
 
 
-def make_undumpable():
+def set_dumpable(flag):
+    """Undumpable, the agent's /proc files (its environment, its memory) are root's, out of the
+    programs' reach; a child about to exec a program turns it back on to adjust itself."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_DUMPABLE = 4
-        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, flag, 0, 0, 0)
     except Exception as exc:  # noqa: BLE001 - report and go on; the server decides
         sys.stderr.write("isol8-agent: prctl failed: %s\n" % exc)
 
@@ -177,10 +178,13 @@ def read_output_file(path, limit):
 
 def spawn(argv, env, cwd, extra=()):
     """Fork `argv` in its own session with piped stdin/stdout/stderr; `extra` fds become 3, 4, ...
-    Returns (pid, stdin writer, stdout reader, stderr reader)."""
+    Returns (pid, stdin writer, stdout reader, stderr reader, whether the exec succeeded); when it
+    failed, the child said why on its stderr and exits 127."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe()
+    # Close-on-exec: a successful exec closes it unwritten; a failed one writes a byte first.
+    exec_r, exec_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
@@ -194,16 +198,25 @@ def spawn(argv, env, cwd, extra=()):
             for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             os.chdir(cwd)
-            os.closerange(len(targets), 1024)
+            # Files in the tmpfs dirs count toward the memory limit too; when it is reached the
+            # kernel must kill the program, never the agent that reports and cleans up.
+            set_dumpable(1)
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("1000")
+            os.closerange(len(targets), exec_w)
+            os.closerange(exec_w + 1, 1024)
             os.execvpe(argv[0], argv, env)
         except BaseException as exc:  # noqa: BLE001 - the child must never return
             try:
                 os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
+                os.write(exec_w, b"!")
             finally:
                 os._exit(127)
-    for fd in (in_r, out_w, err_w) + tuple(extra):
+    for fd in (in_r, out_w, err_w, exec_w) + tuple(extra):
         os.close(fd)
-    return pid, in_w, out_r, err_r
+    exec_failed = os.read(exec_r, 1)
+    os.close(exec_r)
+    return pid, in_w, out_r, err_r, not exec_failed
 
 
 class Run:
@@ -226,6 +239,7 @@ class Run:
         self.stdin_fd = None
         self.stdin_buf = b""
         self.scoped = False
+        self.exec_ok = True
 
     def start(self):
         req = self.req
@@ -237,7 +251,7 @@ class Run:
             write_file(req["codePath"], base64.b64decode(req.get("code") or ""))
         env = dict(os.environ)  # the image's environment; the container's own holds no secrets
         env.update(req.get("env") or {})
-        pid, in_w, out_r, err_r = spawn(req["argv"], env, cwd)
+        pid, in_w, out_r, err_r, self.exec_ok = spawn(req["argv"], env, cwd)
         self.pid = pid
         for fd, stream in ((out_r, 1), (err_r, 2)):
             os.set_blocking(fd, False)
@@ -326,6 +340,8 @@ class Run:
         code = os.waitstatus_to_exitcode(self.exit_status)
         exit_code = code if code >= 0 else 128 - code
         status = self.status
+        if not self.exec_ok:
+            status = "error"  # the program never started; its stderr says why
         if status is None:
             oom_after = oom_kill_count()
             if code < 0 and self.oom_before is not None and oom_after is not None and oom_after > self.oom_before:
@@ -339,8 +355,14 @@ class Run:
         limit = int(self.req.get("maxFileBytes", 10 * 1048576))
         cwd = self.req.get("cwd") or "/sandbox"
         for path in self.req.get("outputPaths") or []:
+            # Output files are what the run made (in the dirs it can write), not a way to read the
+            # image or /proc through a symlink.
+            real = resolved_within(safe_path(path, cwd), WIPE_DIRS)
+            if real is None:
+                errors.append("%s: resolves outside %s" % (path, ", ".join(WIPE_DIRS)))
+                continue
             try:
-                data, why = read_output_file(safe_path(path, cwd), limit)
+                data, why = read_output_file(real, limit)
             except OSError:
                 continue  # a missing output file is simply not returned
             if data is None:
@@ -375,7 +397,7 @@ class Kernel:
         self.sel = sel
         ctl_in_r, ctl_in_w = os.pipe()
         ctl_out_r, ctl_out_w = os.pipe()
-        pid, stdin_w, out_r, err_r = spawn(KERNELS[runtime], dict(os.environ), "/sandbox",
+        pid, stdin_w, out_r, err_r, _ = spawn(KERNELS[runtime], dict(os.environ), "/sandbox",
                                            extra=(ctl_in_r, ctl_out_w))
         os.close(stdin_w)  # cells get their stdin from the cell message
         self.pid = pid
@@ -513,18 +535,20 @@ def drain(kernel, cell):
             pass
 
 
-def inside_sandbox(path):
-    """`path` with every existing symlink resolved, or None when that leaves /sandbox. The file routes
-    promise /sandbox only; this is API confinement, not a security boundary (programs run as the same
-    user and can reach whatever it can)."""
+SANDBOX_ONLY = ("/sandbox",)
+
+
+def resolved_within(path, roots):
+    """`path` with every existing symlink resolved, or None when that leaves `roots`. This is API
+    confinement, not a security boundary: programs run as the same user and can reach whatever it can."""
     real = os.path.realpath(path)
-    return real if real == "/sandbox" or real.startswith("/sandbox/") else None
+    return real if any(real == root or real.startswith(root + "/") for root in roots) else None
 
 
 def file_op(msg):
     path = msg.get("path") or ""
     if msg["op"] == "write":
-        parent = inside_sandbox(os.path.dirname(path))
+        parent = resolved_within(os.path.dirname(path), SANDBOX_ONLY)
         if parent is None or os.path.basename(path) in ("", ".", ".."):
             return {"ev": "error", "error": "%s is not a file path inside /sandbox" % path}
         target = os.path.join(parent, os.path.basename(path))
@@ -532,7 +556,7 @@ def file_op(msg):
             return {"ev": "error", "error": "%s is a symlink" % path}
         write_file(target, base64.b64decode(msg.get("data") or ""))
         return {"ev": "file", "data": ""}
-    real = inside_sandbox(path)
+    real = resolved_within(path, SANDBOX_ONLY)
     if real is None:
         return {"ev": "error", "error": "%s resolves outside /sandbox" % path}
     data, why = read_output_file(real, int(msg.get("maxBytes", 10 * 1048576)))
@@ -611,7 +635,7 @@ class State:
 
 
 def main():
-    make_undumpable()
+    set_dumpable(0)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)

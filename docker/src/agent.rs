@@ -319,7 +319,8 @@ impl Sandbox {
     }
 }
 
-/// Force-removes a container with its anonymous volumes; a container that is already gone is fine.
+/// Force-removes a container with its anonymous volumes; a container that is already gone, or
+/// already being removed (409: an auto-remove container whose agent died), is fine.
 pub(crate) async fn remove(docker: &Docker, id: &str) {
     let result = docker
         .remove_container(
@@ -332,7 +333,14 @@ pub(crate) async fn remove(docker: &Docker, id: &str) {
         )
         .await;
     if let Err(err) = result {
-        if !crate::error::is_not_found(&err) {
+        let already_going = matches!(
+            err,
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }
+        );
+        if !already_going {
             tracing::warn!(container = %id, error = %err, "could not remove container");
         }
     }

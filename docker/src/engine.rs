@@ -410,7 +410,9 @@ impl Engine {
         Self::collect(self.execute_stream(plan).await?).await
     }
 
-    /// Waits for a run's events to end and assembles its result (the code phase's output).
+    /// Waits for a run's events to end and assembles its result (the code phase's output). What
+    /// the stream sends as `error` events (timeout, a sandbox that died, refused output paths)
+    /// ends stderr as `--- message ---` lines, so a caller without the stream still sees why.
     pub async fn collect(mut events: RunEvents) -> Result<ExecutionResult> {
         let (mut stdout, mut stderr) = (String::new(), String::new());
         while let Some(event) = events.recv().await {
@@ -420,6 +422,12 @@ impl Engine {
                     text,
                 } => stdout.push_str(&text),
                 RunEvent::Stderr { text, .. } => stderr.push_str(&text),
+                RunEvent::Error { message, .. } => {
+                    if !stderr.is_empty() && !stderr.ends_with('\n') {
+                        stderr.push('\n');
+                    }
+                    stderr.push_str(&format!("--- {message} ---\n"));
+                }
                 RunEvent::Finished(mut result) => {
                     result.stdout = stdout;
                     result.stderr = stderr;

@@ -114,7 +114,7 @@ impl FilteredNetwork {
                 network_mode: Some("bridge".into()),
                 readonly_rootfs: Some(true),
                 cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                security_opt: Some(crate::spec::security_options()),
                 memory: Some(128 * 1024 * 1024),
                 pids_limit: Some(128),
                 ..Default::default()

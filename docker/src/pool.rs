@@ -145,13 +145,21 @@ impl Pool {
             owner: Some(owner.to_string()),
         };
         let wait_until = Instant::now() + RESET_WAIT;
+        // Idle containers that died while waiting (killed from outside, Docker restarted).
+        let mut dead = Vec::new();
         let taken = loop {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             let (found, resetting) = {
                 let mut idle = lock(&self.idle);
-                let mut take = |key: &PoolKey| idle.get_mut(key).and_then(Vec::pop);
+                let mut take = |key: &PoolKey| loop {
+                    let found = idle.get_mut(key).and_then(Vec::pop)?;
+                    if !found.sandbox.is_gone() {
+                        break Some(found);
+                    }
+                    dead.push(found.sandbox);
+                };
                 match take(&own) {
                     Some(found) => (Some((found, false)), false),
                     None => {
@@ -172,6 +180,12 @@ impl Pool {
             }
             let _ = tokio::time::timeout_at(wait_until.into(), returned).await;
         };
+        if !dead.is_empty() {
+            self.wake.notify_one();
+        }
+        for sandbox in dead {
+            self.destroy(sandbox).await;
+        }
         let sandbox = match taken {
             Some((found, fresh)) => {
                 if fresh {

@@ -48,6 +48,19 @@ impl ContainerKind {
 pub const SANDBOX_USER: &str = "1000:1000";
 const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/agent.py"];
 
+/// isol8's seccomp profile (`docker/seccomp.json`): Docker's allow-list minus io_uring, ptrace,
+/// userfaultfd, keyrings, namespace-creating clones and 32-bit ABIs. Built into the binary so no
+/// deployment can run a sandbox without it.
+pub const SECCOMP_PROFILE: &str = include_str!("../seccomp.json");
+
+/// The `security_opt` of every container isol8 runs code in (sandboxes and filtered-mode proxies).
+pub fn security_options() -> Vec<String> {
+    vec![
+        "no-new-privileges:true".to_string(),
+        format!("seccomp={SECCOMP_PROFILE}"),
+    ]
+}
+
 /// The container-level settings of a sandbox. Two runs can share a pooled container only when their
 /// specs are equal; per-run limits (timeout, output cap) are enforced by the agent instead.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,7 +99,7 @@ impl ContainerSpec {
     }
 
     /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user, no capabilities,
-    /// no-new-privileges, Docker's default seccomp profile, pids/memory (no swap)/CPU limits, no network.
+    /// no-new-privileges, isol8's seccomp profile, pids/memory (no swap)/CPU limits, no network.
     pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>) -> Config<String> {
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -129,7 +142,7 @@ impl ContainerSpec {
             tmpfs: Some(tmpfs),
             shm_size: Some(64 * 1024 * 1024),
             cap_drop: Some(vec!["ALL".to_string()]),
-            security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+            security_opt: Some(security_options()),
             network_mode: Some(network_mode.to_string()),
             // Filtered: names resolve nowhere (Docker's resolver forwards to this dead address), so
             // DNS cannot carry data out; the proxy resolves for the program.

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use isol8_api::ErrorBody;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -117,7 +119,11 @@ fn refine_openapi(doc: &mut serde_json::Value) {
         }
         if operation.get("requestBody").is_some() {
             let responses = &mut operation["responses"];
-            for (status, description) in [("413", "Body too large"), ("415", "Body is not JSON")] {
+            for (status, description) in [
+                ("408", "Body not sent within requestReadTimeoutMs"),
+                ("413", "Body too large"),
+                ("415", "Body is not JSON"),
+            ] {
                 if responses.get(status).is_none() {
                     responses[status] = error(description);
                 }
@@ -136,6 +142,8 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(metrics::expose_matched_path))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
+        // Refuses a too-large Content-Length at once, instead of after reading the limit's worth.
+        .layer(RequestBodyLimitLayer::new(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn(error_envelope))
         .layer(middleware::from_fn_with_state(
@@ -224,7 +232,7 @@ pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let engine = state.engine.clone();
     let grace = Duration::from_millis(state.config.shutdown_grace_ms);
     // Signalled once when shutdown begins; the grace timer waits on it.
@@ -240,16 +248,76 @@ pub async fn serve(
     });
     let sessions = Arc::clone(&state.sessions);
     let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections");
-            let _ = begun_tx.send(());
-        })
-        .await;
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(state.config.request_read_timeout_ms),
+        max_connections: state.config.max_connections,
+    };
+    serve_connections(listener, app(state), limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        let _ = begun_tx.send(());
+    })
+    .await;
     reaper.abort();
     expiry.abort();
     sessions.close_all(&engine).await;
     engine.shutdown().await;
-    result
+}
+
+/// What one client may hold: a slow or silent client is cut off after `header_read_timeout`, and
+/// at most `max_connections` are served at once.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// The accept loop (`axum::serve` gives hyper no timer, so it has no header-read timeout and any
+/// number of idle connections stay open forever). Each connection is its own task; on `shutdown`
+/// the listener closes, idle connections are closed, and this returns once in-flight requests end.
+async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Waiting for a free connection slot before accepting leaves further clients in the
+        // kernel's backlog rather than serving them with no bound.
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            |request: Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+        ));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

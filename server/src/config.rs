@@ -109,6 +109,12 @@ pub struct ServerConfig {
     pub queue_timeout_ms: u64,
     /// Largest request body in bytes (413 past it).
     pub max_body_bytes: usize,
+    /// A client must send a request's headers within this long (milliseconds), and then its JSON
+    /// body within as long again (408 past it); an idle keep-alive connection is closed after it.
+    /// Slow or silent clients cannot hold connections.
+    pub request_read_timeout_ms: u64,
+    /// Client connections held at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
     /// Fresh warm containers per runtime.
     pub pool_size: usize,
     /// Reuse a container for the same key after a verified reset (off: fresh container per run).
@@ -177,6 +183,8 @@ impl Default for ServerConfig {
             max_queue: 100,
             queue_timeout_ms: 30_000,
             max_body_bytes: 10 * 1024 * 1024,
+            request_read_timeout_ms: 30_000,
+            max_connections: 4096,
             pool_size: 2,
             reuse_containers: true,
             shutdown_grace_ms: 10_000,
@@ -286,6 +294,9 @@ impl ServerConfig {
             if let Err(e) = isol8_docker::check_host_pattern(pattern) {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }
+        }
+        if self.request_read_timeout_ms == 0 || self.max_connections == 0 {
+            return Err("requestReadTimeoutMs and maxConnections must be greater than zero".into());
         }
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());

@@ -116,6 +116,16 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         Err(e) => return err(e),
     };
     init_logging(debug, config.log_format == crate::LogFormat::Json);
+    // Every client connection is a descriptor; the usual soft limit of 1024 would cap the server
+    // far below `maxConnections`.
+    match rlimit::increase_nofile_limit(config.max_connections as u64 + 1024) {
+        Ok(limit) if limit < config.max_connections as u64 => tracing::warn!(
+            limit,
+            "open-file limit is below maxConnections; accepts will fail past it"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
     let listener = match bind(&args.bind, port).await {
         Ok(l) => l,
         Err(code) => return code,
@@ -149,10 +159,8 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         None => Vec::new(),
     };
     let state = AppState::new(engine, config, key).with_named_keys(keys);
-    match crate::serve(state, listener, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => err(e),
-    }
+    crate::serve(state, listener, shutdown_signal()).await;
+    ExitCode::SUCCESS
 }
 
 async fn shutdown_signal() {

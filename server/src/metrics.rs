@@ -1,5 +1,5 @@
 //! Prometheus metrics: executions by runtime and status, run durations, pool occupancy, active
-//! sessions and HTTP requests by route and status, rendered in the text exposition format.
+//! sessions, HTTP requests by route and status, and live async tasks, rendered in the text exposition format.
 
 use std::sync::atomic::AtomicI64;
 
@@ -47,6 +47,7 @@ pub struct Metrics {
     pool_ready: Gauge<i64, AtomicI64>,
     pool_busy: Gauge<i64, AtomicI64>,
     sessions: Gauge<i64, AtomicI64>,
+    tasks: Gauge<i64, AtomicI64>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -60,7 +61,7 @@ impl Default for Metrics {
         let executions = Family::<ExecutionLabels, Counter>::default();
         let durations: DurationFamily = Family::new_with_constructor(duration_histogram);
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let (pool_ready, pool_busy, sessions) = Default::default();
+        let (pool_ready, pool_busy, sessions, tasks) = Default::default();
         registry.register(
             "executions",
             "Executions finished, by runtime and status",
@@ -91,6 +92,11 @@ impl Default for Metrics {
             "Persistent sessions alive",
             Gauge::<i64, AtomicI64>::clone(&sessions),
         );
+        registry.register(
+            "tasks_alive",
+            "Async tasks alive in the server (connections, runs, pool work): a leak shows as growth",
+            Gauge::<i64, AtomicI64>::clone(&tasks),
+        );
         Metrics {
             registry,
             executions,
@@ -99,6 +105,7 @@ impl Default for Metrics {
             pool_ready,
             pool_busy,
             sessions,
+            tasks,
         }
     }
 }
@@ -122,6 +129,11 @@ impl Metrics {
         self.pool_ready.set(pool.ready as i64);
         self.pool_busy.set(pool.busy as i64);
         self.sessions.set(sessions as i64);
+        self.tasks.set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as i64,
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -82,7 +82,7 @@ pub fn check_id(id: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "sessionId \"{id}\" is not valid: use 1 to 128 letters, digits, '.', '_', '-' or ':'"
+            "sessionId {id:?} is not valid: use 1 to 128 letters, digits, '.', '_', '-' or ':'"
         )))
     }
 }

@@ -1,7 +1,9 @@
-//! Hostile code through the HTTP API with default limits: each attempt must fail inside the sandbox,
-//! be reported with the right status, and leave the next run unaffected. (A first part of the
-//! reliability suite; the rest of it — load, soak, hostile input — is still to come.)
+//! Hostile code and hostile clients against a real isol8-server with default limits: every attempt
+//! fails inside the sandbox or at the door, is reported with the right status, and leaves the host,
+//! the server and the next run unaffected.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,91 +13,218 @@ use serde_json::{json, Value};
 const KEY: &str = "hostile-test-key-0123456789";
 
 struct Server {
-    _child: Killed,
+    child: Killed,
     base: String,
+    instance: String,
 }
 
-fn server() -> Server {
+/// An isol8-server with default limits (one warm container per runtime), plus `env` overrides.
+fn server(env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let child = Command::new(binary("isol8-server"))
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .env("ISOL8_API_KEY", KEY)
         .env("ISOL8_POOL_SIZE", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("isol8-server starts");
     let child = Killed(child);
+    let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let instance = loop {
+        if let Some(instance) = instance_of(port) {
+            break instance;
+        }
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     Server {
-        _child: child,
-        base: format!("http://127.0.0.1:{port}"),
+        child,
+        base,
+        instance,
     }
+}
+
+/// The `x-isol8-instance` the server on `port` names itself with, once it answers.
+fn instance_of(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("x-isol8-instance: "))
+        .map(str::to_string)
+}
+
+impl Server {
+    /// Resident memory of the server process, in bytes.
+    fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+}
+
+/// POSTs `body` to /execute; the HTTP status and the JSON answer.
+async fn execute(server: &Server, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/execute", server.base))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn run(server: &Server, runtime: &str, code: &str) -> Value {
-    reqwest::Client::new()
-        .post(format!("{}/execute", server.base))
-        .bearer_auth(KEY)
-        .json(&json!({"request": {"runtime": runtime, "code": code}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let (status, result) = execute(
+        server,
+        &json!({"request": {"runtime": runtime, "code": code}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    result
 }
 
-/// Each attempt prints "BLOCKED <name>" when the kernel or the sandbox refused it.
-const ESCAPES: &str = r#"
-import ctypes, os, socket, subprocess
-libc = ctypes.CDLL(None, use_errno=True)
-def attempt(name, fn):
-    try:
-        ok = fn()
-    except Exception:
-        ok = False
-    print(("ESCAPED " if ok else "BLOCKED ") + name)
-attempt("mount", lambda: libc.mount(b"tmpfs", b"/mnt", b"tmpfs", 0, None) == 0)
-attempt("unshare-user", lambda: libc.unshare(0x10000000) == 0)
-attempt("ptrace-pid1", lambda: libc.ptrace(16, 1, None, None) == 0)
-attempt("setuid-root", lambda: libc.setuid(0) == 0)
-attempt("raw-socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) is not None)
-attempt("keyctl", lambda: libc.syscall(250, 0, None) >= 0)
-attempt("bpf", lambda: libc.syscall(321, 0, None, 0) >= 0)
-attempt("perf_event_open", lambda: libc.syscall(298, None, 0, -1, -1, 0) >= 0)
-attempt("init_module", lambda: libc.syscall(175, None, 0, b"") == 0)
-attempt("write-rootfs", lambda: open("/usr/bin/evil", "w") is not None)
-attempt("write-proc-sys", lambda: open("/proc/sys/kernel/hostname", "w").write("x") > 0)
-attempt("write-sys", lambda: open("/sys/kernel/uevent_helper", "w").write("x") > 0)
-attempt("sudo-like-setuid-binary", lambda: subprocess.run(["su", "-c", "id -u", "root"], capture_output=True, timeout=5, input=b"").stdout.strip() == b"0")
-attempt("agent-environment", lambda: b"ISOL8_API_KEY" in open("/proc/1/environ", "rb").read())
-"#;
+/// What the next run sees: other processes, files left in the writable dirs, and whether the
+/// tmpfs dirs are empty again.
+const LEFTOVERS: &str = "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\nfiles = [f for d in ('/sandbox', '/tmp', '/dev/shm') for f in os.listdir(d) if not f.startswith('.isol8_main')]\nused = [d for d in ('/sandbox', '/tmp', '/dev/shm') if os.statvfs(d).f_bfree < os.statvfs(d).f_blocks - 64]\nprint(len(procs), len(files), used)";
+
+async fn assert_next_run_is_clean(server: &Server) {
+    let next = run(server, "python", LEFTOVERS).await;
+    assert_eq!(next["stdout"], "0 0 []\n", "{next}");
+}
+
+/// The escape probe: one line per attempt, `name<TAB>ALLOWED` or the errno that refused it.
+const ESCAPES: &str = include_str!("../probes/escapes.py");
+
+fn outcomes(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
+        .collect()
+}
+
+/// The image a runtime's sandboxes of `server` run, read off one of its containers.
+fn image_of(server: &Server, runtime: &str) -> String {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Image}}", "--filter"])
+        .arg(format!("label=isol8.instance={}", server.instance))
+        .args(["--filter", &format!("label=isol8.runtime={runtime}")])
+        .output()
+        .expect("docker ps runs");
+    let image = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!image.is_empty(), "no {runtime} container of the server");
+    image
+}
 
 #[tokio::test]
-async fn escapes_are_blocked_and_the_next_run_is_clean() {
-    let server = server();
-    let result = run(&server, "python", ESCAPES).await;
-    let out = result["stdout"].as_str().unwrap_or_default();
-    assert!(!out.contains("ESCAPED"), "{out}\n{}", result["stderr"]);
+async fn the_seccomp_profile_and_the_other_layers_block_every_escape() {
+    let server = server(&[]);
+    let probe = format!("import sys\nsys.argv = ['probe', {KEY:?}]\n{ESCAPES}");
+    let sandboxed = run(&server, "python", &probe).await;
+    let inside = outcomes(sandboxed["stdout"].as_str().unwrap_or_default());
+    // The same image and hardening (read-only root, uid 1000, no capabilities, no-new-privileges,
+    // no network), without isol8's seccomp profile: what succeeds here is what the profile stops.
+    let mut control = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--label",
+            "isol8.managed=true",
+            "--label",
+        ])
+        .arg("isol8.kind=test-control")
+        .args(["--read-only", "--tmpfs", "/tmp", "--user", "1000:1000"])
+        .args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
+        .args(["--security-opt", "seccomp=unconfined", "--network", "none"])
+        .args([
+            "--pids-limit",
+            "64",
+            "--memory",
+            "256m",
+            "--entrypoint",
+            "python3",
+        ])
+        .arg(image_of(&server, "python"))
+        .args(["-", KEY])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker run starts");
+    control
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ESCAPES.as_bytes())
+        .unwrap();
+    let without_profile = control.wait_with_output().unwrap();
+    let outside = outcomes(&String::from_utf8_lossy(&without_profile.stdout));
+
+    let table: String = inside
+        .iter()
+        .map(|(name, outcome)| {
+            let unconfined = outside.get(name).map(String::as_str).unwrap_or("?");
+            format!("{name:32} {outcome:8} {unconfined}\n")
+        })
+        .collect();
+    let table = format!("attempt                          isol8    without the profile\n{table}");
+    eprintln!("{table}");
+    assert_eq!(inside.len(), 24, "every attempt reported:\n{sandboxed}");
     assert_eq!(
-        out.matches("BLOCKED").count(),
-        14,
-        "{out}\n{}",
-        result["stderr"]
+        outside.len(),
+        24,
+        "every attempt reported without the profile"
     );
+    assert!(
+        inside.values().all(|outcome| outcome != "ALLOWED"),
+        "an escape succeeded in the sandbox:\n{table}"
+    );
+    // Each of these works in a container that has everything but the profile.
+    for stopped_by_seccomp in [
+        "unshare(CLONE_NEWUSER)",
+        "ptrace(TRACEME)",
+        "ptrace(ATTACH, pid 1)",
+        "process_vm_readv",
+        "kcmp",
+        "keyctl",
+        "io_uring_setup",
+        "userfaultfd",
+        "modify_ldt",
+        "personality(ADDR_NO_RANDOMIZE)",
+    ] {
+        assert_eq!(
+            outside[stopped_by_seccomp], "ALLOWED",
+            "{stopped_by_seccomp} should be stopped by the profile alone:\n{table}"
+        );
+    }
     let next = run(&server, "python", "print('clean')").await;
     assert_eq!(next["stdout"], "clean\n");
 }
 
 #[tokio::test]
-async fn floods_and_bombs_are_cut_and_reported() {
-    let server = server();
+async fn floods_bombs_and_full_disks_are_cut_and_reported() {
+    let server = server(&[]);
     // A single 100 MB line with no newline, on stdout and stderr at once.
     let flood = run(
         &server,
@@ -106,20 +235,6 @@ async fn floods_and_bombs_are_cut_and_reported() {
     assert_eq!(flood["status"], "output_limit", "{}", flood["status"]);
     assert_eq!(flood["truncated"], true);
     assert!(flood["stdout"].as_str().unwrap().len() <= 1024 * 1024);
-    // A child that ignores SIGTERM and double-forks into the background dies with the timeout.
-    let stubborn = json!({"request": {"runtime": "bash", "timeoutMs": 1500,
-        "code": "trap '' TERM; (setsid bash -c 'trap \"\" TERM; sleep 300' &); sleep 300"}});
-    let response: Value = reqwest::Client::new()
-        .post(format!("{}/execute", server.base))
-        .bearer_auth(KEY)
-        .json(&stubborn)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(response["status"], "timeout", "{response}");
     // Invalid UTF-8 and NUL bytes come back as text, not as a failure.
     let bytes = run(
         &server,
@@ -129,24 +244,288 @@ async fn floods_and_bombs_are_cut_and_reported() {
     .await;
     assert_eq!(bytes["status"], "completed");
     assert_eq!(bytes["stdout"], "a\u{fffd}\u{0}b\n");
-    // Nothing of any of it is left for the next run.
-    let next = run(
+
+    let timed = |runtime: &str, code: &str, timeout_ms: u64| json!({"request": {"runtime": runtime, "code": code, "timeoutMs": timeout_ms}});
+    // A child that ignores SIGTERM and double-forks into the background dies with the timeout.
+    let stubborn = timed(
+        "bash",
+        "trap '' TERM; (setsid bash -c 'trap \"\" TERM; sleep 300' &); sleep 300",
+        1500,
+    );
+    let (_, stubborn) = execute(&server, &stubborn).await;
+    assert_eq!(stubborn["status"], "timeout", "{stubborn}");
+    // A CPU spin past the timeout.
+    let (_, spin) = execute(&server, &timed("python", "while True: pass", 1500)).await;
+    assert_eq!(spin["status"], "timeout", "{spin}");
+    // A fork bomb: every process forks forever; the pids limit holds it, the timeout ends it.
+    let bomb =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let (_, bomb) = execute(&server, &timed("python", bomb, 3000)).await;
+    assert_eq!(bomb["status"], "timeout", "{bomb}");
+    // A memory bomb.
+    let memory = run(
         &server,
         "python",
-        "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\nfiles = [f for f in os.listdir('/sandbox') if not f.startswith('.isol8_main')] + os.listdir('/tmp')\nprint(len(procs), len(files))",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))",
     )
     .await;
-    assert_eq!(next["stdout"], "0 0\n", "{next}");
+    assert_eq!(memory["status"], "memory_limit", "{memory}");
+    assert_next_run_is_clean(&server).await;
+
+    // Full disks: /tmp and /dev/shm stop at their size with ENOSPC.
+    let fill = |dirs: &str| {
+        format!(
+            "import errno\nfor d in {dirs}:\n    try:\n        with open(d + '/fill', 'wb') as f:\n            while True:\n                f.write(bytes(1 << 20))\n    except OSError as e:\n        print(d, errno.errorcode[e.errno])"
+        )
+    };
+    let full = run(&server, "python", &fill("('/tmp', '/dev/shm')")).await;
+    assert_eq!(full["status"], "completed", "{full}");
+    assert_eq!(full["stdout"], "/tmp ENOSPC\n/dev/shm ENOSPC\n", "{full}");
+    assert_next_run_is_clean(&server).await;
+    // /sandbox is as large as the memory limit and its files are memory: filling it ends the run
+    // at the memory limit, and the sandbox with it.
+    let full = run(&server, "python", &fill("('/sandbox',)")).await;
+    assert!(
+        full["status"] == "memory_limit" || full["stdout"] == "/sandbox ENOSPC\n",
+        "{full}"
+    );
+    assert_next_run_is_clean(&server).await;
 }
 
 #[tokio::test]
-async fn hostile_input_leaves_the_server_answering_others_promptly() {
-    use tokio::io::AsyncWriteExt;
-    let server = server();
+async fn the_key_other_sandboxes_and_files_outside_the_sandbox_stay_out_of_reach() {
+    let server = server(&[]);
+    // A session's file, and a search for it from another sandbox.
+    let (status, _) = execute(
+        &server,
+        &json!({"request": {"runtime": "python", "code": "open('/sandbox/victim-secret.txt', 'w').write('s3cret')"},
+                "sessionId": "victim"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let search = run(
+        &server,
+        "python",
+        &format!(
+            "import os\nhits = []\nfor root, dirs, files in os.walk('/'):\n    if root.startswith(('/proc', '/sys')):\n        dirs.clear()\n        continue\n    hits += [f for f in files if f == 'victim-secret.txt']\nenv = [k for k, v in os.environ.items() if {KEY:?} in v or k.startswith('ISOL8_API')]\nprint(hits, env, sorted(p for p in os.listdir('/proc') if p.isdigit()) == sorted(['1', str(os.getpid())]))"
+        ),
+    )
+    .await;
+    assert_eq!(search["stdout"], "[] [] True\n", "{search}");
+
+    // outputPaths that point out of the sandbox through symlinks, `..`, a FIFO or a device.
+    let tricks = "import os\nos.symlink('/etc/passwd', 'passwd')\nos.symlink('/proc/1/environ', 'environ')\nos.symlink('/dev/zero', '/tmp/zero')\nos.mkfifo('fifo')\nos.symlink('loop', 'loop')\nopen('real.txt', 'w').write('mine')";
+    let (status, result) = execute(
+        &server,
+        &json!({"request": {"runtime": "python", "code": tricks, "outputPaths":
+            ["passwd", "environ", "/tmp/zero", "fifo", "loop", "../etc/shadow", "/sandbox/../etc/passwd", "real.txt"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    let files = result["files"].as_object().expect("files");
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["real.txt"], "{result}");
+    let stderr = result["stderr"].as_str().unwrap();
+    for refused in [
+        "passwd: resolves outside",
+        "environ: resolves outside",
+        "/tmp/zero: resolves outside",
+        "fifo: not a regular file",
+        "../etc/shadow: resolves outside",
+    ] {
+        assert!(stderr.contains(refused), "{refused}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn huge_env_and_argv_get_a_clear_error_and_leave_nothing_behind() {
+    let server = server(&[]);
+    // Many variables that fit: the program sees every one.
+    let env: BTreeMap<String, String> = (0..500)
+        .map(|i| (format!("V{i}"), "x".repeat(100)))
+        .collect();
+    let (status, fits) = execute(
+        &server,
+        &json!({"request": {"runtime": "python", "code": "import os\nprint(sum(k.startswith('V') for k in os.environ))", "env": env}}),
+    )
+    .await;
+    assert_eq!(
+        (status, fits["stdout"].as_str()),
+        (200, Some("500\n")),
+        "{fits}"
+    );
+    // Past what execve takes: one 200 KiB variable, 4 MiB of variables, a 1 MiB command line.
+    let one_huge = BTreeMap::from([("HUGE".to_string(), "x".repeat(200 * 1024))]);
+    let many: BTreeMap<String, String> = (0..4096)
+        .map(|i| (format!("V{i}"), "x".repeat(1024)))
+        .collect();
+    for body in [
+        json!({"request": {"runtime": "python", "code": "print(1)", "env": one_huge}}),
+        json!({"request": {"runtime": "python", "code": "print(1)", "env": many}}),
+        json!({"request": {"runtime": "bash", "cmd": format!("echo {}", "a".repeat(1 << 20))}}),
+    ] {
+        let (status, result) = execute(&server, &body).await;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["status"], "error", "{result}");
+        assert!(
+            result["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("Argument list too long"),
+            "{}",
+            result["stderr"]
+        );
+    }
+    assert_next_run_is_clean(&server).await;
+}
+
+/// Every property of the `schema` component in the served OpenAPI document, with its type.
+fn properties(doc: &Value, schema: &str) -> Vec<(String, String)> {
+    doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, spec)| {
+            let kind = spec["type"]
+                .as_str()
+                .or_else(|| spec["type"].as_array().and_then(|t| t[0].as_str()))
+                .unwrap_or("ref");
+            (name.clone(), kind.to_string())
+        })
+        .collect()
+}
+
+/// Sets the field at JSON `pointer` (its parent exists) to `value`.
+fn set(body: &mut Value, pointer: &str, value: Value) {
+    let (parent, field) = pointer.rsplit_once('/').unwrap();
+    body.pointer_mut(parent).unwrap()[field] = value;
+}
+
+#[tokio::test]
+async fn wrong_types_and_control_characters_in_every_field_get_a_clear_answer() {
+    let server = server(&[]);
+    let http = reqwest::Client::new();
+    let doc: Value = http
+        .get(format!("{}/openapi.json", server.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let base = json!({"request": {"runtime": "python", "code": "print(1)"}, "options": {}});
+    let nasty = "\u{0}\u{7}\u{1b}[2J\u{202e}\r\n\u{fffe}é😀";
+    let mut fields = Vec::new();
+    for (schema, pointer) in [
+        ("ExecutionRequest", "/request"),
+        ("ExecutionOptions", "/options"),
+    ] {
+        for (name, kind) in properties(&doc, schema) {
+            fields.push((format!("{pointer}/{name}"), name, kind));
+        }
+    }
+    assert!(fields.len() >= 25, "{fields:?}");
+    for (pointer, name, kind) in &fields {
+        // A value of the wrong type: 400 naming the field.
+        let wrong = match kind.as_str() {
+            "string" | "ref" => json!(42),
+            _ => json!("wrong"),
+        };
+        let mut body = base.clone();
+        set(&mut body, pointer, wrong);
+        let (status, answer) = execute(&server, &body).await;
+        assert_eq!(status, 400, "{pointer}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(name.as_str()),
+            "{pointer}: the error does not name the field: {answer}"
+        );
+        // Unicode and control characters: any answer but a server error.
+        let odd = match kind.as_str() {
+            "array" => json!([nasty]),
+            "object" => json!({nasty: nasty}),
+            _ => json!(nasty),
+        };
+        let mut body = base.clone();
+        set(&mut body, pointer, odd);
+        if name == "cmd" {
+            body["request"].as_object_mut().unwrap().remove("code");
+        }
+        let (status, answer) = execute(&server, &body).await;
+        assert!(
+            status < 500,
+            "{pointer} with control characters: {status} {answer}"
+        );
+        assert!(answer.is_object(), "{pointer}: {answer}");
+    }
+    for path in [
+        "/file?sessionId=%00%1b&path=%00",
+        "/session/%00%1b%5B2J",
+        "/file?sessionId=a&path=..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let response = http
+            .request(
+                if path.starts_with("/session") {
+                    reqwest::Method::DELETE
+                } else {
+                    reqwest::Method::GET
+                },
+                format!("{}{path}", server.base),
+            )
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    assert_next_run_is_clean(&server).await;
+}
+
+#[tokio::test]
+async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = server(&[("ISOL8_REQUEST_READ_TIMEOUT_MS", "2000")]);
     let port = server.base.rsplit(':').next().unwrap().to_string();
     let http = reqwest::Client::new();
+    run(&server, "python", "print('warm')").await;
+    let rss_before = server.rss();
 
-    // Deeply nested JSON in a field: a clear 400, not a crash.
+    // A body past the size limit is refused from its Content-Length, before it is read.
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let headers = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        11 << 20
+    );
+    stream.write_all(headers.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer, b"HTTP/1.1 413");
+    // A body trickled a byte at a time: 408 once the read timeout passes.
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let headers = format!(
+        "POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    stream.write_all(headers.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = vec![0u8; 12];
+    reader.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer, b"HTTP/1.1 408");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    trickle.abort();
+    // Deeply nested JSON: a clear 400.
     let deep = format!(
         "{{\"request\": {{\"runtime\": \"python\", \"code\": \"1\", \"metadata\": {}1{}}}}}",
         "[".repeat(50_000),
@@ -162,26 +541,42 @@ async fn hostile_input_leaves_the_server_answering_others_promptly() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    // Slow clients: 50 connections trickling a request a byte at a time.
+    // Slowloris: 50 connections trickling headers a byte at a time, and 300 that send nothing.
+    // The server cuts both off at the header-read timeout.
     let mut slow = Vec::new();
-    for _ in 0..50 {
+    for i in 0..350 {
         let port = port.clone();
         slow.push(tokio::spawn(async move {
-            let Ok(mut stream) = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await
-            else {
-                return;
-            };
-            for byte in b"POST /execute HTTP/1.1\r\nHost: x\r\n".iter() {
-                if stream.write_all(&[*byte]).await.is_err() {
-                    return;
+            let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .ok()?;
+            if i < 50 {
+                for byte in b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Slow: "
+                    .iter()
+                    .cycle()
+                    .take(200)
+                {
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        return Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                return None; // never cut off
             }
+            let mut buf = [0u8; 64];
+            // Read until the server closes the connection (0 bytes) or resets it.
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            Some(Instant::now())
         }));
     }
+    let opened = Instant::now();
     // Many streams opened and dropped at once (most are refused with 429: the slots are bounded).
     let mut dropped = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..300 {
         let (http, base) = (http.clone(), server.base.clone());
         dropped.push(tokio::spawn(async move {
             let response = http
@@ -207,9 +602,24 @@ async fn hostile_input_leaves_the_server_answering_others_promptly() {
         "health took {:?}",
         started.elapsed()
     );
+    for task in slow {
+        let cut = task
+            .await
+            .unwrap()
+            .expect("a slow client was never cut off");
+        let held = cut - opened;
+        assert!(
+            held < Duration::from_secs(6),
+            "a slow client held its connection {held:?}"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let result = run(&server, "python", "print('still here')").await;
+        let (_, result) = execute(
+            &server,
+            &json!({"request": {"runtime": "python", "code": "print('still here')"}}),
+        )
+        .await;
         if result["stdout"] == "still here\n" {
             break;
         }
@@ -220,7 +630,65 @@ async fn hostile_input_leaves_the_server_answering_others_promptly() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for task in slow {
-        task.abort();
-    }
+    let rss_after = server.rss();
+    assert!(
+        rss_after < rss_before + 64 * 1024 * 1024,
+        "server memory grew from {rss_before} to {rss_after} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_sandbox_killed_from_outside_is_reported_and_replaced() {
+    let server = server(&[]);
+    run(&server, "bash", "true").await;
+    let base = server.base.clone();
+    let running = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/execute"))
+            .bearer_auth(KEY)
+            .json(&json!({"request": {"runtime": "bash", "code": "echo started; sleep 60"}}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill every bash container of this server: the busy one and any warm one.
+    let ids = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=isol8.instance={}", server.instance),
+        ])
+        .args(["--filter", "label=isol8.runtime=bash"])
+        .output()
+        .unwrap();
+    let ids = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(!ids.is_empty());
+    let killed = Command::new("docker")
+        .arg("kill")
+        .args(&ids)
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let result = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the run ended")
+        .unwrap();
+    assert_eq!(result["status"], "error", "{result}");
+    assert!(
+        result["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("exited unexpectedly"),
+        "{result}"
+    );
+    let next = run(&server, "bash", "echo fine").await;
+    assert_eq!(next["stdout"], "fine\n", "{next}");
 }

@@ -59,6 +59,7 @@ pub async fn list_sessions(
     params(("id" = String, Path, description = "The session id")),
     responses(
         (status = 200, description = "The session is gone (or never was)", body = OkResponse),
+        (status = 400, description = "Not a valid session id", body = ErrorBody),
         (status = 401, description = "No key", body = ErrorBody),
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
@@ -67,13 +68,14 @@ pub async fn delete_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Json<OkResponse> {
+) -> Result<Json<OkResponse>, ApiError> {
+    sessions::check_id(&id)?;
     if let Some(session) = state.sessions.remove(&caller.owner, &id) {
         let engine = state.engine.clone();
         // The answer does not wait for a running call to end; the container goes when it does.
         tokio::spawn(async move { sessions::close(&engine, &session).await });
     }
-    Json(OkResponse { ok: true })
+    Ok(Json(OkResponse { ok: true }))
 }
 
 /// Write a file into a session's `/sandbox` (parent folders created).

@@ -12,7 +12,7 @@ pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     pub instance: String,
 }
 
@@ -67,7 +67,7 @@ impl Server {
 
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+        self.task.await.unwrap();
     }
 }
 
