@@ -108,6 +108,10 @@ if ! run_schemathesis; then
     status=1
 fi
 
+# Alone, one at a time: they restart the Docker engine, SIGKILL a server, untag an image.
+log "faults (Docker restarted, server killed, image gone)"
+cargo test -p isol8-e2e --test faults --locked -- --ignored --test-threads=1 2>&1 | tee -a /tmp/isol8-test.log || status=$?
+
 # Last, alone: `isol8 cleanup --force --images` removes every isol8 container and image.
 log "isol8 cleanup (removes the runtime images; rebuilt by the next run)"
 cargo test -p isol8 --test cleanup --locked -- --ignored 2>&1 | tee -a /tmp/isol8-test.log || status=$?
