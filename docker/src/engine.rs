@@ -24,7 +24,7 @@ use crate::network::FilteredNetwork;
 use crate::output::OutputFilter;
 use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
-use crate::spec::{ContainerKind, ContainerSpec, LABEL_MANAGED};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_MANAGED, LABEL_RUNTIME};
 
 /// Extra time past a run's timeout before the engine stops waiting for the agent and destroys the
 /// container itself.
@@ -353,6 +353,40 @@ impl Engine {
         Ok(spec)
     }
 
+    /// `image` when it is one of isol8's for `runtime` (a runtime image or one `isol8 build` made
+    /// from it). Any other image on the engine (the server's own, the Docker-in-Docker one, a
+    /// registry mirror's) is not a sandbox: a request may not run code in it.
+    async fn check_requested_image(&self, image: &str, runtime: Runtime) -> Result<String> {
+        let labels = match self.images.image_labels(image).await {
+            // Docker refuses a malformed name: the caller's error.
+            Err(Error::Docker {
+                source:
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 400,
+                        message,
+                    },
+                ..
+            }) => {
+                return Err(Error::InvalidRequest(format!(
+                    "image \"{image}\": {message}"
+                )))
+            }
+            found => found?.ok_or_else(|| Error::ImageMissing {
+                image: image.to_string(),
+            })?,
+        };
+        let ours = labels.get(LABEL_MANAGED).is_some_and(|v| v == "true");
+        match labels.get(LABEL_RUNTIME) {
+            Some(built_for) if ours && built_for == runtime.as_str() => Ok(image.to_string()),
+            Some(built_for) if ours => Err(Error::InvalidRequest(format!(
+                "image {image} is a {built_for} image, not a {runtime} one"
+            ))),
+            _ => Err(Error::InvalidRequest(format!(
+                "image {image} is not an isol8 image; use one `isol8 setup` or `isol8 build` made"
+            ))),
+        }
+    }
+
     /// The container `plan` needs, and the script installing its packages at the start of the run
     /// when no image holds them and `filtered` networking can reach their registry.
     async fn container_plan(&self, plan: &RunPlan) -> Result<(ContainerSpec, Option<String>)> {
@@ -362,7 +396,7 @@ impl Engine {
             _ => None,
         };
         let image = match &plan.image {
-            Some(image) => image.clone(),
+            Some(image) => self.check_requested_image(image, plan.runtime).await?,
             None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
             None => match self
                 .images

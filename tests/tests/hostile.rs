@@ -692,3 +692,44 @@ async fn a_sandbox_killed_from_outside_is_reported_and_replaced() {
     let next = run(&server, "bash", "echo fine").await;
     assert_eq!(next["stdout"], "fine\n", "{next}");
 }
+
+#[tokio::test]
+async fn only_isol8_images_of_the_runtime_may_run_code() {
+    let server = server(&[]);
+    run(&server, "python", "print(1)").await;
+    // An image of no isol8 origin (an empty one, made here), and a python image asked to run bash.
+    let foreign = "isol8-hostile-test-foreign:latest";
+    let mut import = Command::new("docker")
+        .args(["import", "-", foreign])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[0u8; 1024])
+        .unwrap();
+    assert!(import.wait().unwrap().success());
+    let python = image_of(&server, "python");
+    for (runtime, image, refusal) in [
+        ("python", foreign, "is not an isol8 image"),
+        ("bash", python.as_str(), "is a python image, not a bash one"),
+    ] {
+        let (status, answer) = execute(
+            &server,
+            &json!({"request": {"runtime": runtime, "code": "echo escaped"}, "options": {"image": image}}),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(refusal),
+            "{answer}"
+        );
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", foreign])
+        .stdout(Stdio::null())
+        .status();
+}
