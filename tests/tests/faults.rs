@@ -210,7 +210,9 @@ fn start_docker(engine: Engine) {
                 .append(true)
                 .open("/var/log/isol8-dockerd.log")
                 .unwrap();
-            // Its own process group: the engine must outlive this test.
+            // Its own process group, never waited for: the engine must outlive this test (init
+            // adopts it when the test exits).
+            #[expect(clippy::zombie_processes, reason = "dockerd outlives the test")]
             Command::new(&argv[0])
                 .args(&argv[1..])
                 .stdin(Stdio::null())
