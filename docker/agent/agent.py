@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import selectors
 import signal
 import stat
@@ -185,7 +186,12 @@ def spawn(argv, env, cwd, extra=()):
     in_r, in_w = os.pipe()
     # Close-on-exec: a successful exec closes it unwritten; a failed one writes a byte first.
     exec_r, exec_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # at the pids limit: a program's fork bomb may outlive its run in a session
+        for fd in (out_r, out_w, err_r, err_w, in_r, in_w, exec_r, exec_w):
+            os.close(fd)
+        raise
     if pid == 0:  # child
         try:
             os.setsid()
@@ -198,25 +204,38 @@ def spawn(argv, env, cwd, extra=()):
             for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             os.chdir(cwd)
-            # Files in the tmpfs dirs count toward the memory limit too; when it is reached the
-            # kernel must kill the program, never the agent that reports and cleans up.
-            set_dumpable(1)
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")
+            prefer_as_oom_victim()
             os.closerange(len(targets), exec_w)
             os.closerange(exec_w + 1, 1024)
             os.execvpe(argv[0], argv, env)
         except BaseException as exc:  # noqa: BLE001 - the child must never return
             try:
-                os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
                 os.write(exec_w, b"!")
+                os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
             finally:
                 os._exit(127)
     for fd in (in_r, out_w, err_w, exec_w) + tuple(extra):
         os.close(fd)
-    exec_failed = os.read(exec_r, 1)
-    os.close(exec_r)
+    try:
+        # Exec takes microseconds; the bound keeps the agent answering even if something stops
+        # the child before it gets there (then the run is taken as started).
+        ready, _, _ = select.select([exec_r], [], [], 5.0)
+        exec_failed = bool(ready) and os.read(exec_r, 1) != b""
+    finally:
+        os.close(exec_r)
     return pid, in_w, out_r, err_r, not exec_failed
+
+
+def prefer_as_oom_victim():
+    """Files in the tmpfs dirs count toward the memory limit too; when it is reached the kernel must
+    kill the program, never the agent that reports and cleans up. Best effort: a runtime that refuses
+    it (some OCI runtimes) still runs the program."""
+    try:
+        set_dumpable(1)  # an undumpable process's /proc files are root's, even to itself
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
 
 
 class Run:
@@ -397,8 +416,13 @@ class Kernel:
         self.sel = sel
         ctl_in_r, ctl_in_w = os.pipe()
         ctl_out_r, ctl_out_w = os.pipe()
-        pid, stdin_w, out_r, err_r, _ = spawn(KERNELS[runtime], dict(os.environ), "/sandbox",
-                                           extra=(ctl_in_r, ctl_out_w))
+        try:
+            pid, stdin_w, out_r, err_r, _ = spawn(KERNELS[runtime], dict(os.environ), "/sandbox",
+                                               extra=(ctl_in_r, ctl_out_w))
+        except OSError:
+            for fd in (ctl_in_r, ctl_in_w, ctl_out_r, ctl_out_w):
+                os.close(fd)
+            raise
         os.close(stdin_w)  # cells get their stdin from the cell message
         self.pid = pid
         self.control = ctl_in_w

@@ -333,14 +333,7 @@ pub(crate) async fn remove(docker: &Docker, id: &str) {
         )
         .await;
     if let Err(err) = result {
-        let already_going = matches!(
-            err,
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }
-        );
-        if !already_going {
+        if !matches!(crate::error::status_of(&err), Some(404 | 409)) {
             tracing::warn!(container = %id, error = %err, "could not remove container");
         }
     }

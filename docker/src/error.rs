@@ -90,13 +90,15 @@ pub(crate) fn is_connection_error(err: &bollard::errors::Error) -> bool {
 
 /// True when Docker said 404 for the object asked about.
 pub(crate) fn is_not_found(err: &bollard::errors::Error) -> bool {
-    matches!(
-        err,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    status_of(err) == Some(404)
+}
+
+/// The HTTP status the Docker Engine answered with, when it answered.
+pub(crate) fn status_of(err: &bollard::errors::Error) -> Option<u16> {
+    match err {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

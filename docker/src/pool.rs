@@ -123,7 +123,11 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let ready = lock(&self.idle).values().map(Vec::len).sum();
+        let ready = lock(&self.idle)
+            .values()
+            .flatten()
+            .filter(|i| !i.sandbox.is_gone())
+            .count();
         PoolStats {
             ready,
             busy: self.busy.load(Ordering::Relaxed),
@@ -307,8 +311,7 @@ impl Pool {
     async fn replenish(self: Arc<Self>) {
         let mut failures = 0u32;
         while !self.closed.load(Ordering::SeqCst) {
-            let expired = self.take_expired();
-            for sandbox in expired {
+            for sandbox in self.take_stale() {
                 self.destroy(sandbox).await;
             }
             // Every missing fresh container, up to a few at once: starting them one after another
@@ -392,16 +395,16 @@ impl Pool {
         count
     }
 
-    fn take_expired(&self) -> Vec<Sandbox> {
+    /// Idle containers that died (killed from outside, the engine restarted) or, kept for an owner,
+    /// idled past `idle_ttl`: taken out for removal, so the replenisher counts only live ones.
+    fn take_stale(&self) -> Vec<Sandbox> {
         let mut idle = lock(&self.idle);
         let mut out = Vec::new();
         for (key, bucket) in idle.iter_mut() {
-            if key.owner.is_none() {
-                continue;
-            }
-            let (old, keep): (Vec<Idle>, Vec<Idle>) = bucket
-                .drain(..)
-                .partition(|i| i.since.elapsed() > self.config.idle_ttl);
+            let kept_for_owner = key.owner.is_some();
+            let (old, keep): (Vec<Idle>, Vec<Idle>) = bucket.drain(..).partition(|i| {
+                i.sandbox.is_gone() || (kept_for_owner && i.since.elapsed() > self.config.idle_ttl)
+            });
             *bucket = keep;
             out.extend(old.into_iter().map(|i| i.sandbox));
         }

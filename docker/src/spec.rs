@@ -48,9 +48,9 @@ impl ContainerKind {
 pub const SANDBOX_USER: &str = "1000:1000";
 const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/agent.py"];
 
-/// isol8's seccomp profile (`docker/seccomp.json`): Docker's allow-list minus io_uring, ptrace,
-/// userfaultfd, keyrings, namespace-creating clones and 32-bit ABIs. Built into the binary so no
-/// deployment can run a sandbox without it.
+/// isol8's seccomp profile (`docker/seccomp.json`): what Docker's default allows a container without
+/// capabilities, minus ptrace, process_vm_*, io_uring, modify_ldt, prlimit64 on other processes and
+/// 32-bit ABIs. Built into the binary so no deployment can run a sandbox without it.
 pub const SECCOMP_PROFILE: &str = include_str!("../seccomp.json");
 
 /// The `security_opt` of every container isol8 runs code in (sandboxes and filtered-mode proxies).

@@ -141,8 +141,12 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
         .route_layer(middleware::from_fn(metrics::expose_matched_path))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(max_body))
-        // Refuses a too-large Content-Length at once, instead of after reading the limit's worth.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
+        // The body limit: a too-large Content-Length is refused at once, before any is read.
+        .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn(error_envelope))
@@ -162,6 +166,47 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Reads the whole request body, within `requestReadTimeoutMs`, before any handler sees it: a body
+/// trickled a byte at a time cannot hold its connection for as long as the client likes (408).
+/// Every body isol8 takes is a bounded JSON document read whole anyway.
+async fn read_body_in_time(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.request_read_timeout_ms;
+    let read = axum::body::to_bytes(body, usize::MAX);
+    match tokio::time::timeout(Duration::from_millis(limit), read).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(error)) => {
+            let error = error.into_inner();
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is larger than maxBodyBytes ({} bytes)",
+                        state.config.max_body_bytes
+                    ),
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {error}"))
+            }
+            .into_response()
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {limit} ms"),
+        )
+        .into_response(),
+    }
 }
 
 /// Names the replica that answered (`x-isol8-instance`), for operators behind a load balancer: a

@@ -109,9 +109,9 @@ pub struct ServerConfig {
     pub queue_timeout_ms: u64,
     /// Largest request body in bytes (413 past it).
     pub max_body_bytes: usize,
-    /// A client must send a request's headers within this long (milliseconds), and then its JSON
-    /// body within as long again (408 past it); an idle keep-alive connection is closed after it.
-    /// Slow or silent clients cannot hold connections.
+    /// A client must send a request's headers within this long (milliseconds), and then its body
+    /// within as long again (408 past it); an idle keep-alive connection is closed after it.
+    /// A silent client, or one trickling its request, cannot hold a connection longer.
     pub request_read_timeout_ms: u64,
     /// Client connections held at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
@@ -295,8 +295,11 @@ impl ServerConfig {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }
         }
-        if self.request_read_timeout_ms == 0 || self.max_connections == 0 {
-            return Err("requestReadTimeoutMs and maxConnections must be greater than zero".into());
+        if self.request_read_timeout_ms == 0 {
+            return Err("requestReadTimeoutMs must be greater than zero".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("maxConnections must be between 1 and 1000000".into());
         }
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());

@@ -77,6 +77,7 @@ ATTEMPTS = {
     "ptrace(ATTACH, pid 1)": attach_to_pid_1,
     "process_vm_readv": read_own_memory,
     "kcmp": lambda: syscall(312, os.getpid(), os.getpid(), 0, 0, 0),
+    "prlimit64(pid 1)": lambda: syscall(302, 1, 7, None, buffer(bytes(16))),
     "keyctl": lambda: syscall(250, 0, -3, 1),
     "bpf": lambda: syscall(321, 0, bpf_array_map(), 72),
     "perf_event_open": lambda: syscall(298, perf_attr(), 0, -1, -1, 0),

@@ -3,7 +3,10 @@
 //! `server/tests`, `client/tests`).
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// A binary the workspace build made (the test command builds them all before testing).
 pub fn binary(name: &str) -> PathBuf {
@@ -38,4 +41,115 @@ impl Drop for Killed {
             .status();
         let _ = self.0.wait();
     }
+}
+
+/// The master key of the servers these tests start.
+pub const KEY: &str = "e2e-test-key-0123456789abcdef";
+
+/// An `isol8-server` process of a test's own (one warm container per runtime, plus the test's
+/// `ISOL8_*` overrides), stopped when dropped.
+#[derive(Debug)]
+pub struct Server {
+    pub child: Killed,
+    pub base: String,
+    /// Its `x-isol8-instance`: the `isol8.instance` label on everything it creates.
+    pub instance: String,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start(env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let child = Command::new(binary("isol8-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .env("ISOL8_API_KEY", KEY)
+            .env("ISOL8_POOL_SIZE", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("isol8-server starts");
+        let child = Killed(child);
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let instance = loop {
+            if let Ok(r) = http.get(format!("{base}/health")).send().await {
+                break r.headers()["x-isol8-instance"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+            }
+            assert!(Instant::now() < deadline, "isol8-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Server {
+            child,
+            base,
+            instance,
+            http,
+        }
+    }
+
+    /// POSTs `body` to /execute: the HTTP status and the JSON answer.
+    pub async fn execute(&self, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/execute", self.base))
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A gauge or counter of /metrics, summed over its label sets.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The process's resident memory (bytes) and open descriptors.
+    pub fn footprint(&self) -> (u64, usize) {
+        let pid = self.child.0.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        (rss_kib * 1024, fds)
+    }
+}
+
+/// Ids of Docker `object`s ("container", all states, or "network") carrying `label`.
+pub fn docker_ids(object: &str, label: &str) -> Vec<String> {
+    let mut command = Command::new("docker");
+    command.args([object, "ls", "-q", "--filter", &format!("label={label}")]);
+    if object == "container" {
+        command.arg("-a");
+    }
+    let out = command.output().expect("docker runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }

@@ -1,137 +1,50 @@
 //! Faults: the Docker engine restarted mid-run, the server SIGKILLed mid-run, runtime images gone.
 //! These disturb the whole Docker engine (restart it, untag images), so they are ignored by a plain
 //! `cargo test`; the test command runs them alone, one at a time:
-//! `cargo test -p isol8-e2e --test faults -- --include-ignored --test-threads=1`.
+//! `cargo test -p isol8-e2e --test faults -- --ignored --test-threads=1`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isol8_e2e::{binary, free_port, Killed};
+use isol8_e2e::{docker_ids, Server, KEY};
 use serde_json::{json, Value};
 
-const KEY: &str = "faults-test-key-0123456789";
-
-struct Server {
-    child: Killed,
-    base: String,
-    instance: String,
-    http: reqwest::Client,
-}
-
-async fn server(env: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let child = Command::new(binary("isol8-server"))
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("ISOL8_API_KEY", KEY)
-        .env("ISOL8_POOL_SIZE", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("isol8-server starts");
-    let child = Killed(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let instance = loop {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await {
-            break r.headers()["x-isol8-instance"]
-                .to_str()
-                .unwrap()
-                .to_string();
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Server {
-        child,
-        base,
-        instance,
-        http,
-    }
-}
-
-impl Server {
-    async fn execute(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/execute", self.base))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ready(&self) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}/ready", self.base))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Starts `code` in the background and returns the pending answer.
-    fn start(&self, runtime: &str, code: &str) -> tokio::task::JoinHandle<(u16, Value)> {
-        let (http, base) = (self.http.clone(), self.base.clone());
-        let body = json!({"request": {"runtime": runtime, "code": code}});
-        tokio::spawn(async move {
-            let response = http
-                .post(format!("{base}/execute"))
-                .bearer_auth(KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
-        })
-    }
-
-    /// Polls until `python` runs again; panics after `within`.
-    async fn until_it_runs(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let (status, result) = self
-                .execute(json!({"request": {"runtime": "python", "code": "print('back')"}}))
-                .await;
-            if status == 200 && result["stdout"] == "back\n" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runs did not come back: {status} {result}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// Containers (all states) carrying `label`.
-fn containers(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .output()
+async fn ready(server: &Server) -> (u16, Value) {
+    let response = server
+        .http
+        .get(format!("{}/ready", server.base))
+        .send()
+        .await
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until `python` runs again; panics after `within`.
+async fn until_it_runs(server: &Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, result) = server
+            .execute(&json!({"request": {"runtime": "python", "code": "print('back')"}}))
+            .await;
+        if status == 200 && result["stdout"] == "back\n" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs did not come back: {status} {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn until_no_containers(label: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    while !containers(label).is_empty() {
+    while !docker_ids("container", label).is_empty() {
         assert!(
             Instant::now() < deadline,
             "left behind: {:?}",
-            containers(label)
+            docker_ids("container", label)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -152,7 +65,29 @@ enum Engine {
     Process(Vec<String>),
 }
 
-fn stop_docker() -> Engine {
+/// A stopped Docker engine, started again when this goes: even when a check fails while it is
+/// down, the rest of the suite finds it running.
+struct Stopped(Option<Engine>);
+
+impl Stopped {
+    fn start(mut self) {
+        start_docker(self.0.take().expect("stopped"));
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(engine) = self.0.take() {
+            start_docker(engine);
+        }
+    }
+}
+
+fn stop_docker() -> Stopped {
+    Stopped(Some(stop_engine()))
+}
+
+fn stop_engine() -> Engine {
     let systemd = Command::new("systemctl")
         .args(["is-active", "--quiet", "docker"])
         .stderr(Stdio::null())
@@ -233,20 +168,20 @@ fn start_docker(engine: Engine) {
 #[tokio::test]
 #[ignore = "restarts the Docker engine; run by scripts/test.sh on its own"]
 async fn the_docker_engine_restarted_mid_run_fails_the_run_clearly_and_the_server_recovers() {
-    let server = server(&[]).await;
-    server.until_it_runs(Duration::from_secs(30)).await;
-    let running = server.start(
-        "python",
-        "import time\nprint('started', flush=True)\ntime.sleep(120)",
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let engine = tokio::task::spawn_blocking(stop_docker).await.unwrap();
+    let server = Server::start(&[]).await;
+    until_it_runs(&server, Duration::from_secs(30)).await;
+    let long_run = json!({"request": {"runtime": "python",
+        "code": "import time\nprint('started', flush=True)\ntime.sleep(120)"}});
+    let stop_soon = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::spawn_blocking(stop_docker).await.unwrap()
+    };
     // The run in flight ends promptly with an error that says what happened.
-    let (status, result) = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the run in flight ended")
-        .unwrap();
+    let (answer, stopped) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), server.execute(&long_run)),
+        stop_soon
+    );
+    let (status, result) = answer.expect("the run in flight ended");
     let said = format!("{status} {result}");
     assert!(
         (status == 200 && result["status"] == "error") || status == 503,
@@ -257,23 +192,23 @@ async fn the_docker_engine_restarted_mid_run_fails_the_run_clearly_and_the_serve
         "{said}"
     );
     // While Docker is down: not ready, and executions are refused with 503, not hung.
-    let (status, body) = server.ready().await;
+    let (status, body) = ready(&server).await;
     assert_eq!(status, 503, "{body}");
     let (status, body) = tokio::time::timeout(
         Duration::from_secs(30),
-        server.execute(json!({"request": {"runtime": "python", "code": "print(1)"}})),
+        server.execute(&json!({"request": {"runtime": "python", "code": "print(1)"}})),
     )
     .await
     .expect("refused promptly");
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Docker"), "{body}");
 
-    tokio::task::spawn_blocking(move || start_docker(engine))
+    tokio::task::spawn_blocking(move || stopped.start())
         .await
         .unwrap();
     // The same server process recovers: ready again, runs again, and its pool refills.
-    server.until_it_runs(Duration::from_secs(60)).await;
-    let (status, body) = server.ready().await;
+    until_it_runs(&server, Duration::from_secs(60)).await;
+    let (status, body) = ready(&server).await;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -309,8 +244,8 @@ async fn the_docker_engine_restarted_mid_run_fails_the_run_clearly_and_the_serve
 #[tokio::test]
 #[ignore = "kills a server with runs in flight; run by scripts/test.sh on its own"]
 async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
-    let dead = server(&[]).await;
-    dead.until_it_runs(Duration::from_secs(30)).await;
+    let dead = Server::start(&[]).await;
+    until_it_runs(&dead, Duration::from_secs(30)).await;
     let instance = format!("isol8.instance={}", dead.instance);
     // An ephemeral run and a session call in flight (their answers never come).
     let in_flight = [
@@ -367,10 +302,10 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
         .status()
         .unwrap();
     assert!(stopped.success());
-    assert_eq!(containers(&instance).len(), 1);
+    assert_eq!(docker_ids("container", &instance).len(), 1);
     // ...and the next server to start removes the rest.
-    let next = server(&[]).await;
-    next.until_it_runs(Duration::from_secs(30)).await;
+    let next = Server::start(&[]).await;
+    until_it_runs(&next, Duration::from_secs(30)).await;
     until_no_containers(&instance, Duration::from_secs(10)).await;
 }
 
@@ -396,12 +331,12 @@ impl Drop for Retag {
 #[ignore = "untags a runtime image other tests use; run by scripts/test.sh on its own"]
 async fn a_runtime_image_gone_makes_ready_false_and_runs_fail_clearly_until_it_is_back() {
     // No warm containers: every run needs the image.
-    let server = server(&[
+    let server = Server::start(&[
         ("ISOL8_POOL_SIZE", "0"),
         ("ISOL8_REUSE_CONTAINERS", "false"),
     ])
     .await;
-    server.until_it_runs(Duration::from_secs(30)).await;
+    until_it_runs(&server, Duration::from_secs(30)).await;
     let newest = Command::new("docker")
         .args([
             "images",
@@ -434,11 +369,11 @@ async fn a_runtime_image_gone_makes_ready_false_and_runs_fail_clearly_until_it_i
         .unwrap()
         .success());
 
-    let (status, body) = server.ready().await;
+    let (status, body) = ready(&server).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("python"), "{body}");
     let (status, body) = server
-        .execute(json!({"request": {"runtime": "python", "code": "print(1)"}}))
+        .execute(&json!({"request": {"runtime": "python", "code": "print(1)"}}))
         .await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -447,7 +382,7 @@ async fn a_runtime_image_gone_makes_ready_false_and_runs_fail_clearly_until_it_i
     );
     // Other runtimes keep working.
     let (status, body) = server
-        .execute(json!({"request": {"runtime": "bash", "code": "echo ok"}}))
+        .execute(&json!({"request": {"runtime": "bash", "code": "echo ok"}}))
         .await;
     assert_eq!(
         (status, body["stdout"].as_str()),
@@ -456,7 +391,7 @@ async fn a_runtime_image_gone_makes_ready_false_and_runs_fail_clearly_until_it_i
     );
 
     drop(_restore);
-    server.until_it_runs(Duration::from_secs(10)).await;
-    let (status, body) = server.ready().await;
+    until_it_runs(&server, Duration::from_secs(10)).await;
+    let (status, body) = ready(&server).await;
     assert_eq!(status, 200, "{body}");
 }
