@@ -138,17 +138,19 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     assert!(ours.is_empty(), "networks left: {ours:?}");
 }
 
-/// Installs `packages` at run time through the filtered proxy from the local index, allowing
-/// `allow`; returns the result.
+/// Runs `code` in filtered mode with the local index as pip's, installing `packages` at run time
+/// through the proxy; `allow` is the request's allow list, `registry` the server's registry hosts.
 async fn install_run(
     engine: &Engine,
     index: &common::LocalIndex,
     packages: &[&str],
     allow: &[String],
+    registry: &[String],
+    code: &str,
 ) -> isol8_api::ExecutionResult {
     let request = ExecutionRequest {
         runtime: Runtime::Python,
-        code: Some("import probe_a\nprint(probe_a.VALUE)".into()),
+        code: Some(code.into()),
         install_packages: packages.iter().map(|s| s.to_string()).collect(),
         env: [
             ("PIP_INDEX_URL".to_string(), index.url.clone()),
@@ -166,10 +168,13 @@ async fn install_run(
         log_network: Some(true),
         ..Default::default()
     };
-    let plan =
+    let mut plan =
         RunPlan::from_request(&request, &options, &Limits::default(), "install-test").unwrap();
+    plan.registry_hosts = registry.to_vec();
     engine.execute(plan).await.unwrap()
 }
+
+const USE_PROBE: &str = "import probe_a\nprint(probe_a.VALUE)";
 
 #[tokio::test]
 async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_not_allowed() {
@@ -179,16 +184,34 @@ async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_no
     let index = common::LocalIndex::start(&docker, &image).await;
     let exact = format!("^{}$", index.host.replace('.', "\\."));
 
-    let installed = install_run(&engine, &index, &["probe-a"], std::slice::from_ref(&exact)).await;
-    let missing = install_run(&engine, &index, &["probe-missing"], &[exact]).await;
-    let not_allowed = install_run(&engine, &index, &["probe-a"], &[]).await;
+    let exact = std::slice::from_ref(&exact);
+    let installed = install_run(&engine, &index, &["probe-a"], exact, &[], USE_PROBE).await;
+    let missing = install_run(&engine, &index, &["probe-missing"], exact, &[], USE_PROBE).await;
+    let not_allowed = install_run(&engine, &index, &["probe-a"], &[], &[], USE_PROBE).await;
+    // The server's registry hosts open the index to a run that installs, and to no other run.
+    let fetch = format!(
+        "import urllib.request\ntry:\n    print(urllib.request.urlopen('{}', timeout=5).status)\nexcept Exception as e:\n    print('refused', e)",
+        index.url
+    );
+    let via_registry = install_run(&engine, &index, &["probe-a"], &[], exact, USE_PROBE).await;
+    let no_install = install_run(&engine, &index, &[], &[], exact, &fetch).await;
     index.remove().await;
     engine.shutdown().await;
 
-    assert_eq!(
-        installed.stdout, "probe_a\n",
-        "{}\n{:?}",
-        installed.stderr, installed.network_logs
+    for installed in [&installed, &via_registry] {
+        assert_eq!(
+            installed.stdout, "probe_a\n",
+            "{}\n{:?}",
+            installed.stderr, installed.network_logs
+        );
+    }
+    let refused = no_install.network_logs.clone().unwrap_or_default();
+    assert!(
+        no_install.stdout.starts_with("refused")
+            && refused
+                .iter()
+                .any(|l| !l.allowed && l.reason.as_deref() == Some("not in the allow list")),
+        "a run that installs nothing reached the registry: {no_install:?}"
     );
     for failed in [&missing, &not_allowed] {
         assert_eq!(
