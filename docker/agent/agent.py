@@ -39,6 +39,7 @@ import sys
 import time
 
 WIPE_DIRS = ("/sandbox", "/tmp", "/dev/shm")
+SANDBOX_ONLY = ("/sandbox",)  # what the file routes may reach
 KERNEL_DIR = "/opt/isol8/kernels"
 KERNELS = {
     "python": ["python3", "-u", KERNEL_DIR + "/python.py"],
@@ -154,9 +155,14 @@ def write_file(path, data):
         os.close(fd)
 
 
-def read_output_file(path, limit):
+def read_output_file(path, limit, roots):
+    """The bytes of the regular file at `path` (resolved already), or (None, why). `roots` is checked
+    again on the opened file: a program still running (in a session) could swap a directory for a
+    symlink between the resolving and the opening."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        if resolved_within(os.readlink("/proc/self/fd/%d" % fd), roots) is None:
+            return None, "resolves outside %s" % ", ".join(roots)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, "not a regular file"
@@ -381,7 +387,7 @@ class Run:
                 errors.append("%s: resolves outside %s" % (path, ", ".join(WIPE_DIRS)))
                 continue
             try:
-                data, why = read_output_file(real, limit)
+                data, why = read_output_file(real, limit, WIPE_DIRS)
             except OSError:
                 continue  # a missing output file is simply not returned
             if data is None:
@@ -559,9 +565,6 @@ def drain(kernel, cell):
             pass
 
 
-SANDBOX_ONLY = ("/sandbox",)
-
-
 def resolved_within(path, roots):
     """`path` with every existing symlink resolved, or None when that leaves `roots`. This is API
     confinement, not a security boundary: programs run as the same user and can reach whatever it can."""
@@ -583,7 +586,7 @@ def file_op(msg):
     real = resolved_within(path, SANDBOX_ONLY)
     if real is None:
         return {"ev": "error", "error": "%s resolves outside /sandbox" % path}
-    data, why = read_output_file(real, int(msg.get("maxBytes", 10 * 1048576)))
+    data, why = read_output_file(real, int(msg.get("maxBytes", 10 * 1048576)), SANDBOX_ONLY)
     if data is None:
         return {"ev": "error", "error": "%s: %s" % (path, why)}
     return {"ev": "file", "data": base64.b64encode(data).decode()}
