@@ -18,6 +18,9 @@ use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABE
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fresh containers the replenisher starts at once.
 const PARALLEL_STARTS: usize = 4;
+/// How often a running pool removes orphans (see `reclaim_orphans`): exited sandboxes, proxies and
+/// networks no run uses any more.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How long a caller waits for its own container's reset before taking a fresh one.
 const RESET_WAIT: Duration = Duration::from_millis(100);
 
@@ -301,8 +304,9 @@ impl Pool {
         lock(&self.live).remove(&id);
     }
 
-    /// Starts the background task that keeps `size` fresh containers per warm spec and removes
-    /// expired idle ones. It ends when the pool closes.
+    /// Starts the background task that keeps `size` fresh containers per warm spec, removes
+    /// expired idle ones and, every few minutes, what crashed servers or cancelled filtered-run
+    /// setups left behind. It ends when the pool closes.
     pub fn start_replenisher(self: &Arc<Self>) {
         let pool = Arc::clone(self);
         self.tasks.spawn(pool.replenish());
@@ -310,9 +314,17 @@ impl Pool {
 
     async fn replenish(self: Arc<Self>) {
         let mut failures = 0u32;
+        let mut last_sweep = Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
             for sandbox in self.take_stale() {
                 self.destroy(sandbox).await;
+            }
+            // A server runs for weeks: orphans are not left until its next start.
+            if last_sweep.elapsed() > ORPHAN_SWEEP_EVERY {
+                last_sweep = Instant::now();
+                if let Err(error) = self.reclaim_orphans().await {
+                    tracing::warn!(%error, "could not sweep orphaned containers");
+                }
             }
             // Every missing fresh container, up to a few at once: starting them one after another
             // would cap strict mode (a fresh container per run) at one container start at a time.
