@@ -143,6 +143,20 @@ async fn bad_bodies_are_400_with_the_error_body() {
         let (status, body) = error_body(response).await;
         assert_eq!(status, 400, "{name}: {body}");
     }
+    // A cleanup body must be an object: serde alone would read `[]` as "no options" and go ahead.
+    for body in ["[]", "[true]", "true"] {
+        let response = server
+            .http
+            .post(server.url("/cleanup"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = error_body(response).await;
+        assert_eq!(status, 400, "cleanup {body}: {answer}");
+    }
     server.stop().await;
 }
 

@@ -73,8 +73,17 @@ pub async fn cleanup(
     let images = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        serde_json::from_slice::<CleanupRequest>(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid cleanup body: {e}")))?
+        let invalid =
+            |e: serde_json::Error| ApiError::bad_request(format!("invalid cleanup body: {e}"));
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
+        // serde would also take a struct from a JSON array (`[]`, `[true]`): the contract says object.
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid cleanup body: expected a JSON object such as {\"images\": true}",
+            ));
+        }
+        serde_json::from_value::<CleanupRequest>(value)
+            .map_err(invalid)?
             .images
     };
     if !caller.master {
