@@ -1,5 +1,5 @@
-//! Hostile code and hostile clients against a real isol8-server with default limits: every attempt
-//! fails inside the sandbox or at the door, is reported with the right status, and leaves the host,
+//! Hostile code and hostile clients against a real isol8-server with default limits (one case
+//! shortens the request-read timeout): every attempt fails inside the sandbox or at the door, is reported with the right status, and leaves the host,
 //! the server and the next run unaffected.
 
 use std::collections::BTreeMap;

@@ -14,8 +14,8 @@ const CLIENTS: usize = 12;
 const MAX_CONCURRENT: &str = "4";
 /// Tasks (and descriptors) a warm container costs the server: the reader of its attach stream.
 const PER_CONTAINER: f64 = 1.0;
-/// A hard bound on requests, whatever the duration.
-const MAX_REQUESTS: usize = 20_000;
+/// A hard bound on requests per second of the soak, however fast the server answers.
+const MAX_REQUESTS_PER_SECOND: u64 = 400;
 
 /// Code printing `n * n + 1`, one program per runtime.
 fn program(runtime: &str, n: u64) -> String {
@@ -58,6 +58,7 @@ async fn mixed_runtimes_above_the_limit_get_their_result_or_429_and_leave_nothin
     let held_start = warm_containers(&server).await;
 
     let end = Instant::now() + Duration::from_secs(seconds);
+    let max_requests = (seconds * MAX_REQUESTS_PER_SECOND) as usize;
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // The load's own connections, closed when it ends so they are not counted as left over.
     let load = reqwest::Client::new();
@@ -68,7 +69,7 @@ async fn mixed_runtimes_above_the_limit_get_their_result_or_429_and_leave_nothin
             let (mut latencies, mut refused, mut wrong) = (Vec::new(), 0usize, Vec::new());
             let mut i = client as u64;
             while Instant::now() < end
-                && sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_REQUESTS
+                && sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max_requests
             {
                 i += CLIENTS as u64;
                 let runtime = runtimes[i as usize % runtimes.len()];
