@@ -124,6 +124,23 @@ impl Server {
             .sum()
     }
 
+    /// The image this server's `runtime` sandboxes run, read off one of its containers.
+    pub fn image_of(&self, runtime: &str) -> String {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Image}}", "--filter"])
+            .arg(format!("label=isol8.instance={}", self.instance))
+            .args(["--filter", &format!("label=isol8.runtime={runtime}")])
+            .output()
+            .expect("docker ps runs");
+        let image = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!image.is_empty(), "no {runtime} container of the server");
+        image
+    }
+
     /// The process's resident memory (bytes) and open descriptors.
     pub fn footprint(&self) -> (u64, usize) {
         let pid = self.child.0.id();
@@ -152,4 +169,17 @@ pub fn docker_ids(object: &str, label: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// Waits until no container or network carries `label`; panics with what is left after `within`.
+pub async fn until_none_left(label: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = [docker_ids("container", label), docker_ids("network", label)];
+        if left.iter().all(Vec::is_empty) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isol8_e2e::{docker_ids, Server, KEY};
+use isol8_e2e::{docker_ids, until_none_left, Server, KEY};
 use serde_json::{json, Value};
 
 async fn ready(server: &Server) -> (u16, Value) {
@@ -35,18 +35,6 @@ async fn until_it_runs(server: &Server, within: Duration) {
             "runs did not come back: {status} {result}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn until_no_containers(label: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !docker_ids("container", label).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left behind: {:?}",
-            docker_ids("container", label)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -212,33 +200,19 @@ async fn the_docker_engine_restarted_mid_run_fails_the_run_clearly_and_the_serve
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = server
-            .http
-            .get(format!("{}/metrics", server.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let warm = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("isol8_pool_ready_containers "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let warm = server.metric("isol8_pool_ready_containers").await;
         if warm >= 1.0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the pool did not refill: {metrics}"
+            "the pool did not refill: {warm} warm containers"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let instance = format!("isol8.instance={}", server.instance);
     drop(server);
-    until_no_containers(&instance, Duration::from_secs(20)).await;
+    until_none_left(&instance, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -261,22 +235,7 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
         tokio::spawn(request.send())
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let image = Command::new("docker")
-        .args([
-            "ps",
-            "--format",
-            "{{.Image}}",
-            "--filter",
-            &format!("label={instance}"),
-        ])
-        .output()
-        .unwrap();
-    let image = String::from_utf8(image.stdout).unwrap();
-    let image = image
-        .lines()
-        .next()
-        .expect("the server's containers")
-        .to_string();
+    let image = dead.image_of("python");
     let pid = dead.child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-KILL", &pid])
@@ -287,7 +246,7 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
         assert!(call.await.unwrap().is_err(), "the dead server answered");
     }
     // What held a connection to the dead server goes with it (Docker removes it)...
-    until_no_containers(&instance, Duration::from_secs(20)).await;
+    until_none_left(&instance, Duration::from_secs(20)).await;
     // ...but a container whose removal the crash cut short would stay: stopped, labelled as the
     // dead server's.
     let stopped = Command::new("docker")
@@ -306,7 +265,7 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
     // ...and the next server to start removes the rest.
     let next = Server::start(&[]).await;
     until_it_runs(&next, Duration::from_secs(30)).await;
-    until_no_containers(&instance, Duration::from_secs(10)).await;
+    until_none_left(&instance, Duration::from_secs(10)).await;
 }
 
 /// Puts an untagged image's name back when the test ends, passed or not.

@@ -37,23 +37,6 @@ fn outcomes(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The image a runtime's sandboxes of `server` run, read off one of its containers.
-fn image_of(server: &Server, runtime: &str) -> String {
-    let out = Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Image}}", "--filter"])
-        .arg(format!("label=isol8.instance={}", server.instance))
-        .args(["--filter", &format!("label=isol8.runtime={runtime}")])
-        .output()
-        .expect("docker ps runs");
-    let image = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(!image.is_empty(), "no {runtime} container of the server");
-    image
-}
-
 /// The escape probe's outcomes in a container of `image` hardened like a sandbox (read-only root,
 /// uid 1000, no capabilities, no-new-privileges, no network) but under `seccomp` instead of isol8's
 /// profile (`None`: Docker's default profile).
@@ -99,7 +82,7 @@ async fn the_seccomp_profile_and_the_other_layers_block_every_escape() {
     let probe = format!("import sys\nsys.argv = ['probe', {KEY:?}]\n{ESCAPES}");
     let sandboxed = run(&server, "python", &probe).await;
     let inside = outcomes(sandboxed["stdout"].as_str().unwrap_or_default());
-    let image = image_of(&server, "python");
+    let image = server.image_of("python");
     // What succeeds without any profile is stopped by isol8's alone; what succeeds under Docker's
     // default is what isol8's adds to it.
     let unconfined = probe_without_our_profile(&image, Some("unconfined"));
@@ -637,7 +620,7 @@ async fn only_isol8_images_of_the_runtime_may_run_code() {
         .write_all(&[0u8; 1024])
         .unwrap();
     assert!(import.wait().unwrap().success());
-    let python = image_of(&server, "python");
+    let python = server.image_of("python");
     for (runtime, image, refusal) in [
         ("python", foreign, "is not an isol8 image"),
         ("bash", python.as_str(), "is a python image, not a bash one"),

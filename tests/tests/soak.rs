@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use isol8_e2e::{docker_ids, Server, KEY};
+use isol8_e2e::{until_none_left, Server, KEY};
 use serde_json::{json, Value};
 
 const CLIENTS: usize = 12;
@@ -155,16 +155,5 @@ async fn mixed_runtimes_above_the_limit_get_their_result_or_429_and_leave_nothin
     // Stopping the server leaves none of its containers or networks.
     let instance = format!("isol8.instance={}", server.instance);
     drop(server);
-    let gone = Instant::now() + Duration::from_secs(20);
-    while !(docker_ids("container", &instance).is_empty()
-        && docker_ids("network", &instance).is_empty())
-    {
-        assert!(
-            Instant::now() < gone,
-            "left behind: {:?} {:?}",
-            docker_ids("container", &instance),
-            docker_ids("network", &instance)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_none_left(&instance, Duration::from_secs(20)).await;
 }
