@@ -63,12 +63,15 @@ def emit(obj):
         view = view[n:]
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def set_dumpable(flag):
     """Undumpable, the agent's /proc files (its environment, its memory) are root's, out of the
     programs' reach; a child about to exec a program turns it back on to adjust itself."""
     try:
         PR_SET_DUMPABLE = 4
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, flag, 0, 0, 0)
+        LIBC.prctl(PR_SET_DUMPABLE, flag, 0, 0, 0)
     except Exception as exc:  # noqa: BLE001 - report and go on; the server decides
         sys.stderr.write("isol8-agent: prctl failed: %s\n" % exc)
 

@@ -175,6 +175,14 @@ async fn floods_bombs_and_full_disks_are_cut_and_reported() {
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
     let (_, bomb) = server.execute(&timed("python", bomb, 3000)).await;
     assert_eq!(bomb["status"], "timeout", "{bomb}");
+    // Programs, not the agent, are what the kernel kills first when memory runs out.
+    let adj = run(
+        &server,
+        "python",
+        "print(open('/proc/self/oom_score_adj').read().strip())",
+    )
+    .await;
+    assert_eq!(adj["stdout"], "1000\n", "{adj}");
     // A memory bomb.
     let memory = run(
         &server,
@@ -310,7 +318,7 @@ fn set(body: &mut Value, pointer: &str, value: Value) {
 #[tokio::test]
 async fn wrong_types_and_control_characters_in_every_field_get_a_clear_answer() {
     let server = Server::start(&[]).await;
-    let http = reqwest::Client::new();
+    let http = &server.http;
     let doc: Value = http
         .get(format!("{}/openapi.json", server.base))
         .bearer_auth(KEY)
@@ -638,4 +646,34 @@ async fn only_isol8_images_of_the_runtime_may_run_code() {
         .args(["rmi", foreign])
         .stdout(Stdio::null())
         .status();
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_silent_ones_are_cut_off() {
+    let server = Server::start(&[
+        ("ISOL8_MAX_CONNECTIONS", "2"),
+        ("ISOL8_REQUEST_READ_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    // Two connections that never send a byte take both slots...
+    let silent = [
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a third client is answered only once the read timeout has cut them off.
+    let started = Instant::now();
+    let health = reqwest::Client::new()
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(health.status(), 200);
+    assert!(
+        waited > Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    drop(silent);
 }
