@@ -11,6 +11,9 @@ Requests (stdin):
   {"op":"cell", "runtime":r, "code":b64, "stdin":b64|null, "env":{...}, "cwd":path|null, "files":{...},
    "outputPaths":[...], "timeoutMs":n, "maxOutput":n, "maxFileBytes":n}
                                        run code in the session's long-lived interpreter (state persists)
+  {"op":"stdin", "data":b64}           more stdin for the running program (a run with "liveStdin":true)
+  {"op":"stdin", "eof":true}           ... and its end
+  {"op":"signal", "signal":"SIGINT"}   a signal to the running program's process group
   {"op":"reset"}                       kill everything, wipe the writable places, verify, answer
   {"op":"ping"}                        answer ready (after re-attaching to a running sandbox)
   {"op":"write", "path":p, "data":b64} write a file inside /sandbox (parents created)
@@ -19,7 +22,8 @@ Events (stdout):
   {"ev":"ready"}
   {"ev":"out","s":1|2,"d":b64}
   {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg,
-   "restarted":bool}                   (cells: the interpreter died, so the session's state is gone)
+   "restarted":bool,                   (cells: the interpreter died, so the session's state is gone)
+   "usage":{"cpuNs":n,"peakRss":n,"memory":n,"netIn":n,"netOut":n}}
   {"ev":"reset","ok":bool,"detail":msg}
   {"ev":"file","data":b64}             answer to write (empty) and read
   {"ev":"error","error":msg}
@@ -113,20 +117,85 @@ def other_pids():
     return pids
 
 
+# The largest resident set (bytes) of any process reaped since the current run began.
+REAPED_PEAK_RSS = [0]
+
+
 def reap_all():
     """Collect every exited child without blocking; returns {pid: wait_status}."""
     done = {}
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             break
         except InterruptedError:
             continue
         if pid == 0:
             break
+        REAPED_PEAK_RSS[0] = max(REAPED_PEAK_RSS[0], usage.ru_maxrss * 1024)
         done[pid] = status
     return done
+
+
+def read_first(paths, parse):
+    for path in paths:
+        try:
+            with open(path) as f:
+                return parse(f.read())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def cgroup_cpu_ns():
+    """CPU time of every process in the container so far (cgroup v1 cpuacct, or v2 cpu.stat)."""
+    def v2(text):
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) * 1000
+        raise ValueError("no usage_usec")
+    return read_first(["/sys/fs/cgroup/cpuacct/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"],
+                      lambda t: int(t.strip())) or read_first(["/sys/fs/cgroup/cpu.stat"], v2)
+
+
+def cgroup_memory():
+    return read_first(["/sys/fs/cgroup/memory/memory.usage_in_bytes", "/sys/fs/cgroup/memory.current"],
+                      lambda t: int(t.strip()))
+
+
+def own_cpu_ns():
+    times = os.times()
+    return int((times.user + times.system) * 1e9)
+
+
+def net_bytes():
+    """(received, sent) on every interface but loopback: the container's own network namespace."""
+    rx = tx = 0
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f.readlines()[2:]:
+                name, _, fields = line.partition(":")
+                values = fields.split()
+                if name.strip() != "lo" and len(values) >= 9:
+                    rx += int(values[0])
+                    tx += int(values[8])
+    except (OSError, ValueError):
+        pass
+    return rx, tx
+
+
+def rss_of(pid):
+    """A live process's resident set in bytes (0 when unknown)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def kill_and_reap(deadline_s=5.0):
@@ -149,8 +218,14 @@ def write_file(path, data):
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    # Non-blocking open: a FIFO a program left at the path must not stall the agent (a FIFO with
+    # no reader fails at once, one with a reader is refused below); only regular files are written.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "%s is not a regular file" % path)
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -266,8 +341,15 @@ class Run:
         self.oom_before = oom_kill_count()
         self.stdin_fd = None
         self.stdin_buf = b""
+        # Live stdin (a WebSocket client typing): the pipe stays open until the client says eof.
+        self.stdin_eof = not req.get("liveStdin")
+        self.stdin_watched = False
         self.scoped = False
         self.exec_ok = True
+        REAPED_PEAK_RSS[0] = 0
+        self.cpu_before = cgroup_cpu_ns()
+        self.own_cpu_before = own_cpu_ns()
+        self.net_before = net_bytes()
 
     def start(self):
         req = self.req
@@ -286,13 +368,29 @@ class Run:
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", stream))
             self.open_pipes += 1
         stdin = req.get("stdin")
-        if stdin:
-            self.stdin_buf = base64.b64decode(stdin)
+        if stdin or not self.stdin_eof:
+            self.stdin_buf = base64.b64decode(stdin or "")
             self.stdin_fd = in_w
             os.set_blocking(in_w, False)
-            self.sel.register(in_w, selectors.EVENT_WRITE, ("stdin", 0))
+            self.watch_stdin()
         else:
             os.close(in_w)
+
+    def watch_stdin(self):
+        """Waits for the pipe to take bytes while there are some to write (or the end to send)."""
+        if self.stdin_fd is None:
+            return
+        if (self.stdin_buf or self.stdin_eof) and not self.stdin_watched:
+            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE, ("stdin", 0))
+            self.stdin_watched = True
+
+    def more_stdin(self, data, eof):
+        """Live stdin from the client; ignored once stdin is closed (the program is not reading)."""
+        if self.stdin_fd is None or self.stdin_eof:
+            return
+        self.stdin_buf += data
+        self.stdin_eof = eof
+        self.watch_stdin()
 
     def feed_stdin(self):
         try:
@@ -302,14 +400,28 @@ class Run:
             return
         except OSError:
             self.stdin_buf = b""
+            self.stdin_eof = True
         if not self.stdin_buf:
-            self.close_stdin()
+            if self.stdin_eof:
+                self.close_stdin()
+            elif self.stdin_watched:
+                self.sel.unregister(self.stdin_fd)
+                self.stdin_watched = False
 
     def close_stdin(self):
         if self.stdin_fd is not None:
-            self.sel.unregister(self.stdin_fd)
+            if self.stdin_watched:
+                self.sel.unregister(self.stdin_fd)
+                self.stdin_watched = False
             os.close(self.stdin_fd)
             self.stdin_fd = None
+
+    def signal(self, sig):
+        """`sig` to the program's process group (a cell's: the session's interpreter)."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError, TypeError):
+            pass
 
     def on_pipe(self, fd, stream):
         try:
@@ -326,18 +438,15 @@ class Run:
         self.forward(stream, data)
 
     def forward(self, stream, data):
-        """Emit output up to the cap; reaching it stops the program."""
-        if self.truncated:
-            return
+        """Emit output up to the cap of its stream; past it, output is read and discarded, and the
+        program runs on to its own end (its exit code is reported, the same every run)."""
         room = self.max_output - self.counts[stream]
         if len(data) > room:
-            data = data[:room]
+            data = data[:max(room, 0)]
             self.truncated = True
         self.counts[stream] += len(data)
         if data:
             emit({"ev": "out", "s": stream, "d": base64.b64encode(data).decode()})
-        if self.truncated:
-            self.terminate("output_limit")
 
     def terminate(self, status):
         if self.status is None:
@@ -374,6 +483,8 @@ class Run:
             oom_after = oom_kill_count()
             if code < 0 and self.oom_before is not None and oom_after is not None and oom_after > self.oom_before:
                 status = "memory_limit"
+            elif self.truncated:
+                status = "output_limit"
             else:
                 status = "completed"
         if status == "timeout":
@@ -410,10 +521,29 @@ class Run:
             "durationMs": int((time.monotonic() - self.started) * 1000),
             "truncated": self.truncated,
             "files": files,
+            "usage": self.usage(),
         }
         if errors:
             done["fileErrors"] = errors
         return done
+
+    def usage(self):
+        """What this run used: the container's CPU since the run began minus the agent's own, the
+        largest resident set of its processes, the container's memory now, network bytes."""
+        cpu_after = cgroup_cpu_ns()
+        own = own_cpu_ns() - self.own_cpu_before
+        if cpu_after is not None and self.cpu_before is not None:
+            cpu = max(0, cpu_after - self.cpu_before - own)
+        else:
+            children = os.times()
+            cpu = int((children.children_user + children.children_system) * 1e9)
+        rx, tx = net_bytes()
+        return {"cpuNs": cpu, "peakRss": max(REAPED_PEAK_RSS[0], self.live_rss()),
+                "memory": cgroup_memory() or 0,
+                "netIn": max(0, rx - self.net_before[0]), "netOut": max(0, tx - self.net_before[1])}
+
+    def live_rss(self):
+        return 0
 
 
 class Kernel:
@@ -560,6 +690,10 @@ class Cell(Run):
             done["restarted"] = True
         return done
 
+    def live_rss(self):
+        """The session's interpreter outlives the cell: its resident set at the cell's end."""
+        return 0 if self.kernel_died else rss_of(self.kernel.pid)
+
 
 def drain(kernel, cell):
     """Read what the interpreter wrote before it reported the cell done (it flushed first)."""
@@ -672,7 +806,10 @@ def main():
     os.set_blocking(sig_w, False)
     signal.set_wakeup_fd(sig_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # A program may signal PID 1: SIGTERM and SIGINT (Python's default raises KeyboardInterrupt)
+    # do nothing to the agent; the kernel ignores the rest for a namespace's init.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     os.set_blocking(0, False)
 
     sel = selectors.DefaultSelector()
@@ -776,6 +913,7 @@ def handle(msg, state):
     if op == "reset":
         if state.run is not None:
             state.run.terminate("killed")
+            state.run.close_stdin()
         kill_and_reap()
         for fd in list(state.sel.get_map()):
             if state.sel.get_map()[fd].data[0] in ("pipe", "stdin"):
@@ -788,6 +926,15 @@ def handle(msg, state):
         return
     if op == "ping":
         emit({"ev": "ready"})
+        return
+    if op == "stdin":
+        if state.run is not None:
+            state.run.more_stdin(base64.b64decode(msg.get("data") or ""), bool(msg.get("eof")))
+        return
+    if op == "signal":
+        sig = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(msg.get("signal"))
+        if state.run is not None and sig is not None:
+            state.run.signal(sig)
         return
     if op in ("write", "read"):
         try:

@@ -45,10 +45,25 @@ HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z
 DOTTED_QUAD = re.compile(r"(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})(\.(25[0-5]|2[0-4][0-9]|1?[0-9]{1,2})){3}")
 
 
+# At most this many requests are logged per run: the log is returned whole with the result.
+MAX_LOGGED = 1000
+LOGGED = [0]
+
+
 def log(entry):
     with LOG_LOCK:
+        if LOGGED[0] >= MAX_LOGGED:
+            return
+        LOGGED[0] += 1
         sys.stdout.write(json.dumps(entry) + "\n")
         sys.stdout.flush()
+
+
+def printable(text, limit=256):
+    """`text` cut to `limit` characters, with everything but printable ASCII escaped: a hostname
+    from the program may hold terminal control sequences meant for whoever reads the log."""
+    text = text[:limit]
+    return "".join(c if " " <= c <= "~" and c != "\\" else "\\x%02x" % (ord(c) & 0xFF) for c in text)
 
 
 def host_allowed(host):
@@ -132,8 +147,8 @@ class Handler(socketserver.StreamRequestHandler):
             url = urllib.parse.urlsplit(target)
             host, port, path = url.hostname or "", str(url.port or 80), url.path or "/"
         host = host.lower().removesuffix(".")
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "method": method, "host": host,
-                 "path": path}
+        entry = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "method": printable(method, 16),
+                 "host": printable(host), "path": None if path is None else printable(path, 1024)}
         allowed, reason = host_allowed(host)
         addresses = None
         if allowed:
@@ -141,18 +156,18 @@ class Handler(socketserver.StreamRequestHandler):
             allowed = addresses is not None
         if not allowed:
             self.refuse(403, reason)
-            entry.update(allowed=False, reason=reason, durationMs=int((time.monotonic() - started) * 1000))
+            entry.update(action="BLOCK", reason=reason, durationMs=int((time.monotonic() - started) * 1000))
             log(entry)
             return
         try:
             upstream = connect(addresses, int(port))
         except OSError as exc:
             self.refuse(502, "cannot connect: %s" % exc)
-            entry.update(allowed=True, reason="unreachable", durationMs=int((time.monotonic() - started) * 1000))
+            entry.update(action="ALLOW", reason="unreachable", durationMs=int((time.monotonic() - started) * 1000))
             log(entry)
             return
         # Logged when decided, so a long-lived tunnel shows up at once.
-        entry.update(allowed=True, durationMs=int((time.monotonic() - started) * 1000))
+        entry.update(action="ALLOW", durationMs=int((time.monotonic() - started) * 1000))
         log(entry)
         with upstream:
             if method == "CONNECT":

@@ -10,6 +10,7 @@ use bollard::container::{
 };
 use bollard::Docker;
 use futures::StreamExt;
+use isol8_api::ExecutionStatus;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -37,6 +38,8 @@ pub(crate) enum AgentRequest<'a> {
         timeout_ms: u64,
         max_output: u64,
         max_file_bytes: u64,
+        /// Keep stdin open for `Stdin` requests until one says `eof`.
+        live_stdin: bool,
     },
     /// Code for the session's long-lived interpreter (state persists between cells).
     #[serde(rename_all = "camelCase")]
@@ -51,6 +54,16 @@ pub(crate) enum AgentRequest<'a> {
         timeout_ms: u64,
         max_output: u64,
         max_file_bytes: u64,
+    },
+    /// Live stdin for the running program.
+    Stdin {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        eof: bool,
+    },
+    /// A signal to the running program's process group (`SIGINT`, `SIGTERM`, `SIGKILL`).
+    Signal {
+        signal: &'a str,
     },
     Reset,
     Ping,
@@ -77,7 +90,7 @@ pub(crate) enum AgentEvent {
     #[serde(rename_all = "camelCase")]
     Done {
         exit_code: i64,
-        status: String,
+        status: ExecutionStatus,
         truncated: bool,
         #[serde(default)]
         files: BTreeMap<String, String>,
@@ -88,6 +101,8 @@ pub(crate) enum AgentEvent {
         /// A session's interpreter died during the cell: earlier state is gone.
         #[serde(default)]
         restarted: bool,
+        #[serde(default)]
+        usage: Option<AgentUsage>,
     },
     File {
         data: String,
@@ -102,6 +117,37 @@ pub(crate) enum AgentEvent {
         #[serde(default)]
         not_found: bool,
     },
+}
+
+/// What a run used, as the agent measured it (see `Run.usage` in the agent).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentUsage {
+    /// CPU time of the run's processes, in nanoseconds.
+    pub cpu_ns: u64,
+    /// The largest resident set of any of its processes, in bytes.
+    pub peak_rss: u64,
+    /// The container's memory in use at the end, in bytes.
+    pub memory: u64,
+    pub net_in: u64,
+    pub net_out: u64,
+}
+
+impl AgentUsage {
+    pub(crate) fn to_api(self, duration_ms: u64) -> isol8_api::ResourceUsage {
+        const MIB: f64 = 1024.0 * 1024.0;
+        let cpu_time_ms = self.cpu_ns / 1_000_000;
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        isol8_api::ResourceUsage {
+            cpu_percent: round(cpu_time_ms as f64 * 100.0 / duration_ms.max(1) as f64),
+            memory_mb: round(self.memory as f64 / MIB),
+            network_bytes_in: self.net_in,
+            network_bytes_out: self.net_out,
+            peak_memory_mb: round(self.peak_rss as f64 / MIB),
+            cpu_time_ms,
+            peak_memory_bytes: self.peak_rss,
+        }
+    }
 }
 
 /// A started container whose agent has said it is ready. Owned by exactly one user at a time (the pool

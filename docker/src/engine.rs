@@ -14,8 +14,9 @@ use isol8_api::{
     StreamPhase,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant as Deadline;
 
-use crate::agent::{AgentEvent, AgentRequest, Sandbox};
+use crate::agent::{AgentEvent, AgentRequest, AgentUsage, Sandbox};
 use crate::custom::{default_custom_tag, PackageSet};
 use crate::error::{is_not_found, Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
@@ -24,7 +25,8 @@ use crate::network::FilteredNetwork;
 use crate::output::OutputFilter;
 use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
-use crate::spec::{ContainerKind, ContainerSpec, LABEL_MANAGED, LABEL_RUNTIME};
+use crate::run::{run_channels, RunControl, RunEvents, RunSide};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUNTIME};
 
 /// Extra time past a run's timeout before the engine stops waiting for the agent and destroys the
 /// container itself.
@@ -89,8 +91,15 @@ pub enum RunEvent {
     Finished(ExecutionResult),
 }
 
-/// The events of one run. Dropping it cancels the run; its container is destroyed, never reused.
-pub type RunEvents = mpsc::Receiver<RunEvent>;
+/// Whose containers a cleanup removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupScope {
+    /// Every isol8 container on the Docker engine, any process's (`isol8 cleanup`).
+    Engine,
+    /// Only what this engine created or adopted (a server's `POST /cleanup`): another server's
+    /// runs and a CLI's sessions on the same Docker engine are not its to remove.
+    Instance,
+}
 
 /// isol8's objects on a Docker engine, as listed by [`Engine::list_managed`].
 #[derive(Debug, Clone, Default)]
@@ -168,6 +177,11 @@ impl Tally for CleanupCounts {
     fn count(&mut self, id: &str, removal: std::result::Result<(), bollard::errors::Error>) {
         match removal {
             Ok(()) => self.removed += 1,
+            // Gone already, or being removed by someone else (an auto-remove container that
+            // stopped, another cleanup): what was asked is done.
+            Err(err) if matches!(crate::error::status_of(&err), Some(404 | 409)) => {
+                self.removed += 1
+            }
             Err(err) => {
                 self.failed += 1;
                 self.errors.push(format!("{id}: {err}"));
@@ -391,9 +405,10 @@ impl Engine {
     /// when no image holds them and `filtered` networking can reach their registry.
     async fn container_plan(&self, plan: &RunPlan) -> Result<(ContainerSpec, Option<String>)> {
         let mut install = None;
+        // Installing needs the registry: reachable through the filtered proxy, or the host network.
         let run_time_install = match plan.network {
-            NetworkMode::Filtered => plan.packages.install_script(plan.runtime),
-            _ => None,
+            NetworkMode::Filtered | NetworkMode::Host => plan.packages.install_script(plan.runtime),
+            NetworkMode::None => None,
         };
         let image = match &plan.image {
             Some(image) => self.check_requested_image(image, plan.runtime).await?,
@@ -411,7 +426,9 @@ impl Engine {
                 None => {
                     let names: Vec<&str> = plan.packages.names().collect();
                     let or_install = match plan.packages.install_script(plan.runtime) {
-                        Some(_) => ", or install at run time with network \"filtered\"",
+                        Some(_) => {
+                            ", or install at run time with network \"filtered\" (or \"host\")"
+                        }
                         None => "",
                     };
                     return Err(Error::NotFound(format!(
@@ -534,22 +551,14 @@ impl Engine {
                 return Err(unavailable(err));
             }
         };
-        let (tx, rx) = mpsc::channel(64);
+        let (side, events) = run_channels();
         let pool = Arc::clone(&self.pool);
         let docker = self.docker.clone();
         // A pool task, so shutdown waits for the run's teardown (its container, network, proxy).
         self.pool.spawn(async move {
             let owner = plan.owner.clone();
             let persist = plan.persist;
-            let mut run = Run {
-                sandbox: Box::new(sandbox),
-                plan,
-                tx,
-                docker,
-                session: false,
-                session_replaced: false,
-                network,
-            };
+            let mut run = Run::new(Box::new(sandbox), plan, side, docker, false, network);
             let reusable = run.drive().await;
             if let Some(network) = run.network.take() {
                 pool.destroy(*run.sandbox).await;
@@ -561,12 +570,17 @@ impl Engine {
                 pool.release(*run.sandbox, owner, reusable);
             }
         });
-        Ok(rx)
+        Ok(events)
     }
 
-    /// isol8's containers on this Docker engine (from any instance), and its images with `images`.
-    pub async fn list_managed(&self, images: bool) -> Result<Managed> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+    /// isol8's containers on this Docker engine (from any instance, or this engine's own with
+    /// `CleanupScope::Instance`), and its images with `images`.
+    pub async fn list_managed(&self, scope: CleanupScope, images: bool) -> Result<Managed> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if scope == CleanupScope::Instance {
+            labels.push(format!("{LABEL_INSTANCE}={}", self.instance_id()));
+        }
+        let filters = HashMap::from([("label".to_string(), labels)]);
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions::<String> {
@@ -603,9 +617,10 @@ impl Engine {
         Ok(managed)
     }
 
-    /// Removes every isol8 container on this Docker engine (and images with `images`).
-    pub async fn cleanup(&self, images: bool) -> Result<CleanupResponse> {
-        let managed = self.list_managed(images).await?;
+    /// Removes isol8's containers in `scope` (and isol8's images with `images`). `sessions` in the
+    /// answer is left empty: sessions are the caller's to end first.
+    pub async fn cleanup(&self, scope: CleanupScope, images: bool) -> Result<CleanupResponse> {
+        let managed = self.list_managed(scope, images).await?;
         let mut containers = CleanupCounts::default();
         for container in &managed.containers {
             let removal = self
@@ -623,6 +638,7 @@ impl Engine {
         }
         let mut response = CleanupResponse {
             ok: containers.failed == 0,
+            sessions: CleanupCounts::default(),
             containers,
             images: None,
         };
@@ -677,7 +693,13 @@ impl Drop for AbortOnDrop {
 pub(crate) struct Run<S> {
     pub(crate) sandbox: S,
     pub(crate) plan: RunPlan,
-    pub(crate) tx: mpsc::Sender<RunEvent>,
+    tx: mpsc::Sender<RunEvent>,
+    /// Live input from the caller, forwarded to the agent while a phase runs.
+    control: mpsc::Receiver<RunControl>,
+    /// The caller stopped sending live input (its sender is gone).
+    control_closed: bool,
+    /// Signals the caller's `RunEvents::ended` when the run is dropped.
+    _ended: tokio_util::sync::DropGuard,
     pub(crate) docker: Docker,
     /// Code goes to the session's long-lived interpreter instead of a fresh process.
     pub(crate) session: bool,
@@ -685,6 +707,13 @@ pub(crate) struct Run<S> {
     pub(crate) session_replaced: bool,
     /// `filtered` mode: the run's network and proxy.
     pub(crate) network: Option<FilteredNetwork>,
+    /// Until when the current phase waits for a slow consumer of its output; past it, output the
+    /// consumer cannot take is dropped, so the agent (and the run's timeout) never wait on it.
+    output_deadline: Deadline,
+    /// The consumer fell behind past the deadline: output is being dropped.
+    stalled: bool,
+    /// What the code phase used.
+    usage: Option<AgentUsage>,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -707,6 +736,31 @@ enum Stop {
 }
 
 impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
+    pub(crate) fn new(
+        sandbox: S,
+        plan: RunPlan,
+        side: RunSide,
+        docker: Docker,
+        session: bool,
+        network: Option<FilteredNetwork>,
+    ) -> Self {
+        Run {
+            sandbox,
+            plan,
+            tx: side.tx,
+            control: side.control,
+            control_closed: false,
+            _ended: side.ended,
+            docker,
+            session,
+            session_replaced: false,
+            network,
+            output_deadline: Deadline::now(),
+            stalled: false,
+            usage: None,
+        }
+    }
+
     /// Runs the setup script (if any) and the program; sends every event; returns whether the
     /// sandbox may be reused.
     pub(crate) async fn drive(&mut self) -> bool {
@@ -775,6 +829,9 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             container_id: self.sandbox.short_id(),
             files: (!self.plan.output_paths.is_empty()).then_some(outcome.files),
             network_logs: None,
+            resource_usage: self
+                .usage
+                .map(|usage| usage.to_api(started.elapsed().as_millis() as u64)),
             session_restarted: self
                 .session
                 .then_some(outcome.restarted || self.session_replaced),
@@ -787,8 +844,52 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
         outcome.reusable
     }
 
+    /// Sends an event that is not output (errors, exit, the result): waited for until the
+    /// backstop, so a consumer that never reads cannot hold the run past it.
     async fn emit(&mut self, event: RunEvent) -> bool {
-        self.tx.send(event).await.is_ok()
+        let until = self.output_deadline + BACKSTOP_GRACE;
+        matches!(
+            tokio::time::timeout_at(until, self.tx.send(event)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends output: waited for until the phase's deadline; after it, whatever the consumer cannot
+    /// take at once is dropped. False when the consumer is gone (the run is cancelled).
+    async fn emit_output(&mut self, event: RunEvent) -> bool {
+        if !self.stalled {
+            match tokio::time::timeout_at(self.output_deadline, self.tx.send(event)).await {
+                Ok(sent) => return sent.is_ok(),
+                Err(_) => {
+                    tracing::info!(container = %self.sandbox.short_id(), "the client is not reading; dropping output");
+                    self.stalled = true;
+                    return true;
+                }
+            }
+        }
+        !matches!(
+            self.tx.try_send(event),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
+    }
+
+    /// Forwards one piece of live input to the agent.
+    async fn forward_control(&mut self, control: RunControl) -> Result<()> {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let request = match &control {
+            RunControl::Stdin(data) => AgentRequest::Stdin {
+                data: Some(b64(data)),
+                eof: false,
+            },
+            RunControl::StdinEof => AgentRequest::Stdin {
+                data: None,
+                eof: true,
+            },
+            RunControl::Signal(signal) => AgentRequest::Signal {
+                signal: signal.name(),
+            },
+        };
+        self.sandbox.send(&request).await
     }
 
     /// Runs one program (the setup script, or the plan's program) to its end.
@@ -859,20 +960,35 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 timeout_ms,
                 max_output: plan.limits.max_output_bytes,
                 max_file_bytes: plan.limits.max_file_bytes,
+                live_stdin: plan.live_stdin && phase == StreamPhase::Code,
             },
         };
         let timeout = plan.limits.timeout;
+        self.output_deadline = Deadline::now() + timeout;
+        self.stalled = false;
         if let Err(err) = self.sandbox.send(&request).await {
             return Stop::Outcome(self.failed(phase, err.to_string()).await);
         }
 
-        let mut stdout = OutputFilter::new(self.plan.secrets.values());
-        let mut stderr = OutputFilter::new(self.plan.secrets.values());
+        let masked = || self.plan.secrets.values().chain(&self.plan.masked);
+        let mut stdout = OutputFilter::new(masked());
+        let mut stderr = OutputFilter::new(masked());
         let backstop = tokio::time::sleep(timeout + BACKSTOP_GRACE);
         tokio::pin!(backstop);
         loop {
             let event = tokio::select! {
                 event = self.sandbox.next_event() => event,
+                control = self.control.recv(), if !self.control_closed => {
+                    match control {
+                        Some(control) => {
+                            if let Err(err) = self.forward_control(control).await {
+                                return Stop::Outcome(self.failed(phase, err.to_string()).await);
+                            }
+                        }
+                        None => self.control_closed = true,
+                    }
+                    continue;
+                }
                 _ = self.tx.closed() => {
                     tracing::info!(container = %self.sandbox.short_id(), "client went away; cancelling the run");
                     return Stop::Cancelled;
@@ -896,7 +1012,9 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                         (&mut stdout, false)
                     };
                     let text = filter.push(&bytes);
-                    if !text.is_empty() && !self.emit(output_event(phase, is_err, text)).await {
+                    if !text.is_empty()
+                        && !self.emit_output(output_event(phase, is_err, text)).await
+                    {
                         return Stop::Cancelled;
                     }
                 }
@@ -908,14 +1026,17 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                     error,
                     file_errors,
                     restarted,
+                    usage,
                 }) => {
+                    if phase == StreamPhase::Code {
+                        self.usage = usage;
+                    }
                     for (filter, is_err) in [(&mut stdout, false), (&mut stderr, true)] {
                         let text = filter.finish(truncated);
                         if !text.is_empty() {
                             self.emit(output_event(phase, is_err, text)).await;
                         }
                     }
-                    let status = parse_status(&status);
                     match status {
                         ExecutionStatus::Timeout => {
                             self.emit(RunEvent::Error {
@@ -935,7 +1056,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                             self.emit(RunEvent::Error {
                                 phase,
                                 message: format!(
-                                    "OUTPUT LIMIT REACHED ({} bytes); output was cut",
+                                    "OUTPUT LIMIT REACHED ({} bytes); further output was discarded",
                                     self.plan.limits.max_output_bytes
                                 ),
                             })
@@ -1038,17 +1159,6 @@ fn output_event(phase: StreamPhase, is_err: bool, text: String) -> RunEvent {
         RunEvent::Stderr { phase, text }
     } else {
         RunEvent::Stdout { phase, text }
-    }
-}
-
-fn parse_status(status: &str) -> ExecutionStatus {
-    match status {
-        "completed" => ExecutionStatus::Completed,
-        "timeout" => ExecutionStatus::Timeout,
-        "memory_limit" => ExecutionStatus::MemoryLimit,
-        "output_limit" => ExecutionStatus::OutputLimit,
-        "killed" => ExecutionStatus::Killed,
-        _ => ExecutionStatus::Error,
     }
 }
 

@@ -10,12 +10,13 @@ mod network;
 mod output;
 mod plan;
 mod pool;
+mod run;
 mod session;
 mod spec;
 
 pub use custom::{default_custom_tag, PackageSet, LABEL_BASE, LABEL_PACKAGES};
 pub use engine::{
-    Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent, RunEvents,
+    CleanupScope, Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent,
 };
 pub use error::{Error, Result};
 pub use images::{BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, LABEL_RECIPE};
@@ -23,5 +24,6 @@ pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{check_host_pattern, confine, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
+pub use run::{RunControl, RunEvents, RunSignal};
 pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot, SessionState};
 pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};

@@ -53,6 +53,10 @@ pub struct RunPlan {
     pub owner: String,
     /// Keep the container after the run (for inspection); it is never reused.
     pub persist: bool,
+    /// The program's stdin stays open for live input (`RunControl::Stdin`) until its end is sent.
+    pub live_stdin: bool,
+    /// Values masked in output besides the secrets' (a session's earlier secret values).
+    pub masked: Vec<String>,
 }
 
 impl RunPlan {
@@ -65,6 +69,13 @@ impl RunPlan {
         owner: &str,
     ) -> Result<RunPlan> {
         let invalid = |msg: String| Error::InvalidRequest(msg);
+        if request.code_url.is_some() {
+            // The server fetches remote code (under its policy) and passes it on as `code`.
+            return Err(invalid(
+                "codeUrl: remote code is fetched by the server; the engine runs only code or cmd"
+                    .into(),
+            ));
+        }
         let program = match (&request.code, &request.cmd) {
             (Some(_), Some(_)) => return Err(invalid("give either code or cmd, not both".into())),
             (None, None) => return Err(invalid("nothing to run: give code or cmd".into())),
@@ -93,18 +104,18 @@ impl RunPlan {
         let limits = merge_limits(request, options, defaults)?;
 
         let mut files = BTreeMap::new();
-        for (path, text) in &request.files {
+        for (path, content) in &request.files {
             let abs = confine(&workdir, path, &WRITABLE_ROOTS).ok_or_else(|| {
                 invalid(format!("files: \"{path}\" must be inside /sandbox or /tmp"))
             })?;
-            if text.len() as u64 > limits.max_file_bytes {
+            if content.len() as u64 > limits.max_file_bytes {
                 return Err(invalid(format!(
                     "files: \"{path}\" is {} bytes; the limit is {} bytes",
-                    text.len(),
+                    content.len(),
                     limits.max_file_bytes
                 )));
             }
-            files.insert(abs, text.clone().into_bytes());
+            files.insert(abs, content.clone().into_bytes());
         }
         for path in &request.output_paths {
             if path.trim().is_empty() || path.contains('\0') {
@@ -158,6 +169,8 @@ impl RunPlan {
             registry_hosts: Vec::new(),
             owner: owner.to_string(),
             persist: options.persist.unwrap_or(false),
+            live_stdin: false,
+            masked: Vec::new(),
         })
     }
 
@@ -376,7 +389,7 @@ mod tests {
     fn oversized_files_are_refused() {
         let mut req = request(Some("x"), None);
         req.files
-            .insert("big.txt".into(), "x".repeat(11 * 1024 * 1024));
+            .insert("big.txt".into(), "x".repeat(11 * 1024 * 1024).into());
         assert!(plan(&req).unwrap_err().to_string().contains("limit"));
     }
 }

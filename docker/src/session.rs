@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use bollard::container::ListContainersOptions;
 use isol8_api::Runtime;
-use tokio::sync::{mpsc, OwnedMutexGuard};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::agent::{remove, AgentRequest, Sandbox};
-use crate::engine::{Engine, Run, RunEvents};
+use crate::engine::{Engine, Run};
 use crate::error::{Error, Result};
 use crate::plan::{confine, RunPlan, SANDBOX_DIR};
+use crate::run::{run_channels, RunEvents};
 use crate::spec::{
     ContainerKind, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, LABEL_RUNTIME, LABEL_SESSION,
 };
@@ -36,6 +37,9 @@ pub struct SessionSandbox {
     /// Every secret a call of this session passed: they stay in the interpreter's environment,
     /// so later calls mask them too.
     secrets: std::collections::BTreeMap<String, String>,
+    /// Every secret value ever given, also those since replaced under the same name (the
+    /// interpreter may still hold them).
+    secret_values: std::collections::BTreeSet<String>,
 }
 
 impl SessionSandbox {
@@ -147,21 +151,19 @@ impl Engine {
             replaced = std::mem::take(&mut slot.lost);
         }
         if let Some(session) = slot.sandbox.as_mut() {
+            // Every value ever given stays masked for the session's life: a new value under the
+            // same name replaces the variable, not the masking of the old one.
+            session.secret_values.extend(plan.secrets.values().cloned());
             session.secrets.extend(plan.secrets.clone());
             plan.secrets = session.secrets.clone();
+            plan.masked = session.secret_values.iter().cloned().collect();
         }
-        let (tx, rx) = mpsc::channel(64);
-        let mut run = Run {
-            sandbox: Locked(slot),
-            plan,
-            tx,
-            docker: self.docker().clone(),
-            session: true,
-            session_replaced: replaced,
-            network: None,
-        };
+        let (side, events) = run_channels();
+        let mut run = Run::new(Locked(slot), plan, side, self.docker().clone(), true, None);
+        run.session_replaced = replaced;
         let pool = Arc::clone(self.pool());
-        tokio::spawn(async move {
+        // A pool task, so shutdown waits for the call to end like any other run.
+        self.pool().spawn(async move {
             let usable = run.drive().await;
             // A call that was cancelled or overran its backstop may still be running in the agent,
             // and a dead container cannot serve: either way the next call starts a fresh one (and
@@ -173,7 +175,7 @@ impl Engine {
                 }
             }
         });
-        Ok(rx)
+        Ok(events)
     }
 
     async fn create_session(&self, key: &SessionKey, plan: &RunPlan) -> Result<SessionSandbox> {
@@ -194,6 +196,7 @@ impl Engine {
             sandbox,
             runtime: plan.runtime,
             secrets: Default::default(),
+            secret_values: Default::default(),
         })
     }
 
@@ -238,6 +241,7 @@ impl Engine {
             sandbox,
             runtime,
             secrets: Default::default(),
+            secret_values: Default::default(),
         }))
     }
 

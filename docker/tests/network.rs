@@ -106,14 +106,19 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
         .find(|l| l.host == web_ip)
         .expect("the web request is logged");
     assert!(
-        web_log.allowed && web_log.method == "GET" && web_log.path.as_deref() == Some("/agent.py"),
+        web_log.action == isol8_api::NetworkAction::Allow
+            && web_log.method == "GET"
+            && web_log.path.as_deref() == Some("/agent.py"),
         "{web_log:?}"
     );
     let metadata_log = logs
         .iter()
         .find(|l| l.host == "169.254.169.254")
         .expect("the metadata request is logged");
-    assert!(!metadata_log.allowed, "{metadata_log:?}");
+    assert!(
+        metadata_log.action == isol8_api::NetworkAction::Block,
+        "{metadata_log:?}"
+    );
     assert!(
         metadata_log
             .reason
@@ -148,6 +153,27 @@ async fn install_run(
     registry: &[String],
     code: &str,
 ) -> isol8_api::ExecutionResult {
+    install_run_on(
+        NetworkMode::Filtered,
+        engine,
+        index,
+        packages,
+        allow,
+        registry,
+        code,
+    )
+    .await
+}
+
+async fn install_run_on(
+    network: NetworkMode,
+    engine: &Engine,
+    index: &common::LocalIndex,
+    packages: &[&str],
+    allow: &[String],
+    registry: &[String],
+    code: &str,
+) -> isol8_api::ExecutionResult {
     let request = ExecutionRequest {
         runtime: Runtime::Python,
         code: Some(code.into()),
@@ -160,7 +186,7 @@ async fn install_run(
         ..Default::default()
     };
     let options = ExecutionOptions {
-        network: Some(NetworkMode::Filtered),
+        network: Some(network),
         network_filter: Some(NetworkFilter {
             whitelist: allow.to_vec(),
             blacklist: vec![],
@@ -195,10 +221,21 @@ async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_no
     );
     let via_registry = install_run(&engine, &index, &["probe-a"], &[], exact, USE_PROBE).await;
     let no_install = install_run(&engine, &index, &[], &[], exact, &fetch).await;
+    // Over the host network the install needs no proxy, as in the reference.
+    let over_host = install_run_on(
+        NetworkMode::Host,
+        &engine,
+        &index,
+        &["probe-a"],
+        &[],
+        &[],
+        USE_PROBE,
+    )
+    .await;
     index.remove().await;
     engine.shutdown().await;
 
-    for installed in [&installed, &via_registry] {
+    for installed in [&installed, &via_registry, &over_host] {
         assert_eq!(
             installed.stdout, "probe_a\n",
             "{}\n{:?}",
@@ -210,7 +247,8 @@ async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_no
         no_install.stdout.starts_with("refused")
             && refused
                 .iter()
-                .any(|l| !l.allowed && l.reason.as_deref() == Some("not in the allow list")),
+                .any(|l| l.action == isol8_api::NetworkAction::Block
+                    && l.reason.as_deref() == Some("not in the allow list")),
         "a run that installs nothing reached the registry: {no_install:?}"
     );
     for failed in [&missing, &not_allowed] {
@@ -241,7 +279,8 @@ async fn packages_install_at_run_time_through_the_proxy_and_fail_cleanly_when_no
     assert!(
         blocked
             .iter()
-            .any(|l| !l.allowed && l.reason.as_deref() == Some("not in the allow list")),
+            .any(|l| l.action == isol8_api::NetworkAction::Block
+                && l.reason.as_deref() == Some("not in the allow list")),
         "{blocked:?}"
     );
 }

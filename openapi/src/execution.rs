@@ -163,14 +163,31 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(
 #[schema(example = json!({"runtime": "python", "code": "print(2 ** 10)"}))]
 pub struct ExecutionRequest {
     pub runtime: Runtime,
-    /// Source code to run with the runtime's interpreter. Exactly one of `code` and `cmd`.
+    /// Source code to run with the runtime's interpreter. Exactly one of `code`, `cmd` and `codeUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "\\S")]
     pub code: Option<String>,
-    /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code` and `cmd`.
+    /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code`, `cmd` and `codeUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "\\S")]
     pub cmd: Option<String>,
+    /// Code fetched by the server from this URL and run as `code` would be. Only where the server's
+    /// `remoteCode` policy enables it (403 otherwise): https only unless `allowInsecureCodeUrl` and
+    /// the policy allow http, allowed hosts only, public addresses only, size-capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "\\S")]
+    pub code_url: Option<String>,
+    /// sha256 (hex, any case) the code fetched from `codeUrl` must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^\\s*[0-9A-Fa-f]{64}\\s*$")]
+    pub code_hash: Option<String>,
+    /// Allow an `http://` `codeUrl` (the server's policy must allow the scheme too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_code_url: Option<bool>,
+    /// Accepted for compatibility with the reference client's `agent` runtime, which isol8 does not
+    /// have; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_flags: Option<String>,
     /// Time limit in milliseconds.
     #[serde(
         default,
@@ -188,9 +205,10 @@ pub struct ExecutionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^\\s*\\.?[A-Za-z0-9]{0,16}\\s*$")]
     pub file_extension: Option<String>,
-    /// Files written before the run: path (absolute, or relative to `workdir`) to UTF-8 text.
+    /// Files written before the run: path (absolute, or relative to `workdir`) to UTF-8 text, or
+    /// to a Node Buffer as JSON (`{"type": "Buffer", "data": [104, 105]}`) whose bytes are written exactly.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileData>,
     /// Files read back after the run and returned base64-encoded in `files`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(inline, value_type = Vec<FilePath>)]
@@ -269,6 +287,120 @@ pub struct ExecutionOptions {
     )]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// The reference client's engine mode. Accepted and ignored: a call is in a session exactly
+    /// when it names one (`sessionId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EngineMode>,
+    /// The reference client's debug logging. Accepted and ignored: a request cannot change how the
+    /// server logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    /// The root filesystem is always read-only; `false` is refused (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_root_fs: Option<bool>,
+    /// The seccomp profile is always isol8's strict one; anything else is refused (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityOptions>,
+    /// The reference client's audit settings. Accepted and ignored: auditing is the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub audit: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The reference client's remote-code policy. The policy is the server's (`remoteCode` in its
+    /// config): a disabled one is accepted and ignored, `enabled: true` is refused (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub remote_code: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The reference engine's pool strategy. Accepted and ignored (the server's pool is its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_strategy: Option<PoolStrategy>,
+    /// The reference engine's pool size (a number or `{clean, dirty}`). Accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub pool_size: Option<serde_json::Value>,
+}
+
+/// The reference client's engine mode (`options.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineMode {
+    Ephemeral,
+    Persistent,
+}
+
+/// The reference engine's pool strategy (`options.poolStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolStrategy {
+    Fast,
+    Secure,
+}
+
+/// `options.security`: only isol8's strict seccomp profile is available.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityOptions {
+    /// `strict` (the default and the only value accepted); `unconfined` and `custom` are refused (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
+    /// Refused (403): the server never reads a profile a request names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_profile_path: Option<String>,
+}
+
+/// The content of one `files` entry: UTF-8 text, or a Node Buffer as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum FileData {
+    Text(String),
+    /// `{"type": "Buffer", "data": [bytes]}`, what `JSON.stringify` makes of a Node Buffer.
+    Buffer(NodeBuffer),
+}
+
+impl FileData {
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            FileData::Text(text) => text.into_bytes(),
+            FileData::Buffer(buffer) => buffer.data,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            FileData::Text(text) => text.len(),
+            FileData::Buffer(buffer) => buffer.data.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<String> for FileData {
+    fn from(text: String) -> Self {
+        FileData::Text(text)
+    }
+}
+
+impl From<&str> for FileData {
+    fn from(text: &str) -> Self {
+        FileData::Text(text.to_string())
+    }
+}
+
+/// A Node Buffer as `JSON.stringify` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBuffer {
+    #[serde(rename = "type")]
+    pub kind: BufferTag,
+    pub data: Vec<u8>,
+}
+
+/// The `type` of a Node Buffer's JSON: always `Buffer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum BufferTag {
+    Buffer,
 }
 
 /// The body of `POST /execute` and `POST /execute/stream`.
@@ -286,23 +418,53 @@ pub struct ExecuteBody {
     pub session_id: Option<String>,
 }
 
-/// One request a `filtered` sandbox made through isol8's proxy.
+/// One request a `filtered` sandbox made through isol8's proxy (the reference's shape, plus `reason`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkLogEntry {
-    /// RFC 3339.
-    pub time: String,
+    /// When the request was decided (RFC 3339).
+    pub timestamp: String,
     /// `CONNECT` for HTTPS, else the HTTP method.
     pub method: String,
+    /// The hostname asked for; characters outside printable ASCII are escaped (`\xNN`).
     pub host: String,
-    /// The path, where visible (plain HTTP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The path for plain HTTP; `null` for HTTPS tunnels, whose path the proxy cannot see.
     pub path: Option<String>,
-    pub allowed: bool,
-    /// Why it was refused (or could not connect).
+    pub action: NetworkAction,
+    /// Why it was refused, or why an allowed request could not connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub duration_ms: u64,
+}
+
+/// What the proxy did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NetworkAction {
+    Allow,
+    Block,
+}
+
+/// What a run used, measured inside its sandbox for this run alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUsage {
+    /// CPU time over wall time, in percent of one core (can pass 100 with several cores).
+    pub cpu_percent: f64,
+    /// Memory in use by the sandbox when the run ended, in MiB.
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: f64,
+    /// Bytes received on the sandbox's network interfaces (loopback excluded) during the run.
+    pub network_bytes_in: u64,
+    /// Bytes sent on the sandbox's network interfaces (loopback excluded) during the run.
+    pub network_bytes_out: u64,
+    /// `peakMemoryBytes` in MiB.
+    #[serde(rename = "peakMemoryMB")]
+    pub peak_memory_mb: f64,
+    /// CPU time (user + system) of every process of the run, in milliseconds.
+    pub cpu_time_ms: u64,
+    /// The largest resident set of any process of the run, in bytes.
+    pub peak_memory_bytes: u64,
 }
 
 /// How a run ended; the same value in the result and in the stream's final event.
@@ -315,7 +477,9 @@ pub enum ExecutionStatus {
     Timeout,
     /// The kernel killed the program for exceeding the memory limit.
     MemoryLimit,
-    /// The output cap was reached; the program was stopped and output cut.
+    /// The output cap was reached: output past `maxOutputSize` was discarded (`truncated`), and the
+    /// program ran on to its own end; `exitCode` is its own. (A run that also times out or runs
+    /// out of memory says `timeout` or `memory_limit` instead.)
     OutputLimit,
     /// The run was cancelled (client disconnected or shutdown).
     Killed,
@@ -360,8 +524,13 @@ pub struct ExecutionResult {
     /// `filtered` mode with `logNetwork`: every request the program made through the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_logs: Option<Vec<NetworkLogEntry>>,
-    /// Sessions only: the interpreter had to be restarted during this call (timeout, exit, crash),
-    /// so state from earlier calls is gone.
+    /// What the run used (CPU, memory, network), for this run alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_usage: Option<ResourceUsage>,
+    /// Sessions only: the interpreter had to be restarted during this call (a timeout, or the
+    /// interpreter itself ending: a crash, `os._exit`, `process.exit()`, bash's `exit`), so state
+    /// from earlier calls is gone. Python's `exit()`/`sys.exit(n)` end the cell, not the
+    /// interpreter: the state stays and `exitCode` is `n`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_restarted: Option<bool>,
 }

@@ -6,8 +6,9 @@ mod session;
 mod stream;
 
 pub use execution::{
-    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus,
-    NetworkFilter, NetworkLogEntry, NetworkMode, Runtime,
+    BufferTag, EngineMode, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult,
+    ExecutionStatus, FileData, NetworkAction, NetworkFilter, NetworkLogEntry, NetworkMode,
+    NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
 pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};

@@ -28,7 +28,7 @@ pub struct HealthResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CleanupRequest {
-    /// Also remove isol8's images (default false).
+    /// Also remove isol8's images (default false; master key only).
     #[serde(default)]
     pub images: bool,
 }
@@ -42,11 +42,15 @@ pub struct CleanupCounts {
     pub errors: Vec<String>,
 }
 
-/// `POST /cleanup` answer.
+/// `POST /cleanup` answer. `ok` is true when everything asked for is gone (a container someone else
+/// was already removing counts as removed, not failed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CleanupResponse {
     pub ok: bool,
+    /// Sessions ended (each with its container).
+    pub sessions: CleanupCounts,
+    /// Other containers removed: warm ones, and runs still in flight.
     pub containers: CleanupCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<CleanupCounts>,

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use crate::auth::require_key;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{execute, sessions, system};
+use crate::routes::{execute, sessions, system, ws};
 use crate::state::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -54,6 +54,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(execute::execute))
         .routes(routes!(execute::execute_stream))
         .routes(routes!(execute::stream_alias))
+        .routes(routes!(ws::execute_ws))
         .routes(routes!(system::cleanup))
         .routes(routes!(system::metrics))
         .routes(routes!(sessions::list_sessions))
@@ -70,17 +71,18 @@ pub fn openapi() -> serde_json::Value {
     doc
 }
 
-/// Adds what the derive cannot say: exactly one of `code`/`cmd`, variable-name rules, the shape of
+/// Adds what the derive cannot say: exactly one of `code`/`cmd`/`codeUrl`, variable-name rules, the shape of
 /// an SSE event (an `event` name and JSON `data`, as OpenAPI 3.1 tools read event streams), and the
 /// 413/415 answers every JSON body can get.
 fn refine_openapi(doc: &mut serde_json::Value) {
     use serde_json::json;
     let env_names = json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
     let schemas = &mut doc["components"]["schemas"];
-    // Exactly one of code and cmd, as a string (an explicit null counts as absent).
+    // Exactly one of code, cmd and codeUrl, as a string (an explicit null counts as absent).
     schemas["ExecutionRequest"]["oneOf"] = json!([
         {"required": ["code"], "properties": {"code": {"type": "string"}}},
-        {"required": ["cmd"], "properties": {"cmd": {"type": "string"}}}
+        {"required": ["cmd"], "properties": {"cmd": {"type": "string"}}},
+        {"required": ["codeUrl"], "properties": {"codeUrl": {"type": "string"}}}
     ]);
     let env_values = json!({"type": "string", "pattern": "^[^\\u0000]*$"});
     schemas["ExecutionRequest"]["properties"]["files"]["propertyNames"] =
@@ -331,7 +333,10 @@ async fn serve_connections(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task, so shutdown can wait for them; `stop` asks each to finish its
+    // in-flight request and close (hyper's graceful shutdown of one connection).
+    let connections_running = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Waiting for a free connection slot before accepting leaves further clients in the
@@ -355,14 +360,28 @@ async fn serve_connections(
         let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
             |request: Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
         ));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        // With upgrades: `GET /execute/ws` switches the connection to the WebSocket protocol.
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections_running.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stop.cancel();
+    connections_running.close();
+    connections_running.wait().await;
 }

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     pub keys_file: Option<PathBuf>,
     /// OCI runtime for sandboxes, e.g. `runsc`.
     pub oci_runtime: Option<String>,
+    /// Whether and from where requests may have the server fetch their code (`codeUrl`).
+    #[schema(inline)]
+    pub remote_code: crate::remote_code::RemoteCodePolicy,
     /// Log format.
     #[schema(inline)]
     pub log_format: LogFormat,
@@ -194,6 +197,7 @@ impl Default for ServerConfig {
             max_file_bytes: 10 * 1024 * 1024,
             keys_file: None,
             oci_runtime: None,
+            remote_code: Default::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -304,6 +308,7 @@ impl ServerConfig {
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());
         }
+        self.remote_code.validate()?;
         Ok(())
     }
 

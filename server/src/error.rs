@@ -37,6 +37,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "policy_violation", message)
     }
 
+    /// The server's own failure; the message is logged, the client gets a generic one.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
         ApiError {
             retry_after_secs: Some(retry_after_secs),

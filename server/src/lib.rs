@@ -8,6 +8,7 @@ mod extract;
 pub mod launch;
 mod metrics;
 mod policy;
+mod remote_code;
 mod routes;
 mod sessions;
 mod state;

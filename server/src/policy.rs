@@ -58,6 +58,7 @@ pub fn check(
             );
         }
     }
+    refuse_loosening(options)?;
     let network = options.network.unwrap_or_default();
     if !allowed_networks.contains(&network) {
         let allowed: Vec<&str> = allowed_networks.iter().map(|n| n.as_str()).collect();
@@ -66,6 +67,38 @@ pub fn check(
             network.as_str(),
             allowed.join(", ")
         )));
+    }
+    Ok(())
+}
+
+/// The reference client's fields that would loosen the sandbox if honoured: refused by name. The
+/// sandbox has one hardening, whatever a request says; the ones that cannot loosen it (a disabled
+/// `remoteCode`, `readonlyRootFs: true`, `seccomp: "strict"`) are accepted.
+fn refuse_loosening(options: &ExecutionOptions) -> Result<(), ApiError> {
+    if options.readonly_root_fs == Some(false) {
+        return Err(ApiError::policy(
+            "options.readonlyRootFs: false is refused: every sandbox's root filesystem is read-only",
+        ));
+    }
+    if let Some(security) = &options.security {
+        if security.seccomp.as_deref().is_some_and(|s| s != "strict") {
+            return Err(ApiError::policy(
+                "options.security.seccomp: only \"strict\" is available; every sandbox runs isol8's seccomp profile",
+            ));
+        }
+        if security.custom_profile_path.is_some() {
+            return Err(ApiError::policy(
+                "options.security.customProfilePath is refused: the server never reads a profile a request names",
+            ));
+        }
+    }
+    let enables = |policy: &serde_json::Map<String, serde_json::Value>| {
+        policy.get("enabled") == Some(&serde_json::Value::Bool(true))
+    };
+    if options.remote_code.as_ref().is_some_and(enables) {
+        return Err(ApiError::policy(
+            "options.remoteCode: the remote-code policy is this server's (remoteCode in its config); a request cannot enable it",
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use isol8_api::Runtime;
+use isol8_api::{CleanupCounts, Runtime};
 use isol8_docker::{Engine, SessionKey, SessionSlot};
 
 use crate::error::ApiError;
@@ -188,16 +188,19 @@ impl Sessions {
         keys.iter().filter_map(|k| map.remove(k)).collect()
     }
 
-    /// Ends every session of `owner`; returns how many containers that removed.
-    pub async fn close_owner(&self, engine: &Engine, owner: &str) -> usize {
-        let mut removed = 0;
-        for session in self.take_owner(owner) {
-            if session.slot.lock().await.has_container() {
-                removed += 1;
-            }
+    /// Ends every session of `owner` (its cleanup), or every session of this server (`None`, the
+    /// master key's cleanup).
+    pub async fn close_matching(&self, engine: &Engine, owner: Option<&str>) -> CleanupCounts {
+        let sessions = match owner {
+            Some(owner) => self.take_owner(owner),
+            None => self.take_all(),
+        };
+        let mut counts = CleanupCounts::default();
+        for session in sessions {
             close(engine, &session).await;
+            counts.removed += 1;
         }
-        removed
+        counts
     }
 
     /// Takes out every session (shutdown).

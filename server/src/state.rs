@@ -12,6 +12,7 @@ use crate::auth::NamedKey;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::remote_code::RemoteCode;
 use crate::sessions::Sessions;
 
 /// Everything handlers share. Cheap to clone.
@@ -32,6 +33,8 @@ pub struct AppState {
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot; bounded by `maxQueue`.
     waiting: Arc<AtomicUsize>,
+    /// The `remoteCode` policy, compiled.
+    pub remote_code: RemoteCode,
 }
 
 impl AppState {
@@ -44,6 +47,10 @@ impl AppState {
             sessions: Arc::new(Sessions::new(config.session_limits(), false)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            // Validated with the rest of the config at load; an invalid one allows nothing.
+            remote_code: RemoteCode::new(config.remote_code.clone()).unwrap_or_else(|_| {
+                RemoteCode::new(Default::default()).expect("the default is valid")
+            }),
             config: Arc::new(config),
             api_key: Arc::new(api_key),
             named_keys: Arc::new(Vec::new()),

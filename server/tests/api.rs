@@ -552,7 +552,7 @@ async fn network_logs_also_stream_as_events() {
     assert_eq!(network.len(), 1, "{frames:?}");
     let entry: Value = serde_json::from_str(network[0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(entry["host"], "blocked.example");
-    assert_eq!(entry["allowed"], false);
+    assert_eq!(entry["action"], "BLOCK");
     let result = &frames.last().unwrap().1["result"];
     assert_eq!(
         result["networkLogs"][0]["host"], "blocked.example",

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Args;
+use isol8_server::engine::CleanupScope;
 use isol8_server::ServerConfig;
 
 use super::images::local_engine;
@@ -62,7 +63,7 @@ pub async fn cleanup(args: CleanupArgs) -> ExitCode {
 }
 
 async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArgs) -> ExitCode {
-    let managed = match engine.list_managed(args.images).await {
+    let managed = match engine.list_managed(CleanupScope::Engine, args.images).await {
         Ok(m) => m,
         Err(e) => return err(e),
     };
@@ -88,7 +89,7 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         eprintln!("[INFO] Nothing removed.");
         return ExitCode::FAILURE;
     }
-    let response = match engine.cleanup(args.images).await {
+    let response = match engine.cleanup(CleanupScope::Engine, args.images).await {
         Ok(r) => r,
         Err(e) => return err(e),
     };

@@ -366,19 +366,25 @@ fn print_network_logs(args: &RunArgs, result: &isol8_api::ExecutionResult) {
     if !args.log_network {
         return;
     }
+    // Whatever the program asked for is shown escaped: a hostname may carry terminal control
+    // sequences.
+    let shown = |text: &str| text.escape_debug().to_string();
     for entry in result.network_logs.iter().flatten() {
-        let verdict = if entry.allowed { "ALLOW" } else { "BLOCK" };
+        let verdict = match entry.action {
+            isol8_api::NetworkAction::Allow => "ALLOW",
+            isol8_api::NetworkAction::Block => "BLOCK",
+        };
         let reason = entry
             .reason
             .as_deref()
-            .map(|r| format!(" ({r})"))
+            .map(|r| format!(" ({})", shown(r)))
             .unwrap_or_default();
         eprintln!(
             "[NET] {} {verdict} {} {}{}{reason} {}ms",
-            entry.time,
-            entry.method,
-            entry.host,
-            entry.path.as_deref().unwrap_or(""),
+            shown(&entry.timestamp),
+            shown(&entry.method),
+            shown(&entry.host),
+            shown(entry.path.as_deref().unwrap_or("")),
             entry.duration_ms
         );
     }

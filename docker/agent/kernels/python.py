@@ -13,6 +13,10 @@ import traceback
 namespace = {"__name__": "__main__", "__builtins__": __builtins__}
 control_in = os.fdopen(3, "r")
 control_out = os.fdopen(4, "w")
+# Programs a cell starts (os.system, a fork) must not inherit the control pipes and answer for a
+# later cell.
+os.set_inheritable(3, False)
+os.set_inheritable(4, False)
 
 
 def see_new_packages():

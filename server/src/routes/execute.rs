@@ -1,4 +1,5 @@
-//! `POST /execute` and `POST /execute/stream` (alias `POST /stream`).
+//! `POST /execute`, `POST /execute/stream` (alias `POST /stream`) and `GET /execute/ws`: one way
+//! to start a run (`start`), three ways to hand back its events.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::Stream;
 use isol8_api::{
-    ErrorBody, ExecuteBody, ExecutionResult, NetworkMode, StreamEvent, StreamEventType, StreamPhase,
+    ErrorBody, ExecuteBody, ExecutionRequest, ExecutionResult, NetworkMode, StreamEvent,
+    StreamEventType, StreamPhase,
 };
 use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
 use tokio::sync::OwnedSemaphorePermit;
@@ -21,9 +23,10 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::policy;
+use crate::remote_code::CodeRequest;
 use crate::state::AppState;
 
-fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
+async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
     let mut options = body.options.clone().unwrap_or_default();
     let config = &state.config;
     options.network = Some(options.network.unwrap_or(config.default_network));
@@ -33,12 +36,32 @@ fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan
         &state.max_limits,
         &config.allowed_networks,
     )?;
-    let mut plan = RunPlan::from_request(
-        &body.request,
-        &options,
-        &state.default_limits,
-        &caller.owner,
-    )?;
+    let fetched;
+    let request = match &body.request.code_url {
+        None => &body.request,
+        Some(url) => {
+            if body.request.code.is_some() || body.request.cmd.is_some() {
+                return Err(ApiError::bad_request(
+                    "give exactly one of code, cmd and codeUrl",
+                ));
+            }
+            let code = state
+                .remote_code
+                .fetch(&CodeRequest {
+                    url,
+                    hash: body.request.code_hash.as_deref(),
+                    allow_insecure: body.request.allow_insecure_code_url == Some(true),
+                })
+                .await?;
+            fetched = ExecutionRequest {
+                code: Some(code),
+                code_url: None,
+                ..body.request.clone()
+            };
+            &fetched
+        }
+    };
+    let mut plan = RunPlan::from_request(request, &options, &state.default_limits, &caller.owner)?;
     if plan.network == NetworkMode::Filtered {
         // The server's lists join the request's: its allow rules add, its deny rules always win.
         plan.allow_hosts
@@ -88,7 +111,7 @@ pub async fn execute(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
-    let (events, _slot) = start(&state, &caller, &headers, &body).await?;
+    let events = start(&state, &caller, &headers, &body, false).await?;
     let result = Engine::collect(events).await?;
     state.metrics.record_execution(&result);
     Ok(Json(result))
@@ -99,14 +122,18 @@ pub async fn execute(
 pub const SESSION_HEADER: &str = "x-isol8-session";
 
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
-/// it names (created on first use). The slot is held until the returned permit drops.
-async fn start(
+/// it names (created on first use). The slot is held until the run has ended, however the caller
+/// reads its events (or does not). `live_stdin` keeps the program's stdin open for
+/// `RunControl::Stdin`.
+pub(crate) async fn start(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
     body: &ExecuteBody,
-) -> Result<(RunEvents, OwnedSemaphorePermit), ApiError> {
-    let plan = plan(state, caller, body)?;
+    live_stdin: bool,
+) -> Result<RunEvents, ApiError> {
+    let mut plan = plan(state, caller, body).await?;
+    plan.live_stdin = live_stdin;
     let session_id = match &body.session_id {
         Some(id) => Some(id.clone()),
         None => headers
@@ -117,7 +144,9 @@ async fn start(
     };
     let Some(id) = session_id else {
         let slot = state.acquire_slot().await?;
-        return Ok((state.engine.execute_stream(plan).await?, slot));
+        let events = state.engine.execute_stream(plan).await?;
+        hold_until_ended(slot, &events);
+        return Ok(events);
     };
     let session = state
         .sessions
@@ -129,7 +158,10 @@ async fn start(
     let slot = state.acquire_slot().await?;
     let key = session.key(state.sessions.local);
     match state.engine.execute_in_session(locked, &key, plan).await {
-        Ok(events) => Ok((events, slot)),
+        Ok(events) => {
+            hold_until_ended(slot, &events);
+            Ok(events)
+        }
         Err(err) => {
             // A session whose container could not even be made is not kept.
             if session.slot.try_lock().is_ok_and(|s| !s.has_container()) {
@@ -138,6 +170,16 @@ async fn start(
             Err(err.into())
         }
     }
+}
+
+/// Keeps the execution slot until the run ends (its task released the sandbox): a client that stops
+/// reading a stream cannot keep the slot past the run's own deadline.
+fn hold_until_ended(slot: OwnedSemaphorePermit, events: &RunEvents) {
+    let ended = events.ended();
+    tokio::spawn(async move {
+        ended.await;
+        drop(slot);
+    });
 }
 
 /// Run code and stream its output as Server-Sent Events.
@@ -158,15 +200,15 @@ pub async fn execute_stream(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (mut events, slot) = start(&state, &caller, &headers, &body).await?;
+    let mut events = start(&state, &caller, &headers, &body, false).await?;
     let stream = async_stream::stream! {
-        // The slot is held until the stream ends or the client goes away.
-        let _slot = slot;
         while let Some(event) = events.recv().await {
             if let RunEvent::Finished(result) = &event {
                 state.metrics.record_execution(result);
             }
-            yield Ok::<Event, Infallible>(to_sse(event));
+            let wire = to_wire(event);
+            let data = serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into());
+            yield Ok::<Event, Infallible>(Event::default().event(wire.kind.as_str()).data(data));
         }
     };
     Ok((
@@ -206,8 +248,9 @@ fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
     )
 }
 
-fn to_sse(event: RunEvent) -> Event {
-    let wire = match event {
+/// A run event as the streams send it (the SSE `data`, a WebSocket text message).
+pub(crate) fn to_wire(event: RunEvent) -> StreamEvent {
+    match event {
         RunEvent::Stdout { phase, text } => with_phase(StreamEventType::Stdout, text, phase),
         RunEvent::Stderr { phase, text } => with_phase(StreamEventType::Stderr, text, phase),
         RunEvent::Exit { phase, code } => {
@@ -225,9 +268,7 @@ fn to_sse(event: RunEvent) -> Event {
             phase: None,
             result: Some(result),
         },
-    };
-    let data = serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into());
-    Event::default().event(wire.kind.as_str()).data(data)
+    }
 }
 
 fn with_phase(kind: StreamEventType, data: String, phase: StreamPhase) -> StreamEvent {

@@ -3,3 +3,4 @@
 pub mod execute;
 pub mod sessions;
 pub mod system;
+pub mod ws;

@@ -8,6 +8,8 @@ use isol8_api::{
     CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime,
 };
 
+use isol8_docker::CleanupScope;
+
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -52,8 +54,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>
     }))
 }
 
-/// With the master key: remove every isol8 container on the Docker engine (and images with
-/// `{"images": true}`). With a tenant's key: end that tenant's sessions and drop its warm containers.
+/// With the master key: end every session of this server and remove every container it created
+/// (and isol8's images with `{"images": true}`); another server's or a CLI's containers on the same
+/// Docker engine are left alone. With a tenant's key: end that tenant's sessions and drop its warm
+/// containers.
 #[utoipa::path(post, path = "/cleanup", tag = "system",
     request_body(content = Option<CleanupRequest>),
     responses(
@@ -95,19 +99,24 @@ pub async fn cleanup(
         }
         let sessions = state
             .sessions
-            .close_owner(&state.engine, &caller.owner)
+            .close_matching(&state.engine, Some(&caller.owner))
             .await;
         let warm = state.engine.cleanup_owner(&caller.owner).await;
         return Ok(Json(CleanupResponse {
             ok: true,
+            sessions,
             containers: CleanupCounts {
-                removed: (sessions + warm) as u64,
+                removed: warm as u64,
                 ..Default::default()
             },
             images: None,
         }));
     }
-    Ok(Json(state.engine.cleanup(images).await?))
+    let sessions = state.sessions.close_matching(&state.engine, None).await;
+    let mut response = state.engine.cleanup(CleanupScope::Instance, images).await?;
+    response.ok &= sessions.failed == 0;
+    response.sessions = sessions;
+    Ok(Json(response))
 }
 
 /// Prometheus metrics in the text exposition format.
