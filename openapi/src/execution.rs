@@ -163,14 +163,25 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(
 #[schema(example = json!({"runtime": "python", "code": "print(2 ** 10)"}))]
 pub struct ExecutionRequest {
     pub runtime: Runtime,
-    /// Source code to run with the runtime's interpreter. Exactly one of `code` and `cmd`.
+    /// Source code to run with the runtime's interpreter. Exactly one of `code`, `cmd` and `codeUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "\\S")]
     pub code: Option<String>,
-    /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code` and `cmd`.
+    /// A shell command run with `bash -c` in the runtime's image. Exactly one of `code`, `cmd`
+    /// and `codeUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "\\S")]
     pub cmd: Option<String>,
+    /// A URL the server fetches the code from, under its `remoteCode` policy. Exactly one of
+    /// `code`, `cmd` and `codeUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_url: Option<String>,
+    /// SHA-256 (hex) the code fetched from `codeUrl` must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_hash: Option<String>,
+    /// Allow a plain `http://` `codeUrl` (where the server's policy permits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure_code_url: Option<bool>,
     /// Time limit in milliseconds.
     #[serde(
         default,

@@ -87,8 +87,9 @@ pub struct ServerConfig {
     /// The most a request may ask for.
     #[schema(inline)]
     pub maximums: LimitsConfig,
-    /// Network modes requests may use (`none` by default; add `filtered` to let requests reach the
-    /// hosts they allow through the proxy; `host` only where that is wanted).
+    /// Network modes requests may use (`none` and `filtered` by default: a filtered sandbox reaches
+    /// only the hosts its allow list names, through the proxy, and never private, link-local or
+    /// host addresses; add `host` only where that is wanted).
     #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
     /// Mode for requests that name none (`none` or `filtered`; must be in `allowedNetworks`).
@@ -154,7 +155,7 @@ impl Default for ServerConfig {
                 sandbox_size: "2g".into(),
                 tmp_size: "1g".into(),
             },
-            allowed_networks: vec![NetworkMode::None],
+            allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
             default_network: NetworkMode::None,
             network_allow: Vec::new(),
             network_deny: Vec::new(),
@@ -434,6 +435,16 @@ mod tests {
         assert_eq!(config.oci_runtime.as_deref(), Some("runsc"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert!(!config.reuse_containers);
+    }
+
+    #[test]
+    fn filtered_is_allowed_by_default_and_host_is_not() {
+        let config = ServerConfig::from_value(serde_json::json!({}), "test", &[]).unwrap();
+        assert_eq!(
+            config.allowed_networks,
+            [NetworkMode::None, NetworkMode::Filtered]
+        );
+        assert_eq!(config.default_network, NetworkMode::None);
     }
 
     #[test]
