@@ -33,6 +33,9 @@ isol8_apt_install() {
     apt-get install -y -qq "$@" >/dev/null
 }
 
+# Where a dockerd started here logs.
+ISOL8_DOCKERD_LOG=${ISOL8_DOCKERD_LOG:-/var/log/isol8-dockerd.log}
+
 isol8_ensure_docker() {
     if docker info >/dev/null 2>&1; then return; fi
     if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
@@ -40,15 +43,15 @@ isol8_ensure_docker() {
     fi
     if ! docker info >/dev/null 2>&1; then
         isol8_need_root_debian "a running Docker daemon"
-        isol8_log "starting dockerd (log: /var/log/isol8-dockerd.log)"
-        nohup dockerd >/var/log/isol8-dockerd.log 2>&1 &
+        isol8_log "starting dockerd (log: $ISOL8_DOCKERD_LOG)"
+        nohup dockerd >>"$ISOL8_DOCKERD_LOG" 2>&1 &
         for _ in $(seq 1 60); do
             docker info >/dev/null 2>&1 && break
             sleep 1
         done
     fi
     docker info >/dev/null 2>&1 || {
-        echo "[ERR] dockerd did not come up; see /var/log/isol8-dockerd.log" >&2
+        echo "[ERR] dockerd did not come up; see $ISOL8_DOCKERD_LOG" >&2
         exit 1
     }
 }

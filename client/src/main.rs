@@ -65,7 +65,7 @@ Examples:
   isol8 run --cmd 'ls -la /sandbox' --files .
   isol8 run job.py --host http://sandbox:3000 --key \"$KEY\" --net filtered --allow '^api\\.openai\\.com$'")]
     Run(Box<RunArgs>),
-    /// Start the HTTP server (the API of docs and openapi/openapi.json).
+    /// Start the HTTP API server (its contract: openapi/openapi.json).
     ///
     /// Every route but /health and /ready needs `Authorization: Bearer <key>`. Limits, network
     /// policy and capacity come from the config file (see `isol8 config`).
@@ -200,7 +200,7 @@ mod tests {
             .show_footer(false);
         let generated = format!(
             "<!-- Generated from the CLI's clap definitions: ISOL8_UPDATE_DOCS=1 cargo test -p isol8 --bin isol8 docs -->\n\n{}",
-            clap_markdown::help_markdown_custom::<Cli>(&options)
+            fence_blocks(&clap_markdown::help_markdown_custom::<Cli>(&options))
         );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
         if std::env::var_os("ISOL8_UPDATE_DOCS").is_some() {
@@ -211,6 +211,29 @@ mod tests {
             committed == generated,
             "docs/cli.md is stale; regenerate with ISOL8_UPDATE_DOCS=1 cargo test -p isol8 --bin isol8 docs"
         );
+    }
+
+    /// The indented lines under "Examples:" and "Environment:" as fenced blocks, so Markdown keeps
+    /// them one per line.
+    fn fence_blocks(markdown: &str) -> String {
+        let mut out = String::new();
+        let mut fenced = false;
+        for line in markdown.lines() {
+            if fenced && !line.starts_with("  ") {
+                out.push_str("```\n");
+                fenced = false;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "Examples:" || line == "Environment:" {
+                out.push_str("```text\n");
+                fenced = true;
+            }
+        }
+        if fenced {
+            out.push_str("```\n");
+        }
+        out
     }
 
     #[test]

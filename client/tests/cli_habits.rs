@@ -389,7 +389,7 @@ fn images_lists_custom_images_with_packages_size_and_age() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    write!(build.stdin.take().unwrap(), "FROM {base}\n").unwrap();
+    writeln!(build.stdin.take().unwrap(), "FROM {base}").unwrap();
     assert!(build.wait().unwrap().success());
 
     let text = isol8(&["images"]);
@@ -489,6 +489,8 @@ fn default_serve(key: &str) -> (std::process::Child, String) {
             return (child, format!("http://127.0.0.1:{port}"));
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not start");
 }
 

@@ -92,10 +92,14 @@ pub enum Cause {
     Network,
     /// The disk Docker builds on is full.
     DiskFull,
+    /// pip (through truststore) cannot check a certificate for an index named by IP address.
+    PipIpIndex,
 }
 
 const DISK_FULL: &[&str] = &["no space left on device", "enospc", "disk quota exceeded"];
+const PIP_IP_INDEX: &[&str] = &["check_hostname requires server_hostname"];
 const TLS: &[&str] = &[
+    "depth_zero_self_signed_cert",
     "certificate_verify_failed",
     "certificate verify failed",
     "self_signed_cert_in_chain",
@@ -133,6 +137,7 @@ impl Cause {
         let lines: Vec<&str> = text.lines().collect();
         for (cause, needles) in [
             (Cause::DiskFull, DISK_FULL),
+            (Cause::PipIpIndex, PIP_IP_INDEX),
             (Cause::Tls, TLS),
             (Cause::Network, NETWORK),
         ] {
@@ -184,6 +189,9 @@ pub fn hint(message: &str, output: &str, trusted: &[String]) -> Option<String> {
         }
         Cause::Network => format!(
             "the build could not reach the network{at}: Docker's build containers need DNS and outbound access, or set PIP_INDEX_URL / npm_config_registry to a mirror they can reach"
+        ),
+        Cause::PipIpIndex => format!(
+            "pip cannot check the TLS certificate of a package index named by IP address{at}: name it by hostname in PIP_INDEX_URL"
         ),
         Cause::DiskFull => "the disk Docker builds on is full: free space there (`docker system df` shows what uses it) and rerun".to_string(),
     })
@@ -291,6 +299,13 @@ mod tests {
             disk.starts_with("the disk Docker builds on is full"),
             "{disk}"
         );
+        let ip = hint(
+            "x",
+            "Looking in indexes: https://172.17.0.2:8443/simple\nValueError: check_hostname requires server_hostname",
+            &[],
+        )
+        .unwrap();
+        assert!(ip.starts_with("pip cannot check the TLS certificate of a package index named by IP address connecting to 172.17.0.2:8443"), "{ip}");
         assert_eq!(
             hint(
                 "the command exited with code 1",

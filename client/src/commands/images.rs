@@ -23,7 +23,8 @@ pub struct SetupArgs {
     /// Runtimes to build, comma-separated [default: all].
     #[arg(long = "runtime", value_delimiter = ',')]
     runtimes: Vec<Runtime>,
-    /// Python packages baked into the image python runs use by default (comma-separated).
+    /// Python packages baked into the image python runs use by default (comma-separated)
+    /// [default: none].
     #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
     python: Vec<String>,
     /// npm packages baked into the default node image.
@@ -48,7 +49,8 @@ pub struct BuildArgs {
     /// Package to bake in. Repeatable and comma-separated.
     #[arg(long = "install", value_delimiter = ',', value_name = "PACKAGE")]
     install: Vec<String>,
-    /// Extra name for the image (its content-hashed tag is always set).
+    /// Extra name for the image, e.g. my-python [default: only its content-hashed tag,
+    /// isol8-custom-<runtime>:<hash>].
     #[arg(long)]
     tag: Option<String>,
     /// Rebuild even when an image from the same recipe exists.

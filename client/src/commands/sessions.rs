@@ -17,7 +17,7 @@ use crate::output::outln;
 pub struct SessionArgs {
     #[command(subcommand)]
     command: SessionCommand,
-    /// A remote isol8 server; without it, the sessions of this machine's CLI.
+    /// A remote isol8 server [default: the sessions of this machine's CLI].
     #[arg(long, global = true)]
     host: Option<String>,
     /// API key for --host.
