@@ -7,41 +7,11 @@ SCHEMATHESIS_VERSION=4.32.5
 KUBERNETES_VALIDATE_VERSION=1.37.0
 
 log() { echo "==> $*" >&2; }
+# shellcheck source=ensure-engine.sh
+. scripts/ensure-engine.sh
+apt_install() { isol8_apt_install "$@"; }
 
-need_root_debian() {
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-        echo "[ERR] $1 is missing and can only be installed automatically on Debian as root." >&2
-        echo "      Install Docker Engine and debootstrap, start the daemon, and rerun." >&2
-        exit 1
-    fi
-}
-
-apt_install() {
-    need_root_debian "$*"
-    log "installing $*"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "$@" >/dev/null
-}
-
-ensure_docker() {
-    if docker info >/dev/null 2>&1; then return; fi
-    command -v dockerd >/dev/null || apt_install docker.io
-    command -v docker >/dev/null || apt_install docker.io
-    if ! docker info >/dev/null 2>&1; then
-        need_root_debian "a running Docker daemon"
-        log "starting dockerd (log: /var/log/isol8-dockerd.log)"
-        nohup dockerd >/var/log/isol8-dockerd.log 2>&1 &
-        for _ in $(seq 1 60); do
-            docker info >/dev/null 2>&1 && break
-            sleep 1
-        done
-    fi
-    docker info >/dev/null 2>&1 || { echo "[ERR] dockerd did not come up; see /var/log/isol8-dockerd.log" >&2; exit 1; }
-}
-
-ensure_docker
-command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_install debootstrap
+isol8_ensure_engine
 command -v python3 >/dev/null || apt_install python3
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 command -v kubectl >/dev/null || apt_install kubernetes-client
@@ -56,10 +26,8 @@ if [ ! -x "$PY_TOOLS/bin/schemathesis" ] || [ ! -x "$PY_TOOLS/bin/kubernetes-val
         "schemathesis==$SCHEMATHESIS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
-# HTTPS from containers may pass a TLS-inspecting proxy: trust the host's CA bundle in images and sandboxes.
-if [ -z "${ISOL8_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-    export ISOL8_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
-fi
+# HTTPS from containers may pass a TLS-inspecting proxy: isol8 trusts the host's CA bundle in the
+# images it builds and the sandboxes it runs by itself (ISOL8_EXTRA_CA_CERTS adds more).
 
 log "Kubernetes manifests: kubectl kustomize + kubernetes-validate"
 for dir in deploy/k8s/base deploy/k8s/overlays/example; do

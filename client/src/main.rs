@@ -1,21 +1,44 @@
 //! The `isol8` command line: argument parsing and dispatch to the commands.
 
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use commands::admin::{self, CleanupArgs, ConfigArgs};
-use commands::images::{self, BuildArgs, SetupArgs};
+use commands::images::{self, BuildArgs, ImagesArgs, SetupArgs};
 use commands::run::{self, RunArgs};
 use commands::sessions::{self, SessionArgs};
 use isol8_server::launch::{self, ServeArgs};
+
+/// `isol8 --help`'s closing lines.
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  isol8 run -e \"print(2 ** 10)\"                        run Python (the default for -e and stdin)
+  isol8 run script.ts --net filtered --allow '^api\\.openai\\.com$'
+  ISOL8_API_KEY=secret isol8 serve --port 3000          the HTTP API for agents and other clients
+
+Environment:
+  ISOL8_API_KEY          key for --host (and the key `isol8 serve` requires)
+  ISOL8_EXTRA_CA_CERTS   extra CA files (`,` or `:` separated) trusted in images and sandboxes,
+                         besides the host's bundle (ISOL8_HOST_CA_CERTS names another, or none)
+  ISOL8_CONFIG           the config file [default: ./isol8.config.json, else ~/.isol8/config.json]
+  ISOL8_LOG              log filter, e.g. debug
+
+Full reference: docs/cli.md";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "isol8",
     version,
     about = "Run untrusted code in locked-down Docker sandboxes",
+    long_about = "Run untrusted code in locked-down Docker sandboxes.\n\n\
+        isol8 runs Python, Node, Bun, Deno and Bash code in read-only, capability-less containers with \
+        memory, CPU, process and time limits and no network unless asked, and returns its output. \
+        `isol8 run` starts the same HTTP server `isol8 serve` runs, in-process on loopback, or talks \
+        to a remote one with --host.",
+    after_help = MAIN_EXAMPLES,
     arg_required_else_help = true
 )]
 struct Cli {
@@ -28,50 +51,92 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run code in a sandbox.
+    /// Run code in a sandbox and print its output.
     ///
-    /// Examples:
-    ///   isol8 run -e "print(2 ** 10)" --runtime python
-    ///   isol8 run script.py --stdin "input"
-    ///   echo 'console.log(1)' | isol8 run -r node
-    ///   isol8 run job.py --host http://sandbox:3000 --key "$KEY"
-    #[command(verbatim_doc_comment)]
+    /// The code is a file (runtime from its extension), -e CODE or standard input (python unless
+    /// --runtime says otherwise), a shell command (--cmd, bash), or a URL the server fetches
+    /// (--url, --github, --gist). Output streams as it is produced; the exit status is the
+    /// program's (1 when it was stopped by a limit without one of its own).
+    #[command(after_help = "\
+Examples:
+  isol8 run -e \"print(2 ** 10)\"
+  echo 'console.log(1)' | isol8 run -r node
+  isol8 run main.py --files ./project --setup 'pip list' --workdir /sandbox/src
+  isol8 run --cmd 'ls -la /sandbox' --files .
+  isol8 run job.py --host http://sandbox:3000 --key \"$KEY\" --net filtered --allow '^api\\.openai\\.com$'")]
     Run(Box<RunArgs>),
-    /// Start the HTTP server.
+    /// Start the HTTP API server (its contract: openapi/openapi.json).
     ///
-    /// Examples:
-    ///   ISOL8_API_KEY=secret isol8 serve --port 3000
-    #[command(verbatim_doc_comment)]
+    /// Every route but /health and /ready needs `Authorization: Bearer <key>`. Limits, network
+    /// policy and capacity come from the config file (see `isol8 config`).
+    #[command(after_help = "\
+Examples:
+  ISOL8_API_KEY=secret isol8 serve
+  isol8 serve --port 8080 --bind 127.0.0.1 --key secret
+  ISOL8_ALLOWED_NETWORKS=none,filtered,host isol8 serve --key secret")]
     Serve(ServeArgs),
-    /// Build the runtime images (cached by recipe hash; --force rebuilds).
+    /// Build the runtime images (cached by recipe hash).
     ///
-    /// Examples:
-    ///   isol8 setup
-    ///   isol8 setup --runtime python --python numpy,pandas
-    #[command(verbatim_doc_comment)]
+    /// The first build bootstraps a Debian root filesystem with debootstrap (about two minutes);
+    /// later ones are cached until a recipe or the trusted CA certificates change.
+    #[command(after_help = "\
+Examples:
+  isol8 setup
+  isol8 setup --runtime python,bash
+  isol8 setup --runtime python --python numpy,pandas")]
     Setup(SetupArgs),
     /// Build a custom image: a runtime image with packages baked in.
     ///
-    /// Runs whose installPackages (or --install) the image holds use it, with no install at run time.
-    ///
-    /// Examples:
-    ///   isol8 build --base python --install numpy,requests --tag my-python
-    #[command(verbatim_doc_comment)]
+    /// Runs whose installPackages (or --install) the image holds use it, with no install at run
+    /// time. Packages come from the public registries, or a mirror named by PIP_INDEX_URL (+
+    /// PIP_TRUSTED_HOST) or npm_config_registry.
+    #[command(after_help = "\
+Examples:
+  isol8 build --base python --install numpy,requests
+  isol8 build --base node --install lodash --tag my-node
+  PIP_INDEX_URL=https://pypi.internal/simple isol8 build --base python --install mylib")]
     Build(BuildArgs),
+    /// List the custom images on this Docker engine: packages, size and age.
+    #[command(
+        visible_alias = "list-custom",
+        after_help = "\
+Examples:
+  isol8 images
+  isol8 list-custom
+  isol8 images --json | jq -r '.[].tags[0]'"
+    )]
+    Images(ImagesArgs),
     /// List or stop sessions (this machine's CLI sessions, or a server's with --host).
-    ///
-    /// Examples:
-    ///   isol8 session list
-    ///   isol8 session stop my-notebook
-    ///   isol8 session list --host http://sandbox:3000 --key "$KEY" --json
-    #[command(verbatim_doc_comment)]
+    #[command(after_help = "\
+Examples:
+  isol8 session list
+  isol8 session stop my-notebook
+  isol8 session list --host http://sandbox:3000 --key \"$KEY\" --json")]
     Session(SessionArgs),
     /// Show the resolved configuration and where it came from.
+    #[command(after_help = "\
+Examples:
+  isol8 config
+  isol8 config --json
+  ISOL8_CONFIG=./prod.json isol8 config --json | jq .allowedNetworks")]
     Config(ConfigArgs),
     /// Remove isol8's containers (and images with --images) from this Docker engine.
+    #[command(after_help = "\
+Examples:
+  isol8 cleanup
+  isol8 cleanup --force
+  isol8 cleanup --force --images")]
     Cleanup(CleanupArgs),
-    /// Print a shell completion script, e.g. `isol8 completions bash > /etc/bash_completion.d/isol8`.
-    Completions { shell: clap_complete::Shell },
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  isol8 completions bash > /etc/bash_completion.d/isol8
+  isol8 completions zsh > \"${fpath[1]}/_isol8\"
+  isol8 completions fish > ~/.config/fish/completions/isol8.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,16 +155,15 @@ fn main() -> ExitCode {
             Command::Serve(args) => launch::serve(args, cli.debug).await,
             Command::Setup(args) => images::setup(args).await,
             Command::Build(args) => images::build(args).await,
+            Command::Images(args) => images::list(args).await,
             Command::Session(args) => sessions::session(args).await,
             Command::Config(args) => admin::config(args),
             Command::Cleanup(args) => admin::cleanup(args).await,
             Command::Completions { shell } => {
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "isol8",
-                    &mut std::io::stdout(),
-                );
+                // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "isol8", &mut script);
+                output::write_stdout(&script);
                 ExitCode::SUCCESS
             }
         }
@@ -121,4 +185,59 @@ fn init_cli_logging(debug: bool) {
 fn err(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("[ERR] {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/cli.md` is generated from this parser; regenerate with
+    /// `ISOL8_UPDATE_DOCS=1 cargo test -p isol8 --bin isol8 docs`.
+    #[test]
+    fn docs_cli_md_is_the_generated_reference() {
+        let options = clap_markdown::MarkdownOptions::new()
+            .title("isol8 command-line reference".into())
+            .show_footer(false);
+        let generated = format!(
+            "<!-- Generated from the CLI's clap definitions: ISOL8_UPDATE_DOCS=1 cargo test -p isol8 --bin isol8 docs -->\n\n{}",
+            fence_blocks(&clap_markdown::help_markdown_custom::<Cli>(&options))
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
+        if std::env::var_os("ISOL8_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/cli.md is stale; regenerate with ISOL8_UPDATE_DOCS=1 cargo test -p isol8 --bin isol8 docs"
+        );
+    }
+
+    /// The indented lines under "Examples:" and "Environment:" as fenced blocks, so Markdown keeps
+    /// them one per line.
+    fn fence_blocks(markdown: &str) -> String {
+        let mut out = String::new();
+        let mut fenced = false;
+        for line in markdown.lines() {
+            if fenced && !line.starts_with("  ") {
+                out.push_str("```\n");
+                fenced = false;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "Examples:" || line == "Environment:" {
+                out.push_str("```text\n");
+                fenced = true;
+            }
+        }
+        if fenced {
+            out.push_str("```\n");
+        }
+        out
+    }
+
+    #[test]
+    fn the_parser_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -21,6 +21,22 @@ pub fn default_custom_tag(runtime: Runtime) -> String {
     format!("isol8-custom-{runtime}:default")
 }
 
+/// A custom image on the Docker engine, as `isol8 images` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomImage {
+    pub id: String,
+    /// Its content-hashed tag first, then its aliases (`--tag`, `:default`).
+    pub tags: Vec<String>,
+    pub runtime: Runtime,
+    pub packages: Vec<String>,
+    pub size_bytes: u64,
+    /// When it was built, in seconds since the Unix epoch.
+    pub created: i64,
+    /// Built on the current runtime image, so runs may use it (a stale one is never chosen).
+    pub current: bool,
+}
+
 /// A validated, de-duplicated, sorted set of package specifiers for one runtime.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct PackageSet(BTreeSet<String>);
@@ -275,6 +291,46 @@ impl ImageBuilder {
             })
             .min();
         Ok(best.map(|(_, tag)| tag))
+    }
+
+    /// Every custom image on this Docker engine, newest first, with whether it is built on the
+    /// current runtime image of its runtime (a stale one is never chosen for a run).
+    pub async fn list_custom(&self) -> Result<Vec<CustomImage>> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_KIND}=custom")])]);
+        let images = self
+            .docker()
+            .list_images(Some(ListImagesOptions {
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list images"))?;
+        let current = self.find_runtimes(&Runtime::ALL).await?;
+        let mut list: Vec<CustomImage> = images
+            .into_iter()
+            .filter_map(|image| {
+                let runtime: Runtime = image.labels.get(LABEL_RUNTIME)?.parse().ok()?;
+                let mut tags = image.repo_tags.clone();
+                tags.retain(|t| t != "<none>:<none>");
+                // The hashed tag first, then aliases.
+                tags.sort_by_key(|t| !t.starts_with(&format!("isol8-custom-{runtime}:")));
+                Some(CustomImage {
+                    id: image.id.clone(),
+                    tags,
+                    runtime,
+                    packages: image
+                        .labels
+                        .get(LABEL_PACKAGES)
+                        .map(|l| PackageSet::from_label(l).0.into_iter().collect())
+                        .unwrap_or_default(),
+                    size_bytes: u64::try_from(image.size).unwrap_or(0),
+                    created: image.created,
+                    current: image.labels.get(LABEL_BASE) == current.get(&runtime),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| b.created.cmp(&a.created).then(a.tags.cmp(&b.tags)));
+        Ok(list)
     }
 
     /// The image `isol8 setup` baked default packages into for `runtime`, when it sits on the current

@@ -269,6 +269,11 @@ impl Engine {
         self.images.find_runtimes(&Runtime::ALL).await
     }
 
+    /// The custom images on this Docker engine (`isol8 images`).
+    pub async fn custom_images(&self) -> Result<Vec<crate::CustomImage>> {
+        self.images.list_custom().await
+    }
+
     /// Builds the runtime images (hash-cached unless `force`), reporting progress.
     pub async fn build_images(
         &self,

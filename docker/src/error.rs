@@ -30,13 +30,15 @@ pub enum Error {
     /// The runtime image is not built yet.
     #[error("image {image} is not built; run `isol8 setup` to build the runtime images")]
     ImageMissing { image: String },
-    /// An image build failed at a named step.
-    #[error("building {image} failed at step \"{step}\": {message}\n{output}")]
+    /// An image build failed at a named step: the step once, the last lines of its output (no
+    /// escapes), and a one-line hint where the cause is known.
+    #[error("building {image} failed at step {step}: {message}{}", crate::build_output::render(.output, .hint.as_deref()))]
     ImageBuild {
         image: String,
         step: String,
         message: String,
         output: String,
+        hint: Option<String>,
     },
     /// The sandbox's agent misbehaved or the container died under us.
     #[error("sandbox {container} failed: {message}")]

@@ -2,7 +2,7 @@
 //! bootstrapping the Debian root when no registry can be reached, and progress reporting.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
 use bollard::Docker;
@@ -10,6 +10,7 @@ use futures::StreamExt;
 use isol8_api::Runtime;
 use sha2::{Digest, Sha256};
 
+use crate::build_output;
 use crate::error::{is_not_found, Error, Result};
 use crate::spec::{LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};
 
@@ -43,8 +44,10 @@ fn runtime_dockerfile(runtime: Runtime) -> &'static str {
 /// Where images come from and what goes into them.
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
-    /// PEM files of extra CA certificates trusted in every image built and every sandbox run
-    /// (corporate or TLS-inspecting proxies).
+    /// The host's CA bundle, trusted in every image built and every sandbox run (found at the
+    /// usual paths, [`HOST_CA_BUNDLES`], unless `ISOL8_HOST_CA_CERTS` names another or `none`).
+    pub host_ca_bundle: Option<PathBuf>,
+    /// PEM files of extra CA certificates trusted besides it (corporate or TLS-inspecting proxies).
     pub extra_ca_certs: Vec<PathBuf>,
     /// Debian mirror for bootstrapping the root filesystem.
     pub debian_mirror: String,
@@ -61,10 +64,45 @@ pub const PACKAGE_INDEX_VARS: [&str; 3] =
 /// Environment variable listing extra CA certificate files (separated by `,` or `:`).
 pub const EXTRA_CA_ENV: &str = "ISOL8_EXTRA_CA_CERTS";
 
+/// Environment variable naming the host CA bundle to trust instead of the first of
+/// [`HOST_CA_BUNDLES`] found, or `none` to trust none of the host's.
+pub const HOST_CA_ENV: &str = "ISOL8_HOST_CA_CERTS";
+
+/// Where Linux distributions keep the system CA bundle; the first that exists is trusted.
+pub const HOST_CA_BUNDLES: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL, CentOS
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // RHEL, CentOS 7+
+    "/etc/ssl/ca-bundle.pem",             // openSUSE
+    "/etc/pki/tls/cacert.pem",            // OpenELEC
+    "/etc/ssl/cert.pem",                  // Alpine, macOS
+];
+
 impl Default for ImageConfig {
-    /// Debian bookworm from deb.debian.org, and the extra CA files named in `ISOL8_EXTRA_CA_CERTS`.
+    /// Debian bookworm from deb.debian.org, the host's CA bundle and the extra CA files of
+    /// `ISOL8_EXTRA_CA_CERTS`, the package index variables: what `isol8 serve`, `isol8 run` and
+    /// `isol8 setup` all resolve, so they build and look for the same images.
     fn default() -> Self {
-        let extra_ca_certs = std::env::var(EXTRA_CA_ENV)
+        ImageConfig::from_env(|name| std::env::var(name).ok(), |path| path.is_file())
+    }
+}
+
+impl ImageConfig {
+    /// The configuration `lookup` (an environment) gives, with `exists` telling which host CA
+    /// bundle paths are there.
+    pub fn from_env(
+        lookup: impl Fn(&str) -> Option<String>,
+        exists: impl Fn(&Path) -> bool,
+    ) -> Self {
+        let host_ca_bundle = match lookup(HOST_CA_ENV).as_deref().map(str::trim) {
+            Some("none") => None,
+            Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+            _ => HOST_CA_BUNDLES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| exists(p)),
+        };
+        let extra_ca_certs = lookup(EXTRA_CA_ENV)
             .unwrap_or_default()
             .split([',', ':'])
             .filter(|p| !p.trim().is_empty())
@@ -72,14 +110,30 @@ impl Default for ImageConfig {
             .collect();
         let package_index = PACKAGE_INDEX_VARS
             .iter()
-            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .filter_map(|name| Some((name.to_string(), lookup(name)?)))
             .collect();
         ImageConfig {
             package_index,
+            host_ca_bundle,
             extra_ca_certs,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "bookworm".into(),
         }
+    }
+
+    /// Every CA file images trust: the host bundle, then the extra files, each once (naming the
+    /// host bundle in `ISOL8_EXTRA_CA_CERTS` too changes nothing, not even an image's hash).
+    pub fn ca_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut seen = Vec::new();
+        for path in self.host_ca_bundle.iter().chain(&self.extra_ca_certs) {
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            if !seen.contains(&real) {
+                seen.push(real);
+                files.push(path.clone());
+            }
+        }
+        files
     }
 }
 
@@ -236,9 +290,9 @@ impl ImageBuilder {
 
     fn base_context_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut ca = Vec::new();
-        for path in &self.config.extra_ca_certs {
-            let pem = std::fs::read(path).map_err(Error::io(format!(
-                "reading extra CA certificates {}",
+        for path in self.config.ca_files() {
+            let pem = std::fs::read(&path).map_err(Error::io(format!(
+                "reading CA certificates {} (ISOL8_HOST_CA_CERTS / ISOL8_EXTRA_CA_CERTS)",
                 path.display()
             )))?;
             ca.extend_from_slice(&pem);
@@ -307,9 +361,11 @@ impl ImageBuilder {
                 message:
                     "no base image can be pulled here, and debootstrap is not installed to make one"
                         .into(),
-                output:
+                output: String::new(),
+                hint: Some(
                     "install it (Debian/Ubuntu: apt-get install -y debootstrap) and run as root"
                         .into(),
+                ),
             });
         }
         let dir = tempfile::Builder::new()
@@ -331,16 +387,17 @@ impl ImageBuilder {
             .await
             .map_err(Error::io("running debootstrap"))?;
         if !out.status.success() {
-            return Err(Error::ImageBuild {
-                image: tag.into(),
-                step: "debootstrap".into(),
-                message: format!("debootstrap exited with {}", out.status),
-                output: tail(&format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                )),
-            });
+            let output = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Err(self.failure(
+                tag,
+                "debootstrap",
+                &format!("debootstrap exited with {}", out.status),
+                &output,
+            ));
         }
         step("pack the root filesystem");
         let tarball = tokio::process::Command::new("tar")
@@ -357,12 +414,12 @@ impl ImageBuilder {
             .await
             .map_err(Error::io("packing the root filesystem with tar"))?;
         if !tarball.status.success() {
-            return Err(Error::ImageBuild {
-                image: tag.into(),
-                step: "pack the root filesystem".into(),
-                message: format!("tar exited with {}", tarball.status),
-                output: tail(&String::from_utf8_lossy(&tarball.stderr)),
-            });
+            return Err(self.failure(
+                tag,
+                "pack the root filesystem",
+                &format!("tar exited with {}", tarball.status),
+                &String::from_utf8_lossy(&tarball.stderr),
+            ));
         }
         step("import into Docker");
         let (repo, version) = tag.split_once(':').unwrap_or((tag, "latest"));
@@ -382,23 +439,38 @@ impl ImageBuilder {
         while let Some(item) = import.next().await {
             let info = item.map_err(Error::docker("import image"))?;
             if let Some(err) = info.error {
-                return Err(Error::ImageBuild {
-                    image: tag.into(),
-                    step: "import into Docker".into(),
-                    message: err,
-                    output: String::new(),
-                });
+                return Err(self.failure(tag, "import into Docker", &err, ""));
             }
         }
         drop(dir);
-        let id = self.image_id(tag).await?.ok_or_else(|| Error::ImageBuild {
-            image: tag.into(),
-            step: "import into Docker".into(),
-            message: "the imported image is not there".into(),
-            output: String::new(),
+        let id = self.image_id(tag).await?.ok_or_else(|| {
+            self.failure(
+                tag,
+                "import into Docker",
+                "the imported image is not there",
+                "",
+            )
         })?;
         progress(BuildProgress::Finished { image: tag.into() });
         Ok(id)
+    }
+
+    /// The error of a failed step: Docker's message without the command repeated, the output's
+    /// last lines without escapes, and a hint where the cause is known.
+    fn failure(&self, tag: &str, step: &str, message: &str, output: &str) -> Error {
+        let trusted: Vec<String> = self
+            .config
+            .ca_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        Error::ImageBuild {
+            image: tag.into(),
+            step: step.into(),
+            message: build_output::failure_message(message),
+            output: build_output::tail(output, build_output::TAIL_LINES),
+            hint: build_output::hint(message, output, &trusted),
+        }
     }
 
     pub(crate) async fn build(
@@ -440,37 +512,33 @@ impl ImageBuilder {
             let info = match item {
                 Ok(info) => info,
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(build_failure(tag, &step, error, &output))
+                    return Err(self.failure(tag, &step, &error, &output))
                 }
                 Err(err) => return Err(Error::docker("build image")(err)),
             };
             if let Some(text) = info.stream {
-                for line in text.lines() {
+                for line in build_output::output_lines(&text) {
                     if line.starts_with("Step ") {
-                        step = line.to_string();
+                        step = build_output::step_label(&line);
                         output.clear();
                         progress(BuildProgress::Step {
                             image: tag.into(),
-                            step: line.into(),
+                            step: step.clone(),
                         });
-                    } else if !line.trim().is_empty() {
-                        output.push_str(line);
+                    } else {
+                        output.push_str(&line);
                         output.push('\n');
                     }
                 }
             }
             if let Some(err) = info.error {
-                return Err(build_failure(tag, &step, err, &output));
+                return Err(self.failure(tag, &step, &err, &output));
             }
         }
-        let id = self.image_id(tag).await?.ok_or_else(|| {
-            build_failure(
-                tag,
-                &step,
-                "the build ended without an image".into(),
-                &output,
-            )
-        })?;
+        let id = self
+            .image_id(tag)
+            .await?
+            .ok_or_else(|| self.failure(tag, &step, "the build ended without an image", &output))?;
         progress(BuildProgress::Finished { image: tag.into() });
         Ok(id)
     }
@@ -485,15 +553,6 @@ fn runtime_tag(runtime: Runtime, base_id: &str) -> String {
     )
 }
 
-fn build_failure(tag: &str, step: &str, message: String, output: &str) -> Error {
-    Error::ImageBuild {
-        image: tag.into(),
-        step: step.into(),
-        message: message.trim().to_string(),
-        output: tail(output),
-    }
-}
-
 pub(crate) fn short_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
@@ -501,12 +560,6 @@ pub(crate) fn short_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Strin
         hasher.update(part);
     }
     hex::encode(hasher.finalize())[..16].to_string()
-}
-
-/// The last 40 lines, enough to see why a step failed.
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn tar_context(files: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
@@ -540,6 +593,48 @@ mod tests {
         assert_eq!(a, short_hash([b"x".as_slice(), b"y".as_slice()]));
         assert_ne!(a, short_hash([b"xy".as_slice()]));
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn the_host_bundle_is_trusted_by_default_and_extras_add_to_it_once() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let fedora = |p: &Path| p == Path::new("/etc/pki/tls/certs/ca-bundle.crt");
+        let config = ImageConfig::from_env(env(&[]), fedora);
+        assert_eq!(
+            config.ca_files(),
+            [PathBuf::from("/etc/pki/tls/certs/ca-bundle.crt")]
+        );
+        let config = ImageConfig::from_env(
+            env(&[(
+                EXTRA_CA_ENV,
+                "/x/proxy.pem:/etc/pki/tls/certs/ca-bundle.crt",
+            )]),
+            fedora,
+        );
+        assert_eq!(
+            config.ca_files(),
+            [
+                PathBuf::from("/etc/pki/tls/certs/ca-bundle.crt"),
+                PathBuf::from("/x/proxy.pem")
+            ]
+        );
+        let config = ImageConfig::from_env(
+            env(&[(HOST_CA_ENV, "none"), (EXTRA_CA_ENV, "/x/proxy.pem")]),
+            fedora,
+        );
+        assert_eq!(config.ca_files(), [PathBuf::from("/x/proxy.pem")]);
+        let config = ImageConfig::from_env(env(&[(HOST_CA_ENV, "/mine.pem")]), fedora);
+        assert_eq!(config.ca_files(), [PathBuf::from("/mine.pem")]);
+        assert!(ImageConfig::from_env(env(&[]), |_| false)
+            .ca_files()
+            .is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! isol8-docker: the sandbox engine on the Docker Engine API.
 
 mod agent;
+mod build_output;
 mod custom;
 mod engine;
 mod error;
@@ -14,12 +15,15 @@ mod run;
 mod session;
 mod spec;
 
-pub use custom::{default_custom_tag, PackageSet, LABEL_BASE, LABEL_PACKAGES};
+pub use custom::{default_custom_tag, CustomImage, PackageSet, LABEL_BASE, LABEL_PACKAGES};
 pub use engine::{
     CleanupScope, Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent,
 };
 pub use error::{Error, Result};
-pub use images::{BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, LABEL_RECIPE};
+pub use images::{
+    BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, HOST_CA_BUNDLES, HOST_CA_ENV,
+    LABEL_RECIPE,
+};
 pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{check_host_pattern, confine, Program, RunPlan};

@@ -67,12 +67,36 @@ async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_supe
     assert_eq!(labels["isol8.kind"], "custom");
 
     match failed {
-        Err(Error::ImageBuild { step, output, .. }) => {
+        Err(err @ Error::ImageBuild { .. }) => {
+            let text = err.to_string();
+            let Error::ImageBuild {
+                step, output, hint, ..
+            } = err
+            else {
+                unreachable!()
+            };
             assert!(step.contains("RUN"), "step: {step}");
             assert!(output.contains("probe-c"), "output: {output}");
+            // Readable: no escapes, Docker's bookkeeping gone, the step's command shown once.
+            assert!(!text.contains('\u{1b}') && !text.contains("[0m"), "{text}");
+            assert!(!text.contains("Running in"), "{text}");
+            assert_eq!(text.matches("/opt/isol8/pip/pip").count(), 1, "{text}");
+            assert!(text.contains("the command exited with code 1"), "{text}");
+            assert_eq!(hint, None, "no known cause: {text}");
         }
         other => panic!("expected a failed build, got {other:?}"),
     }
+
+    let listed = engine.custom_images().await.unwrap();
+    let probes = listed
+        .iter()
+        .find(|i| i.tags.first() == Some(&tag))
+        .unwrap_or_else(|| panic!("{tag} not in {listed:?}"));
+    assert_eq!(probes.packages, ["probe-a", "probe-b"]);
+    assert!(probes
+        .tags
+        .contains(&"isol8-test-probes:latest".to_string()));
+    assert!(probes.current && probes.size_bytes > 0, "{probes:?}");
 
     // Exact set and subset both resolve to the image; a package it lacks is refused with advice.
     for wanted in [vec!["probe-a", "probe-b"], vec!["probe-b"]] {
@@ -123,4 +147,69 @@ async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_supe
         .remove_image("isol8-test-probes:latest", remove, None)
         .await;
     let _ = docker.remove_image(&tag, remove, None).await;
+}
+
+/// An HTTPS server with a certificate of its own making (self-signed), as a private index or a
+/// TLS-inspecting proxy would present one that nothing trusts.
+const UNTRUSTED_TLS_SERVER: &str = r#"
+import http.server, ssl, subprocess
+subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/CN=isol8-test", "-keyout", "/tmp/key.pem", "-out", "/tmp/cert.pem"],
+               check=True, capture_output=True)
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), http.server.SimpleHTTPRequestHandler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain("/tmp/cert.pem", "/tmp/key.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn a_build_against_an_untrusted_tls_index_says_in_one_line_what_failed_and_what_fixes_it() {
+    let docker = Docker::connect_with_local_defaults().unwrap();
+    let probe = Engine::connect(EngineConfig::default()).await.unwrap();
+    let python_image = probe.built_runtimes().await.unwrap()[&Runtime::Python].clone();
+    probe.shutdown().await;
+    let server = common::Served::start(&docker, &python_image, &["-c", UNTRUSTED_TLS_SERVER]).await;
+    // The address as one decimal number: pip (with truststore) cannot check a certificate for
+    // a dotted IP at all (it fails before verifying, see the hint for that), and the build has
+    // no DNS for a name. `2886729730` resolves like 172.16.0.2 without being seen as an IP.
+    let number: u32 = server.host.parse::<std::net::Ipv4Addr>().unwrap().into();
+    let address = format!("{number}:8443");
+
+    let images = ImageConfig {
+        package_index: BTreeMap::from([(
+            "PIP_INDEX_URL".to_string(),
+            format!("https://{address}/simple"),
+        )]),
+        ..ImageConfig::default()
+    };
+    let engine = common::engine_without_pool(EngineConfig {
+        images,
+        ..EngineConfig::default()
+    })
+    .await;
+    // Unique, so no image from an earlier run is found instead of building.
+    let name = format!("probe-tls{}", std::process::id());
+    let packages = PackageSet::parse(Runtime::Python, &[name.as_str()]).unwrap();
+    let failed = engine
+        .build_custom_image(Runtime::Python, &packages, None, false, false, &|_| {})
+        .await;
+    engine.shutdown().await;
+    server.remove().await;
+
+    let err = failed.expect_err("the index's certificate is trusted by nothing");
+    let text = err.to_string();
+    let Error::ImageBuild { hint, .. } = err else {
+        panic!("expected a failed build, got {text}");
+    };
+    let hint = hint.unwrap_or_else(|| panic!("no hint in: {text}"));
+    assert!(!hint.contains('\n'), "{hint}");
+    assert!(
+        hint.starts_with(&format!(
+            "TLS certificate verification failed connecting to {address}: set ISOL8_EXTRA_CA_CERTS="
+        )),
+        "{hint}"
+    );
+    assert!(text.ends_with(&format!("\nhint: {hint}")), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
 }

@@ -87,8 +87,9 @@ pub struct ServerConfig {
     /// The most a request may ask for.
     #[schema(inline)]
     pub maximums: LimitsConfig,
-    /// Network modes requests may use (`none` by default; add `filtered` to let requests reach the
-    /// hosts they allow through the proxy; `host` only where that is wanted).
+    /// Network modes requests may use (`none` and `filtered` by default: a filtered sandbox reaches
+    /// only the hosts its allow list names, through the proxy, and never private, link-local or
+    /// host addresses; add `host` only where that is wanted).
     #[schema(inline)]
     pub allowed_networks: Vec<NetworkMode>,
     /// Mode for requests that name none (`none` or `filtered`; must be in `allowedNetworks`).
@@ -157,7 +158,7 @@ impl Default for ServerConfig {
                 sandbox_size: "2g".into(),
                 tmp_size: "1g".into(),
             },
-            allowed_networks: vec![NetworkMode::None],
+            allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
             default_network: NetworkMode::None,
             network_allow: Vec::new(),
             network_deny: Vec::new(),
@@ -208,16 +209,25 @@ impl ServerConfig {
     /// `~/.isol8/config.json`, else the defaults), applies `ISOL8_...` environment overrides and
     /// validates the result. Returns the file used.
     pub fn load() -> Result<(ServerConfig, Option<PathBuf>), String> {
+        Self::load_from(true)
+    }
+
+    /// Like `load`, but never from the working directory: the CLI's local runs execute code from
+    /// checkouts the user may not trust, whose own `isol8.config.json` must not set their policy
+    /// (a `defaultNetwork: host`, say). Only `$ISOL8_CONFIG` and `~/.isol8/config.json` count.
+    pub fn load_user() -> Result<(ServerConfig, Option<PathBuf>), String> {
+        Self::load_from(false)
+    }
+
+    fn load_from(working_dir: bool) -> Result<(ServerConfig, Option<PathBuf>), String> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         if let Some(explicit) = std::env::var_os("ISOL8_CONFIG") {
             let path = PathBuf::from(explicit);
             return Self::from_file(&path, &env).map(|c| (c, Some(path)));
         }
         let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".isol8/config.json"));
-        for path in [Some(PathBuf::from("isol8.config.json")), home]
-            .into_iter()
-            .flatten()
-        {
+        let here = working_dir.then(|| PathBuf::from("isol8.config.json"));
+        for path in [here, home].into_iter().flatten() {
             if path.is_file() {
                 return Self::from_file(&path, &env).map(|c| (c, Some(path)));
             }
@@ -439,6 +449,16 @@ mod tests {
         assert_eq!(config.oci_runtime.as_deref(), Some("runsc"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert!(!config.reuse_containers);
+    }
+
+    #[test]
+    fn filtered_is_allowed_by_default_and_host_is_not() {
+        let config = ServerConfig::from_value(serde_json::json!({}), "test", &[]).unwrap();
+        assert_eq!(
+            config.allowed_networks,
+            [NetworkMode::None, NetworkMode::Filtered]
+        );
+        assert_eq!(config.default_network, NetworkMode::None);
     }
 
     #[test]

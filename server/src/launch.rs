@@ -33,13 +33,15 @@ pub fn init_logging(debug: bool, json: bool) {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Port (else ISOL8_PORT, PORT, 3000).
+    /// Port to listen on [default: ISOL8_PORT, else PORT, else 3000; a busy one falls back to a free
+    /// port].
     #[arg(short, long)]
     port: Option<String>,
     /// Address to bind.
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
-    /// API key (else ISOL8_API_KEY).
+    /// The API key every request must carry as `Authorization: Bearer <key>` [required; or
+    /// ISOL8_API_KEY].
     #[arg(short, long, env = "ISOL8_API_KEY", hide_env_values = true)]
     key: Option<String>,
     /// Say how to update the server (it is part of this binary) and exit.

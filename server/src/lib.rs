@@ -17,6 +17,7 @@ pub use app::{app, openapi, serve};
 pub use auth::{load_keys, NamedKey};
 pub use config::{LimitsConfig, LogFormat, ServerConfig};
 pub use error::ApiError;
+pub use remote_code::RemoteCodePolicy;
 pub use sessions::check_id as check_session_id;
 pub use state::AppState;
 

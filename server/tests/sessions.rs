@@ -279,7 +279,7 @@ async fn another_key_never_sees_or_reaches_a_session() {
         .json()
         .await
         .unwrap();
-    assert_eq!(cleanup["containers"]["removed"], 1, "{cleanup}");
+    assert_eq!(cleanup["sessions"]["removed"], 1, "{cleanup}");
     let theirs: Value = get(&server, OTHER_KEY, "/sessions")
         .await
         .json()

@@ -93,7 +93,7 @@ async fn the_server_image_built_from_host_binaries_runs_code_through_the_host_en
     );
 
     // The server in its container drives the host's engine through the mounted socket; it gets the
-    // same CA file as the host so it finds the same runtime images.
+    // same CA files as the host so it finds the same runtime images.
     let port = free_port();
     let socket_gid = String::from_utf8_lossy(
         &Command::new("stat")
@@ -104,7 +104,13 @@ async fn the_server_image_built_from_host_binaries_runs_code_through_the_host_en
     )
     .trim()
     .to_string();
-    let ca = std::env::var("ISOL8_EXTRA_CA_CERTS").unwrap_or_default();
+    // The CA files the host trusts (its bundle, then ISOL8_EXTRA_CA_CERTS), mounted at the same
+    // paths and named in the same order, so the server hashes the same images.
+    let ca: Vec<String> = isol8_docker::ImageConfig::default()
+        .ca_files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let mut args = vec![
         "run".to_string(),
         "-d".into(),
@@ -125,14 +131,15 @@ async fn the_server_image_built_from_host_binaries_runs_code_through_the_host_en
         "-e".into(),
         "ISOL8_POOL_SIZE=0".into(),
     ];
-    if !ca.is_empty() {
-        args.extend([
-            "-v".into(),
-            format!("{ca}:{ca}:ro"),
-            "-e".into(),
-            format!("ISOL8_EXTRA_CA_CERTS={ca}"),
-        ]);
+    for file in &ca {
+        args.extend(["-v".into(), format!("{file}:{file}:ro")]);
     }
+    args.extend([
+        "-e".into(),
+        "ISOL8_HOST_CA_CERTS=none".into(),
+        "-e".into(),
+        format!("ISOL8_EXTRA_CA_CERTS={}", ca.join(",")),
+    ]);
     args.extend([tag.clone(), "--bind".into(), "127.0.0.1".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = docker(&args);

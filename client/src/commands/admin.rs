@@ -10,6 +10,7 @@ use isol8_server::ServerConfig;
 
 use super::images::local_engine;
 use crate::err;
+use crate::output::outln;
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -38,17 +39,17 @@ pub fn config(args: ConfigArgs) -> ExitCode {
         Err(e) => return err(e),
     };
     if args.json {
-        println!("{text}");
+        outln!("{text}");
         return ExitCode::SUCCESS;
     }
     match source {
-        Some(path) => println!("Config file: {}", path.display()),
-        None => println!("Config file: none found; using the defaults"),
+        Some(path) => outln!("Config file: {}", path.display()),
+        None => outln!("Config file: none found; using the defaults"),
     }
-    println!(
+    outln!(
         "(ISOL8_... environment variables override single fields; see server/config.schema.json)\n"
     );
-    println!("{text}");
+    outln!("{text}");
     ExitCode::SUCCESS
 }
 
@@ -72,7 +73,7 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         return ExitCode::SUCCESS;
     }
     for c in &managed.containers {
-        println!(
+        outln!(
             "container {}  {}  {}",
             &c.id[..12.min(c.id.len())],
             c.image,
@@ -81,8 +82,8 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
     }
     for i in &managed.images {
         match i.tags.is_empty() {
-            true => println!("image     {} (build intermediate)", short(&i.id)),
-            false => println!("image     {}", i.tags.join(", ")),
+            true => outln!("image     {} (build intermediate)", short(&i.id)),
+            false => outln!("image     {}", i.tags.join(", ")),
         }
     }
     if !args.force && !confirm(&managed) {

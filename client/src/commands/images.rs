@@ -1,5 +1,5 @@
-//! `isol8 setup` and `isol8 build`: building runtime and custom images on the local Docker engine,
-//! with a progress display.
+//! `isol8 setup`, `isol8 build` and `isol8 images`: building runtime and custom images on the local
+//! Docker engine, with a progress display, and listing the custom ones.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -13,16 +13,18 @@ use isol8_server::engine::{BuildProgress, Engine, PackageSet};
 use isol8_server::ServerConfig;
 
 use crate::err;
+use crate::output::outln;
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Rebuild even when an image from the same recipe exists.
     #[arg(long)]
     force: bool,
-    /// Runtimes to build (default: all), comma-separated.
+    /// Runtimes to build, comma-separated [default: all].
     #[arg(long = "runtime", value_delimiter = ',')]
     runtimes: Vec<Runtime>,
-    /// Python packages baked into the image python runs use by default (comma-separated).
+    /// Python packages baked into the image python runs use by default (comma-separated)
+    /// [default: none].
     #[arg(long, value_delimiter = ',', value_name = "PACKAGES")]
     python: Vec<String>,
     /// npm packages baked into the default node image.
@@ -47,12 +49,21 @@ pub struct BuildArgs {
     /// Package to bake in. Repeatable and comma-separated.
     #[arg(long = "install", value_delimiter = ',', value_name = "PACKAGE")]
     install: Vec<String>,
-    /// Extra name for the image (its content-hashed tag is always set).
+    /// Extra name for the image, e.g. my-python [default: only its content-hashed tag,
+    /// isol8-custom-<runtime>:<hash>].
     #[arg(long)]
     tag: Option<String>,
     /// Rebuild even when an image from the same recipe exists.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print the list as JSON (one object per image: tags, runtime, packages, sizeBytes,
+    /// created, current).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Shows build progress: a spinner per image on a terminal, plain lines otherwise.
@@ -129,7 +140,7 @@ pub async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
 pub async fn local_engine() -> Result<Engine, ExitCode> {
     let config = ServerConfig {
         pool_size: 0,
-        ..ServerConfig::load().map_err(err)?.0
+        ..ServerConfig::load_user().map_err(err)?.0
     };
     connect_engine(&config).await
 }
@@ -226,5 +237,115 @@ pub async fn build(args: BuildArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => err(e),
+    }
+}
+
+pub async fn list(args: ImagesArgs) -> ExitCode {
+    let engine = match local_engine().await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let images = engine.custom_images().await;
+    engine.shutdown().await;
+    let images = match images {
+        Ok(i) => i,
+        Err(e) => return err(e),
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&images) {
+            Ok(text) => outln!("{text}"),
+            Err(e) => return err(e),
+        }
+        return ExitCode::SUCCESS;
+    }
+    if images.is_empty() {
+        eprintln!("[INFO] No custom isol8 images. Make one with `isol8 build --base python --install numpy`.");
+        return ExitCode::SUCCESS;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let rows: Vec<[String; 5]> = images
+        .iter()
+        .map(|image| {
+            let mut tag = image.tags.join(", ");
+            if tag.is_empty() {
+                tag = image.id.clone();
+            }
+            if !image.current {
+                tag.push_str(" (stale: built on an older runtime image, never used)");
+            }
+            [
+                tag,
+                image.runtime.to_string(),
+                image.packages.join(","),
+                human_size(image.size_bytes),
+                age(now - image.created),
+            ]
+        })
+        .collect();
+    let header = ["IMAGE", "RUNTIME", "PACKAGES", "SIZE", "CREATED"].map(String::from);
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        outln!("{}", cells.join("  ").trim_end());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Bytes as Docker prints them (decimal units).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes}B"),
+        _ => format!("{value:.1}{}", units[unit]),
+    }
+}
+
+/// Seconds ago, as a person says it.
+fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (n, unit) = match s {
+        0..60 => return "just now".into(),
+        60..3600 => (s / 60, "minute"),
+        3600..86_400 => (s / 3600, "hour"),
+        86_400..2_592_000 => (s / 86_400, "day"),
+        2_592_000..31_536_000 => (s / 2_592_000, "month"),
+        _ => (s / 31_536_000, "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_like_docker_images() {
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(312_400_000), "312.4MB");
+        assert_eq!(age(5), "just now");
+        assert_eq!(age(60), "1 minute ago");
+        assert_eq!(age(7200), "2 hours ago");
+        assert_eq!(age(3 * 86_400), "3 days ago");
     }
 }

@@ -11,76 +11,116 @@ use clap::Args;
 use futures::StreamExt;
 use isol8::Client;
 use isol8_api::{
-    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionStatus, NetworkFilter, NetworkMode,
-    Runtime, StreamEventType,
+    BufferTag, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionStatus, FileData,
+    NetworkFilter, NetworkMode, NodeBuffer, Runtime, StreamEventType,
 };
 use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
 
 use super::images::{connect_engine, Progress};
 use super::sessions::{expire_local, use_local};
-use crate::err;
+use crate::{err, output};
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").args(["file", "eval", "cmd", "url", "github", "gist"]))]
 pub struct RunArgs {
-    /// File to run; the runtime comes from its extension unless --runtime is given.
+    /// File to run; the runtime comes from its extension unless --runtime is given. Without a
+    /// file, -e, --cmd or a remote source, the code is read from standard input.
     file: Option<PathBuf>,
-    /// Code to run.
-    #[arg(short = 'e', long = "eval")]
+    /// Code to run [default runtime: python].
+    #[arg(short = 'e', long = "eval", value_name = "CODE")]
     eval: Option<String>,
-    /// python, node, bun, deno or bash.
+    /// A shell command, run with `bash -c` in the runtime's image [default runtime: bash].
+    #[arg(long, value_name = "COMMAND")]
+    cmd: Option<String>,
+    /// python, node, bun, deno or bash [default: from the file's or URL's extension; python for
+    /// -e and standard input; bash for --cmd].
     #[arg(short, long)]
     runtime: Option<String>,
-    /// Data for the program's standard input.
+    /// Code the server fetches from this URL (its remoteCode policy decides what it may fetch).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Code from GitHub: owner/repo/ref/path/to/file (raw.githubusercontent.com).
+    #[arg(long, value_name = "OWNER/REPO/REF/PATH")]
+    github: Option<String>,
+    /// Code from a GitHub gist: gistId/file.ext (gist.githubusercontent.com).
+    #[arg(long, value_name = "ID/FILE")]
+    gist: Option<String>,
+    /// SHA-256 (hex) the fetched code must have (--url, --github, --gist).
+    #[arg(long, value_name = "SHA256")]
+    hash: Option<String>,
+    /// Let the server fetch code over plain http:// (where its policy permits it).
     #[arg(long)]
+    allow_insecure_code_url: bool,
+    /// Shell commands run before the code, in the same sandbox; a value naming an existing file
+    /// is replaced by its contents. Repeatable; joined with newlines.
+    #[arg(long = "setup", value_name = "COMMAND|FILE")]
+    setup: Vec<String>,
+    /// Working directory, /sandbox or inside it [default: /sandbox].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Copy this folder's files (recursively; not .git, node_modules, __pycache__, .venv, venv,
+    /// .tox) into the sandbox: DIR/a/b.txt lands at /sandbox/a/b.txt.
+    #[arg(long, value_name = "DIR")]
+    files: Option<PathBuf>,
+    /// Data for the program's standard input [default: none, the program reads end-of-file].
+    #[arg(long, value_name = "DATA")]
     stdin: Option<String>,
-    /// Wait for the whole result instead of streaming output.
+    // -i/--interactive (live standard input and Ctrl-C over GET /execute/ws) is a third output
+    // mode beside --no-stream; see `Mode`.
+    /// Wait for the whole result instead of streaming output as it is produced.
     #[arg(long)]
     no_stream: bool,
-    /// Network: none (default), host, or filtered (only hosts matching --allow).
-    #[arg(long)]
+    /// Network: none, host, or filtered (only hosts matching --allow) [default: the server's
+    /// defaultNetwork, none; filtered with --install].
+    #[arg(long, value_name = "MODE")]
     net: Option<NetworkMode>,
-    /// Regex of hostnames the program may reach in filtered mode. Repeatable.
-    #[arg(long = "allow")]
+    /// Regex of hostnames the program may reach in filtered mode. Repeatable [default: none
+    /// reachable].
+    #[arg(long = "allow", value_name = "REGEX")]
     allow: Vec<String>,
     /// Regex of hostnames refused in filtered mode (wins over --allow). Repeatable.
-    #[arg(long = "deny")]
+    #[arg(long = "deny", value_name = "REGEX")]
     deny: Vec<String>,
-    /// Package to make available before the run. Repeatable. Without --net this selects
-    /// filtered networking with the runtime's package registry allowed.
-    #[arg(long = "install")]
+    /// Package to make available before the run (a custom image holding it, else installed at
+    /// the start through the filtered proxy). Repeatable. Without --net this selects filtered
+    /// networking with the runtime's package registry allowed.
+    #[arg(long = "install", value_name = "PACKAGE")]
     install: Vec<String>,
     /// Print the network requests the program made (filtered mode) on stderr.
     #[arg(long)]
     log_network: bool,
-    /// Time limit in milliseconds.
-    #[arg(long)]
+    /// Time limit in milliseconds [default: the server's defaults.timeoutMs, 30000].
+    #[arg(long, value_name = "MS")]
     timeout: Option<u64>,
-    /// Memory limit, e.g. 512m or 1g.
-    #[arg(long)]
+    /// Memory limit, e.g. 512m or 1g; no swap [default: the server's, 512m].
+    #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
-    /// CPU cores.
-    #[arg(long)]
+    /// CPU cores [default: the server's, 1].
+    #[arg(long, value_name = "CORES")]
     cpu: Option<f64>,
-    #[arg(long)]
+    /// Processes and threads [default: the server's, 64].
+    #[arg(long, value_name = "N")]
     pids_limit: Option<u64>,
-    /// Bytes of output kept per stream.
-    #[arg(long)]
+    /// Bytes of output kept per stream [default: the server's, 1048576].
+    #[arg(long, value_name = "BYTES")]
     max_output: Option<u64>,
-    #[arg(long)]
+    /// Size of the /sandbox tmpfs [default: the server's, 512m].
+    #[arg(long, value_name = "SIZE")]
     sandbox_size: Option<String>,
-    #[arg(long)]
+    /// Size of the /tmp tmpfs [default: the server's, 256m].
+    #[arg(long, value_name = "SIZE")]
     tmp_size: Option<String>,
-    /// KEY=VALUE, set in the sandbox and masked in all output. Repeatable.
-    #[arg(long = "secret")]
+    /// KEY=VALUE, set in the sandbox and masked as *** in all output. Repeatable.
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
     secrets: Vec<String>,
     /// KEY=VALUE environment variable. Repeatable.
-    #[arg(long = "env")]
+    #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
     /// Also write stdout to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Use this image instead of the runtime's.
+    /// Use this isol8 image of the runtime instead of its default (e.g. one from `isol8 build`).
     #[arg(long)]
     image: Option<String>,
     /// Keep the container after the run for inspection and print its id.
@@ -93,12 +133,22 @@ pub struct RunArgs {
     /// The session to run in (created on first use; implies --persistent).
     #[arg(long, value_name = "NAME")]
     session_id: Option<String>,
-    /// A remote isol8 server, e.g. http://host:3000.
-    #[arg(long)]
+    /// A remote isol8 server, e.g. http://host:3000 [default: a server started in this process
+    /// on loopback].
+    #[arg(long, value_name = "URL")]
     host: Option<String>,
     /// API key for --host.
     #[arg(long, env = "ISOL8_API_KEY", hide_env_values = true)]
     key: Option<String>,
+}
+
+/// How `run` hands output over. (`-i/--interactive` joins these with the WebSocket route.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `POST /execute/stream`: output is printed as it is produced.
+    Stream,
+    /// `POST /execute`: everything is printed at the end.
+    Wait,
 }
 
 fn parse_pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -111,50 +161,238 @@ fn parse_pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>,
         .collect()
 }
 
-fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
-    let (code, from_file) = match (&args.eval, &args.file) {
-        (Some(_), Some(_)) => return Err("give a file or --eval, not both".into()),
-        (Some(code), None) => (code.clone(), None),
+/// What the run executes, as the user named it.
+enum Source {
+    Code { code: String, file: Option<PathBuf> },
+    Command(String),
+    Remote(String),
+}
+
+/// `--github owner/repo/ref/path/to/file` → its raw.githubusercontent.com URL.
+fn github_url(spec: &str) -> Result<String, String> {
+    let parts: Vec<&str> = spec.trim_matches('/').split('/').collect();
+    if parts.len() < 4 || parts.iter().any(|p| p.is_empty()) {
+        return Err("--github format must be owner/repo/ref/path/to/file".into());
+    }
+    Ok(format!(
+        "https://raw.githubusercontent.com/{}",
+        parts.join("/")
+    ))
+}
+
+/// `--gist gistId/file.ext` → its gist.githubusercontent.com raw URL.
+fn gist_url(spec: &str) -> Result<String, String> {
+    match spec.trim_matches('/').split('/').collect::<Vec<_>>()[..] {
+        [id, file] if !id.is_empty() && !file.is_empty() => Ok(format!(
+            "https://gist.githubusercontent.com/{id}/raw/{file}"
+        )),
+        _ => Err("--gist format must be gistId/file.ext".into()),
+    }
+}
+
+fn source(args: &RunArgs) -> Result<Source, String> {
+    if let Some(cmd) = &args.cmd {
+        return Ok(Source::Command(cmd.clone()));
+    }
+    let remote = match (&args.url, &args.github, &args.gist) {
+        (Some(url), _, _) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!(
+                    "--url \"{url}\" must be an http:// or https:// URL"
+                ));
+            }
+            Some(url.clone())
+        }
+        (_, Some(spec), _) => Some(github_url(spec)?),
+        (_, _, Some(spec)) => Some(gist_url(spec)?),
+        _ => None,
+    };
+    if let Some(url) = remote {
+        return Ok(Source::Remote(url));
+    }
+    if args.hash.is_some() || args.allow_insecure_code_url {
+        return Err(
+            "--hash and --allow-insecure-code-url go with --url, --github or --gist".into(),
+        );
+    }
+    match (&args.eval, &args.file) {
+        (Some(code), _) => Ok(Source::Code {
+            code: code.clone(),
+            file: None,
+        }),
         (None, Some(path)) => {
             let code = std::fs::read_to_string(path)
                 .map_err(|_| format!("File not found: {}", path.display()))?;
-            (code, Some(path))
+            Ok(Source::Code {
+                code,
+                file: Some(path.clone()),
+            })
         }
         (None, None) => {
             if std::io::stdin().is_terminal() {
-                return Err("no code given: pass a file, -e <code>, or pipe code on stdin".into());
+                return Err(
+                    "no code given: pass a file, -e <code>, --cmd <command>, or pipe code on stdin"
+                        .into(),
+                );
             }
             let mut code = String::new();
             std::io::stdin()
                 .read_to_string(&mut code)
                 .map_err(|e| format!("cannot read code from stdin: {e}"))?;
-            (code, None)
+            Ok(Source::Code { code, file: None })
         }
+    }
+}
+
+/// The extension of the last path segment of `url` (query and fragment ignored).
+fn url_extension(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?;
+    let name = path.rsplit('/').next()?;
+    let (stem, ext) = name.rsplit_once('.')?;
+    (!stem.is_empty() && !ext.is_empty()).then(|| ext.to_string())
+}
+
+/// `--setup` values: a value naming an existing file is that file's contents; joined by newlines.
+fn setup_script(values: &[String]) -> Result<Option<String>, String> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let parts = values
+        .iter()
+        .map(|v| match std::path::Path::new(v).is_file() {
+            true => std::fs::read_to_string(v).map_err(|e| format!("--setup {v}: {e}")),
+            false => Ok(v.clone()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(parts.join("\n")))
+}
+
+/// Folders `--files` never copies: version control, dependencies and caches a sandbox rebuilds.
+const SKIPPED_DIRS: [&str; 6] = [
+    ".git",
+    "node_modules",
+    "__pycache__",
+    ".venv",
+    "venv",
+    ".tox",
+];
+
+/// `--files DIR`: every text file under `dir` (skipping [`SKIPPED_DIRS`]) as `/sandbox/<rel>`.
+fn sandbox_files(dir: &std::path::Path) -> Result<BTreeMap<String, FileData>, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "--files path is not a directory: {}",
+            dir.display()
+        ));
+    }
+    let mut files = BTreeMap::new();
+    let walk = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0
+                || !(e.file_type().is_dir()
+                    && SKIPPED_DIRS.contains(&e.file_name().to_string_lossy().as_ref()))
+        });
+    for entry in walk {
+        let entry = entry.map_err(|e| format!("--files: {e}"))?;
+        // Symlinks to files are followed; symlinked folders are not entered.
+        if !entry.path().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .map_err(|e| format!("--files: {e}"))?;
+        let rel: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        // Text as text; anything else as a Node Buffer, whose bytes are written exactly.
+        match std::fs::read(entry.path()) {
+            Ok(bytes) => {
+                let content = match String::from_utf8(bytes) {
+                    Ok(text) => FileData::Text(text),
+                    Err(not_text) => FileData::Buffer(NodeBuffer {
+                        kind: BufferTag::Buffer,
+                        data: not_text.into_bytes(),
+                    }),
+                };
+                files.insert(format!("/sandbox/{}", rel.join("/")), content);
+            }
+            Err(e) => return Err(format!("--files: {}: {e}", entry.path().display())),
+        }
+    }
+    Ok(files)
+}
+
+fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
+    let source = source(args)?;
+    let extension = match &source {
+        Source::Code {
+            file: Some(path), ..
+        } => path.extension().map(|e| e.to_string_lossy().to_string()),
+        Source::Remote(url) => url_extension(url),
+        _ => None,
     };
-    let extension = from_file
-        .and_then(|p| p.extension())
-        .map(|e| e.to_string_lossy().to_string());
-    let runtime = match (&args.runtime, &extension) {
-        (Some(name), _) => name
+    let runtime = match (&args.runtime, &source, &extension) {
+        (Some(name), _, _) => name
             .parse::<Runtime>()
             .map_err(|e| format!("{e}. Use --runtime to specify."))?,
-        (None, Some(ext)) => Runtime::from_extension(ext).ok_or_else(|| {
+        (None, Source::Command(_), _) => Runtime::Bash,
+        (None, Source::Code { file: None, .. }, _) => Runtime::Python,
+        (None, _, Some(ext)) => Runtime::from_extension(ext).ok_or_else(|| {
             format!("Cannot detect the runtime of \".{ext}\" files. Use --runtime to specify.")
         })?,
-        (None, None) => {
+        (None, Source::Remote(_), None) => {
             return Err(
-                "Cannot detect the runtime without a file. Use --runtime to specify.".into(),
+                "Cannot detect the runtime from the URL path. Use --runtime to specify.".into(),
             )
         }
+        (
+            None,
+            Source::Code {
+                file: Some(path), ..
+            },
+            None,
+        ) => {
+            return Err(format!(
+                "Cannot detect the runtime of {}. Use --runtime to specify.",
+                path.display()
+            ))
+        }
     };
+    if let Some(hash) = &args.hash {
+        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "--hash \"{hash}\" must be a SHA-256 in hex (64 characters)"
+            ));
+        }
+    }
+    let (code, cmd, code_url) = match source {
+        Source::Code { code, .. } => (Some(code), None, None),
+        Source::Command(cmd) => (None, Some(cmd), None),
+        Source::Remote(url) => (None, None, Some(url)),
+    };
+    let remote = code_url.is_some();
     let request = ExecutionRequest {
         runtime,
-        code: Some(code),
+        code,
+        cmd,
+        code_url,
+        code_hash: args.hash.clone(),
+        allow_insecure_code_url: (remote && args.allow_insecure_code_url).then_some(true),
         stdin: args.stdin.clone(),
         timeout_ms: args.timeout,
         env: parse_pairs("--env", &args.env)?,
         file_extension: extension.map(|e| format!(".{e}")),
+        files: match &args.files {
+            Some(dir) => sandbox_files(dir)?,
+            None => BTreeMap::new(),
+        },
         install_packages: args.install.clone(),
+        setup_script: setup_script(&args.setup)?,
+        workdir: args.workdir.clone(),
         ..Default::default()
     };
     // --install needs a way to the package registry: filtered networking, unless --net says otherwise.
@@ -214,12 +452,15 @@ fn random_hex(bytes: usize) -> String {
 async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
     let mut config = ServerConfig {
         pool_size: 0,
-        ..ServerConfig::load().map_err(err)?.0
+        ..ServerConfig::load_user().map_err(err)?.0
     };
-    // The user at the terminal is the operator: filtered networking (rules they give) is theirs.
+    // The user at the terminal is the operator: filtered networking (rules they give) is theirs,
+    // and so is fetching the code they name with --url (https and public addresses only, unless
+    // their own config says more).
     if !config.allowed_networks.contains(&NetworkMode::Filtered) {
         config.allowed_networks.push(NetworkMode::Filtered);
     }
+    config.remote_code.enabled = true;
     let engine = connect_engine(&config).await?;
     // The first local run on a machine builds the runtime's image.
     let progress = Progress::new(false);
@@ -290,14 +531,17 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         None => None,
     };
     let mut write_stdout = |text: &str| {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
         if let Some(f) = out_file.as_mut() {
             let _ = f.write_all(text.as_bytes());
         }
+        output::write_stdout(text.as_bytes());
     };
-    let (status, exit_code, container) = if args.no_stream {
+    let mode = if args.no_stream {
+        Mode::Wait
+    } else {
+        Mode::Stream
+    };
+    let (status, exit_code, container) = if mode == Mode::Wait {
         let result = match client.execute(body).await {
             Ok(r) => r,
             Err(e) => return err(e),

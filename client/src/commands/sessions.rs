@@ -11,12 +11,13 @@ use isol8_server::engine::Engine;
 
 use super::images::local_engine;
 use crate::err;
+use crate::output::outln;
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
     #[command(subcommand)]
     command: SessionCommand,
-    /// A remote isol8 server; without it, the sessions of this machine's CLI.
+    /// A remote isol8 server [default: the sessions of this machine's CLI].
     #[arg(long, global = true)]
     host: Option<String>,
     /// API key for --host.
@@ -64,9 +65,11 @@ async fn remote(client: Client, command: SessionCommand) -> ExitCode {
             Ok(list) => {
                 for s in list.sessions {
                     let state = if s.is_active { "busy" } else { "idle" };
-                    println!(
+                    outln!(
                         "{}  {}  {state}  last used {}",
-                        s.id, s.runtime, s.last_accessed_at
+                        s.id,
+                        s.runtime,
+                        s.last_accessed_at
                     );
                 }
                 ExitCode::SUCCESS
@@ -108,7 +111,7 @@ async fn local(command: SessionCommand) -> ExitCode {
             Ok(list) => {
                 for s in list {
                     let state = if s.running { "running" } else { "stopped" };
-                    println!("{}  {}  {state}", s.id, s.runtime);
+                    outln!("{}  {}  {state}", s.id, s.runtime);
                 }
                 ExitCode::SUCCESS
             }
@@ -131,7 +134,7 @@ async fn local(command: SessionCommand) -> ExitCode {
 fn print_json(value: &impl serde::Serialize) -> ExitCode {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
-            println!("{text}");
+            outln!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => err(e),
