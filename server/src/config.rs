@@ -139,6 +139,15 @@ pub struct ServerConfig {
     /// Log format.
     #[schema(inline)]
     pub log_format: LogFormat,
+    /// Keys and tenants in a database (SQLite, or PostgreSQL shared by replicas).
+    #[schema(inline)]
+    pub auth: crate::db::AuthConfig,
+    /// The audit trail of executions, in the auth database.
+    #[schema(inline)]
+    pub audit: crate::db::AuditConfig,
+    /// What one tenant (a keys-file or database key's) may use at once on this replica.
+    #[schema(inline)]
+    pub tenant_limits: crate::db::TenantLimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -195,6 +204,9 @@ impl Default for ServerConfig {
             keys_file: None,
             oci_runtime: None,
             log_format: LogFormat::Text,
+            auth: Default::default(),
+            audit: Default::default(),
+            tenant_limits: Default::default(),
         }
     }
 }
@@ -304,6 +316,8 @@ impl ServerConfig {
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());
         }
+        self.auth.validate()?;
+        self.tenant_limits.validate()?;
         Ok(())
     }
 

@@ -15,13 +15,13 @@ use isol8_api::{
     ErrorBody, ExecuteBody, ExecutionResult, NetworkMode, StreamEvent, StreamEventType, StreamPhase,
 };
 use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Caller;
+use crate::db::AuditTicket;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::policy;
-use crate::state::AppState;
+use crate::state::{AppState, Slot};
 
 fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
     let mut options = body.options.clone().unwrap_or_default();
@@ -88,9 +88,11 @@ pub async fn execute(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
+    let audit = AuditTicket::new(&state, &caller, &body);
     let (events, _slot) = start(&state, &caller, &headers, &body).await?;
     let result = Engine::collect(events).await?;
     state.metrics.record_execution(&result);
+    audit.record(&result).await;
     Ok(Json(result))
 }
 
@@ -105,7 +107,7 @@ async fn start(
     caller: &Caller,
     headers: &HeaderMap,
     body: &ExecuteBody,
-) -> Result<(RunEvents, OwnedSemaphorePermit), ApiError> {
+) -> Result<(RunEvents, Slot), ApiError> {
     let plan = plan(state, caller, body)?;
     let session_id = match &body.session_id {
         Some(id) => Some(id.clone()),
@@ -116,17 +118,20 @@ async fn start(
             .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
     };
     let Some(id) = session_id else {
-        let slot = state.acquire_slot().await?;
+        let slot = state.acquire_slot(caller).await?;
         return Ok((state.engine.execute_stream(plan).await?, slot));
     };
-    let session = state
-        .sessions
-        .get_or_create(&caller.owner, &id, plan.runtime)?;
+    let session = state.sessions.get_or_create(
+        &caller.owner,
+        &id,
+        plan.runtime,
+        caller.limits.map(|l| l.max_sessions),
+    )?;
     session.touch();
     // The session's turn first, then an execution slot: calls queued on a busy session must not
     // hold slots other clients could use.
     let locked = Arc::clone(&session.slot).lock_owned().await;
-    let slot = state.acquire_slot().await?;
+    let slot = state.acquire_slot(caller).await?;
     let key = session.key(state.sessions.local);
     match state.engine.execute_in_session(locked, &key, plan).await {
         Ok(events) => Ok((events, slot)),
@@ -158,6 +163,7 @@ pub async fn execute_stream(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let audit = AuditTicket::new(&state, &caller, &body);
     let (mut events, slot) = start(&state, &caller, &headers, &body).await?;
     let stream = async_stream::stream! {
         // The slot is held until the stream ends or the client goes away.
@@ -165,6 +171,7 @@ pub async fn execute_stream(
         while let Some(event) = events.recv().await {
             if let RunEvent::Finished(result) = &event {
                 state.metrics.record_execution(result);
+                audit.record(result).await;
             }
             yield Ok::<Event, Infallible>(to_sse(event));
         }
