@@ -41,15 +41,17 @@ fn serve(home: &Path) -> Serve {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut listening = false;
-    for line in lines {
+    for line in lines.by_ref() {
         if line.unwrap().contains("listening on") {
             listening = true;
             break;
         }
     }
     assert!(listening, "the server did not start");
+    // Drained until the server exits, so its later lines never meet a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Serve {
         child,
         host: format!("http://127.0.0.1:{port}"),
