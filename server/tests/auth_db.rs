@@ -929,8 +929,18 @@ async fn no_key_reaches_the_log(connection: &str) {
 
 #[tokio::test]
 async fn sqlite_keys_are_made_listed_used_revoked_and_expire() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     keys_are_made_listed_used_revoked_and_expire(&sqlite_file(&dir)).await;
+    let mode = std::fs::metadata(sqlite_file(&dir))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the database file is the server's user's alone"
+    );
 }
 
 #[tokio::test]

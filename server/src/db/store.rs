@@ -166,6 +166,10 @@ impl Database {
             target: redact(connection),
             source,
         };
+        // A file this server creates is readable by its user only (its journals follow its mode).
+        let creates_file = backend == Backend::Sqlite
+            && !connection.starts_with("sqlite:")
+            && !Path::new(connection).exists();
         let url = match backend {
             Backend::Postgres => connection.trim().to_string(),
             Backend::Sqlite if connection.starts_with("sqlite:") => connection.to_string(),
@@ -204,6 +208,12 @@ impl Database {
             .connect_with(options)
             .await
             .map_err(failed)?;
+        if creates_file {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(connection, private)
+                .map_err(|e| failed(sqlx::Error::Io(e)))?;
+        }
         Ok(Database {
             pool,
             backend,
