@@ -16,6 +16,13 @@ command -v python3 >/dev/null || apt_install python3
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 command -v kubectl >/dev/null || apt_install kubernetes-client
 
+# PostgreSQL, for the key store's tests (server/tests/auth_db.rs): only the binaries are needed;
+# each test run starts its own server on a loopback port with a data directory in a temp dir, as
+# the `postgres` user, and stops it. The package's own cluster is not used.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+
 # Python tools of the suite, pinned, in a venv under target/.
 mkdir -p target
 PY_TOOLS=target/py-tools

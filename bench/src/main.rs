@@ -16,7 +16,7 @@ use isol8_api::{
     ExecuteBody, ExecutionOptions, ExecutionRequest, NetworkMode, Runtime, StreamEventType,
 };
 use isol8_server::engine::{ContainerSpec, Engine, Limits};
-use isol8_server::{AppState, ServerConfig};
+use isol8_server::{AppState, Database, ServerConfig};
 use serde_json::{json, Value};
 
 const WARMUP: usize = 5;
@@ -277,6 +277,75 @@ async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
     Ok((Client::new(format!("http://{addr}"), "bench-key"), engine))
 }
 
+/// p50 and p99 (ms) of `GET /sessions` with `client`'s key: the request does auth and nothing
+/// that costs more, so the difference between two keys is what their authentication costs.
+async fn auth_latency(client: &Client, requests: usize) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(requests);
+    for i in 0..WARMUP + requests {
+        let started = Instant::now();
+        client.list_sessions().await?;
+        if i >= WARMUP {
+            samples.push(started.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// Auth cost of a database key over the master key: a server over a SQLite file (and over
+/// PostgreSQL when `ISOL8_BENCH_POSTGRES` names one), the same requests with each key, interleaved
+/// in rounds so drift on a noisy machine hits both alike. Returns (backend, master p50, db p50,
+/// db p99, target ms).
+async fn auth_figures() -> Result<Vec<(String, f64, f64, f64, f64)>> {
+    let dir = std::env::temp_dir().join(format!("isol8-bench-auth-{}", std::process::id()));
+    let mut backends = vec![(
+        "SQLite".to_string(),
+        dir.join("auth.db").to_string_lossy().into_owned(),
+        0.5,
+    )];
+    if let Ok(url) = std::env::var("ISOL8_BENCH_POSTGRES") {
+        backends.push(("PostgreSQL (loopback)".to_string(), url, 1.0));
+    }
+    let mut figures = Vec::new();
+    for (name, connection, target) in backends {
+        let config = ServerConfig {
+            pool_size: 0,
+            ..ServerConfig::default()
+        };
+        let db = Database::open(&connection, &config.auth, &config.audit).await?;
+        let engine = Engine::connect(config.engine_config()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let state = AppState::new(engine.clone(), config, "bench-key".into()).with_database(db);
+        let server = tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
+        let master = Client::new(base.clone(), "bench-key");
+        let created = master
+            .create_key(&isol8_api::CreateKeyRequest {
+                name: "bench".into(),
+                ..Default::default()
+            })
+            .await?;
+        let keyed = Client::new(base, created.key);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            theirs.extend(auth_latency(&master, 100).await?);
+            ours.extend(auth_latency(&keyed, 100).await?);
+        }
+        ours.sort();
+        theirs.sort();
+        figures.push((
+            name,
+            p50(&theirs),
+            p50(&ours),
+            quantile(&ours, 0.99),
+            target,
+        ));
+        server.abort();
+        engine.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
+
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -379,6 +448,17 @@ fn cold_runs(argv: &[&str], runs: usize) -> Result<Vec<Duration>> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // `isol8-bench auth`: only the auth figures (no runtime images needed).
+    if std::env::args().nth(1).as_deref() == Some("auth") {
+        for (name, master, db, db_p99, target) in auth_figures().await? {
+            println!(
+                "auth, {name}: master key p50 {master:.3} ms, database key p50 {db:.3} ms (p99 {db_p99:.3}), \
+                 +{:.3} ms (target ≤ +{target} ms)",
+                db - master
+            );
+        }
+        return Ok(());
+    }
     let seconds: u64 = std::env::var("ISOL8_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -502,6 +582,19 @@ async fn main() -> Result<()> {
         "HTTP+JSON+auth+policy, client-observed on loopback",
         json!({"p50": p50(&rejected), "p99": quantile(&rejected, 0.99)}),
     );
+
+    eprintln!("auth: database key vs master key…");
+    for (name, master, db, db_p99, target) in auth_figures().await? {
+        add(
+            &format!("auth, database key on {name} (ms added)"),
+            format!("{:.3} (p50 {db:.3}, p99 {db_p99:.3})", db - master),
+            format!("{master:.3} master key p50"),
+            (db - master) / target,
+            1.0,
+            &format!("GET /sessions, target: ≤ +{target} ms p50"),
+            json!({"master_p50": master, "db_p50": db, "db_p99": db_p99, "target_ms": target}),
+        );
+    }
 
     eprintln!("throughput ({seconds} s each)…");
     let host_rate = host_throughput(8, seconds);

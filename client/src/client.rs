@@ -2,7 +2,10 @@
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use isol8_api::{ErrorBody, ExecuteBody, ExecutionResult, SessionList, StreamEvent};
+use isol8_api::{
+    AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody, ExecutionResult,
+    KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, SessionList, StreamEvent,
+};
 
 /// Failures talking to an isol8 server.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,47 @@ impl Client {
         self.send(self.http.delete(self.url(&path)), &path)
             .await
             .map(drop)
+    }
+
+    /// Reads a JSON answer.
+    async fn json<T: serde::de::DeserializeOwned>(
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST /auth/login` (master key): a fresh key for this client.
+    pub async fn login(&self, body: &LoginRequest) -> Result<LoginResponse, ClientError> {
+        let request = self.http.post(self.url("/auth/login")).json(body);
+        Self::json(self.send(request, "/auth/login").await?).await
+    }
+
+    /// `POST /auth/keys` (master key).
+    pub async fn create_key(&self, body: &CreateKeyRequest) -> Result<CreatedKey, ClientError> {
+        let request = self.http.post(self.url("/auth/keys")).json(body);
+        Self::json(self.send(request, "/auth/keys").await?).await
+    }
+
+    /// `GET /auth/keys` (master key).
+    pub async fn list_keys(&self, query: &KeyQuery) -> Result<KeyList, ClientError> {
+        let request = self.http.get(self.url("/auth/keys")).query(query);
+        Self::json(self.send(request, "/auth/keys").await?).await
+    }
+
+    /// `DELETE /auth/keys/{id}` (master key).
+    pub async fn revoke_key(&self, id: &str) -> Result<RevokedKey, ClientError> {
+        let path = format!("/auth/keys/{id}");
+        let request = self.http.delete(self.url(&path));
+        Self::json(self.send(request, &path).await?).await
+    }
+
+    /// `GET /audit` (master key).
+    pub async fn audit(&self, query: &AuditQuery) -> Result<AuditList, ClientError> {
+        let request = self.http.get(self.url("/audit")).query(query);
+        Self::json(self.send(request, "/audit").await?).await
     }
 
     /// `POST /execute`.

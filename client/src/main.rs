@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use commands::admin::{self, CleanupArgs, ConfigArgs};
+use commands::audit::{self as audit_cmd, AuditArgs};
 use commands::images::{self, BuildArgs, ImagesArgs, SetupArgs};
+use commands::keys::{self as keys_cmd, KeysArgs};
+use commands::login::{self, LoginArgs};
 use commands::run::{self, RunArgs};
 use commands::sessions::{self, SessionArgs};
 use isol8_server::launch::{self, ServeArgs};
@@ -113,6 +116,30 @@ Examples:
   isol8 session stop my-notebook
   isol8 session list --host http://sandbox:3000 --key \"$KEY\" --json")]
     Session(SessionArgs),
+    /// Get a fresh key from a server (with its master key) and store it for that host.
+    ///
+    /// Later remote commands for that host use it when neither --key nor ISOL8_API_KEY is given.
+    ///
+    /// Examples:
+    ///   isol8 login --host https://sandbox.example.com --key "$MASTER_KEY" --ttl 86400000
+    #[command(verbatim_doc_comment)]
+    Login(LoginArgs),
+    /// Forget the stored credentials (~/.isol8/credentials.json); the key stays valid on the server.
+    Logout,
+    /// Make, list or revoke a server's keys (master key).
+    ///
+    /// Examples:
+    ///   isol8 keys create --host http://sandbox:3000 --name ci --tenant team-a
+    ///   isol8 keys list --host http://sandbox:3000 --json
+    ///   isol8 keys revoke --host http://sandbox:3000 KEY_ID
+    #[command(verbatim_doc_comment)]
+    Keys(KeysArgs),
+    /// Show a server's audit trail of executions (master key).
+    ///
+    /// Examples:
+    ///   isol8 audit --host http://sandbox:3000 --tenant team-a --since 2026-11-29T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
     /// Show the resolved configuration and where it came from.
     #[command(after_help = "\
 Examples:
@@ -157,6 +184,10 @@ fn main() -> ExitCode {
             Command::Build(args) => images::build(args).await,
             Command::Images(args) => images::list(args).await,
             Command::Session(args) => sessions::session(args).await,
+            Command::Login(args) => login::login(args).await,
+            Command::Logout => login::logout(),
+            Command::Keys(args) => keys_cmd::keys(args).await,
+            Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Config(args) => admin::config(args),
             Command::Cleanup(args) => admin::cleanup(args).await,
             Command::Completions { shell } => {

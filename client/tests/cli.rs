@@ -164,7 +164,7 @@ fn bad_input_gets_clear_errors() {
         "1",
     ]);
     assert!(
-        stderr(&out).contains("API key required. Use --key or set ISOL8_API_KEY."),
+        stderr(&out).contains("API key required. Use --key, set ISOL8_API_KEY"),
         "{}",
         stderr(&out)
     );

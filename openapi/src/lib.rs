@@ -1,10 +1,15 @@
 //! isol8 wire types: the JSON bodies of the HTTP API (serde + utoipa schemas), shared by server and client.
 
+mod auth;
 mod execution;
 mod misc;
 mod session;
 mod stream;
 
+pub use auth::{
+    AuditEntry, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, KeyInfo, KeyLimits, KeyList,
+    KeyQuery, LoginRequest, LoginResponse, RevokedKey,
+};
 pub use execution::{
     BufferTag, EngineMode, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult,
     ExecutionStatus, FileData, NetworkAction, NetworkFilter, NetworkLogEntry, NetworkMode,

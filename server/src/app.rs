@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use crate::auth::require_key;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{execute, sessions, system, ws};
+use crate::routes::{audit, auth, execute, sessions, system, ws};
 use crate::state::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
@@ -60,6 +60,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::delete_session))
         .routes(routes!(sessions::write_file, sessions::read_file))
+        .routes(routes!(auth::create_key, auth::list_keys))
+        .routes(routes!(auth::revoke_key))
+        .routes(routes!(auth::login))
+        .routes(routes!(audit::audit))
 }
 
 /// The OpenAPI document of the routes `app` serves, with the rules utoipa's attributes cannot state.
@@ -295,6 +299,11 @@ pub async fn serve(
     });
     let sessions = Arc::clone(&state.sessions);
     let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
+    // Background task: deletes long-expired keys and audit rows past their retention.
+    let sweeper = state
+        .database
+        .clone()
+        .map(|db| tokio::spawn(db.sweep_forever()));
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_millis(state.config.request_read_timeout_ms),
         max_connections: state.config.max_connections,
@@ -307,6 +316,9 @@ pub async fn serve(
     .await;
     reaper.abort();
     expiry.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     sessions.close_all(&engine).await;
     engine.shutdown().await;
 }

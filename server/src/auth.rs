@@ -1,4 +1,6 @@
-//! Bearer-key authentication for every route but the probes (`/health`, `/ready`).
+//! Bearer-key authentication for every route but the probes (`/health`, `/ready`): the master
+//! key, the keys file's named keys and, when enabled, the database's keys; and the rule that
+//! key management and the audit trail take the master key.
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -8,19 +10,43 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::tenants::TenantLimits;
 
 /// Paths answered without a key.
 /// Probes stay open so orchestrators can call them without the key; they reveal no data.
 const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
 
+/// Routes only the master key may call (403 for any other key, before the body is read).
+fn master_only(path: &str) -> bool {
+    path == "/audit" || path.starts_with("/audit/") || path == "/auth" || path.starts_with("/auth/")
+}
+
 /// The caller's identity, put into request extensions for handlers.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// What sessions and warm containers are scoped to: the tenant of a named key, else the
-    /// master key's identity.
+    /// What sessions and warm containers are scoped to: `tenant:<id>` for a tenant's key, else
+    /// the master key's identity.
     pub owner: String,
     /// Called with the master key (`--key` / `ISOL8_API_KEY`), which may run server-wide actions.
     pub master: bool,
+    /// The tenant of a keys-file or database key; `None` for the master key.
+    pub tenant: Option<String>,
+    /// The database key used, if one was.
+    pub key_id: Option<String>,
+    /// The tenant's limits for this call; `None` (unlimited) for the master key.
+    pub limits: Option<TenantLimits>,
+}
+
+impl Caller {
+    fn tenant(tenant: &str, key_id: Option<String>, limits: TenantLimits) -> Caller {
+        Caller {
+            owner: format!("tenant:{tenant}"),
+            master: false,
+            tenant: Some(tenant.to_string()),
+            key_id,
+            limits: Some(limits),
+        }
+    }
 }
 
 /// One key of the keys file: `[{"name": "ci", "key": "...", "tenant": "team-a"}]`.
@@ -50,8 +76,35 @@ pub fn load_keys(path: &std::path::Path) -> Result<Vec<NamedKey>, String> {
     Ok(keys)
 }
 
-/// Finds the caller for `token`, comparing against every key in constant time.
-fn identify(state: &AppState, token: &str) -> Option<Caller> {
+/// Finds the caller for `token`: the static keys first (in constant time), then the database.
+async fn identify(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
+    if let Some(caller) = identify_static(state, token) {
+        return Ok(Some(caller));
+    }
+    let Some(db) = &state.database else {
+        return Ok(None);
+    };
+    // Looked up by the key's SHA-256 (an index lookup reveals nothing useful about the key).
+    match db.find_key(token).await {
+        Ok(Some(key)) => Ok(Some(Caller::tenant(
+            &key.tenant_id,
+            Some(key.id),
+            state.tenant_limits.with(&key.limits),
+        ))),
+        Ok(None) => Ok(None),
+        Err(error) => {
+            tracing::warn!(%error, "auth database lookup failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "the auth database is unreachable; retry later",
+            ))
+        }
+    }
+}
+
+/// The master key or a keys-file key, comparing against every one in constant time.
+fn identify_static(state: &AppState, token: &str) -> Option<Caller> {
     // `ct_eq` compares in constant time (and is false for different lengths); every key is compared
     // so timing does not reveal which one matched.
     let mut found = None;
@@ -59,14 +112,14 @@ fn identify(state: &AppState, token: &str) -> Option<Caller> {
         found = Some(Caller {
             owner: AppState::owner_of(token),
             master: true,
+            tenant: None,
+            key_id: None,
+            limits: None,
         });
     }
     for key in state.named_keys.iter() {
         if bool::from(token.as_bytes().ct_eq(key.key.as_bytes())) && found.is_none() {
-            found = Some(Caller {
-                owner: format!("tenant:{}", key.tenant),
-                master: false,
-            });
+            found = Some(Caller::tenant(&key.tenant, None, state.tenant_limits));
         }
     }
     found
@@ -93,10 +146,22 @@ pub async fn require_key(
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         _ => raw,
     };
-    let Some(caller) = identify(&state, token) else {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Invalid API key")
-            .into_response();
+    let caller = match identify(&state, token).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Invalid API key")
+                .into_response()
+        }
+        Err(error) => return error.into_response(),
     };
+    if !caller.master && master_only(request.uri().path()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Master key required for this operation",
+        )
+        .into_response();
+    }
     request.extensions_mut().insert(caller);
     next.run(request).await
 }

@@ -143,6 +143,15 @@ pub struct ServerConfig {
     /// Log format.
     #[schema(inline)]
     pub log_format: LogFormat,
+    /// Keys and tenants in a database (SQLite, or PostgreSQL shared by replicas).
+    #[schema(inline)]
+    pub auth: crate::db::AuthConfig,
+    /// The audit trail of executions, in the auth database.
+    #[schema(inline)]
+    pub audit: crate::db::AuditConfig,
+    /// What one tenant (a keys-file or database key's) may use at once on this replica.
+    #[schema(inline)]
+    pub tenant_limits: crate::db::TenantLimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -200,6 +209,9 @@ impl Default for ServerConfig {
             oci_runtime: None,
             remote_code: Default::default(),
             log_format: LogFormat::Text,
+            auth: Default::default(),
+            audit: Default::default(),
+            tenant_limits: Default::default(),
         }
     }
 }
@@ -319,6 +331,8 @@ impl ServerConfig {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());
         }
         self.remote_code.validate()?;
+        self.auth.validate()?;
+        self.tenant_limits.validate()?;
         Ok(())
     }
 

@@ -49,6 +49,14 @@ impl ApiError {
         }
     }
 
+    /// A tenant is at one of its `tenantLimits` (the message names which).
+    pub fn tenant_limit(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_limit", message)
+        }
+    }
+
     /// The code used when a response has an error status but came from outside our handlers
     /// (unknown route, wrong method, body too large, timeouts).
     pub fn code_for_status(status: StatusCode) -> &'static str {

@@ -44,6 +44,16 @@ pub struct ServeArgs {
     /// ISOL8_API_KEY].
     #[arg(short, long, env = "ISOL8_API_KEY", hide_env_values = true)]
     key: Option<String>,
+    /// Keep keys, tenants and the audit trail in this database: a SQLite file, or a
+    /// postgres:// URL (else `auth.connectionString` when `auth.enabled`). This key is then the
+    /// master key.
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        env = "ISOL8_AUTH_DB",
+        hide_env_values = true
+    )]
+    auth_db: Option<String>,
     /// Say how to update the server (it is part of this binary) and exit.
     #[arg(long)]
     update: bool,
@@ -160,9 +170,44 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         },
         None => Vec::new(),
     };
-    let state = AppState::new(engine, config, key).with_named_keys(keys);
+    let database = match auth_database(args.auth_db.as_deref(), &config) {
+        Some(connection) => {
+            match crate::Database::open(&connection, &config.auth, &config.audit).await {
+                Ok(db) => {
+                    eprintln!("       Keys: database ({:?})", db.backend);
+                    Some(db)
+                }
+                Err(e) => return err(e),
+            }
+        }
+        None => None,
+    };
+    let mut state = AppState::new(engine, config, key).with_named_keys(keys);
+    if let Some(db) = database {
+        state = state.with_database(db);
+    }
     crate::serve(state, listener, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// The auth database to open: `--auth-db`, else `auth.connectionString` (or `~/.isol8/auth.db`)
+/// when `auth.enabled`.
+fn auth_database(flag: Option<&str>, config: &ServerConfig) -> Option<String> {
+    if let Some(flag) = flag.filter(|f| !f.trim().is_empty()) {
+        return Some(flag.to_string());
+    }
+    if !config.auth.enabled {
+        return None;
+    }
+    config.auth.connection_string.clone().or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        Some(
+            std::path::Path::new(&home)
+                .join(".isol8/auth.db")
+                .to_string_lossy()
+                .into_owned(),
+        )
+    })
 }
 
 async fn shutdown_signal() {

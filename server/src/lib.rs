@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod config;
+mod db;
 mod error;
 mod extract;
 pub mod launch;
@@ -12,10 +13,14 @@ mod remote_code;
 mod routes;
 mod sessions;
 mod state;
+mod tenants;
 
 pub use app::{app, openapi, serve};
 pub use auth::{load_keys, NamedKey};
 pub use config::{LimitsConfig, LogFormat, ServerConfig};
+pub use db::{
+    AuditConfig, AuthConfig, Backend, Database, DbError, TenantLimitsConfig, SCHEMA_VERSION,
+};
 pub use error::ApiError;
 pub use remote_code::RemoteCodePolicy;
 pub use sessions::check_id as check_session_id;

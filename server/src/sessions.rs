@@ -97,11 +97,14 @@ impl Sessions {
     }
 
     /// The caller's session `id`, created (without a container yet) when it does not exist.
+    /// `tenant_max` is the caller's `tenantLimits.maxSessions` (a tenant's key), which replaces
+    /// `maxSessionsPerKey`.
     pub fn get_or_create(
         &self,
         owner: &str,
         id: &str,
         runtime: Runtime,
+        tenant_max: Option<usize>,
     ) -> Result<Arc<Session>, ApiError> {
         check_id(id)?;
         let owner = self.owner(owner);
@@ -110,7 +113,13 @@ impl Sessions {
             return Ok(Arc::clone(session));
         }
         let mine = map.keys().filter(|(o, _)| *o == owner).count();
-        if mine >= self.limits.max_per_key {
+        if let Some(max) = tenant_max.filter(|max| mine >= *max) {
+            return Err(ApiError::tenant_limit(format!(
+                "{owner} holds {mine} sessions, its limit (tenantLimits.maxSessions {max}); \
+                 delete one (DELETE /session/{{id}}) first"
+            )));
+        }
+        if tenant_max.is_none() && mine >= self.limits.max_per_key {
             return Err(ApiError::busy(
                 format!(
                     "this key has {mine} sessions, the most allowed; delete one (DELETE /session/{{id}}) first"

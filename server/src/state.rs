@@ -1,4 +1,5 @@
-//! Shared server state: the engine, the policy, the key and the execution slots.
+//! Shared server state: the engine, the policy, the keys and the execution slots (server-wide and
+//! per tenant).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,12 +9,14 @@ use isol8_docker::{Engine, Limits};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::NamedKey;
+use crate::auth::{Caller, NamedKey};
 use crate::config::ServerConfig;
+use crate::db::Database;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::remote_code::RemoteCode;
 use crate::sessions::Sessions;
+use crate::tenants::{TenantLimits, TenantSlot, Tenants};
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -28,6 +31,12 @@ pub struct AppState {
     pub(crate) api_key: Arc<String>,
     /// Further keys, each with a tenant (the config's `keysFile`).
     pub(crate) named_keys: Arc<Vec<NamedKey>>,
+    /// Database keys, tenants and the audit trail (`auth.enabled` / `--auth-db`).
+    pub(crate) database: Option<Database>,
+    /// Per-tenant execution counts (`tenantLimits`).
+    pub(crate) tenants: Arc<Tenants>,
+    /// `tenantLimits` with its defaults filled in; a key's own limits override them.
+    pub(crate) tenant_limits: TenantLimits,
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
     /// streams included; dropping it frees the slot.
     slots: Arc<Semaphore>,
@@ -39,6 +48,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Engine, config: ServerConfig, api_key: String) -> Self {
+        let tenant_limits = TenantLimits::defaults(&config);
         AppState {
             engine,
             default_limits: config.default_limits(),
@@ -54,12 +64,21 @@ impl AppState {
             config: Arc::new(config),
             api_key: Arc::new(api_key),
             named_keys: Arc::new(Vec::new()),
+            database: None,
+            tenants: Arc::new(Tenants::default()),
+            tenant_limits,
         }
     }
 
     /// Accepts `keys` besides the master key.
     pub fn with_named_keys(mut self, keys: Vec<NamedKey>) -> Self {
         self.named_keys = Arc::new(keys);
+        self
+    }
+
+    /// Accepts the keys of `database` and records executions there.
+    pub fn with_database(mut self, database: Database) -> Self {
+        self.database = Some(database);
         self
     }
 
@@ -75,8 +94,28 @@ impl AppState {
         hex::encode(&Sha256::digest(key.as_bytes())[..8])
     }
 
-    /// Waits for an execution slot, or refuses with 429 when the queue is full or the wait too long.
-    pub async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// Waits for an execution slot of the caller's tenant (unless it is the master key), then for
+    /// one of the server's; refuses with 429 when a queue is full or the wait too long.
+    pub async fn acquire_slot(&self, caller: &Caller) -> Result<Slot, ApiError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.queue_timeout_ms);
+        let tenant = match (&caller.tenant, caller.limits) {
+            (Some(tenant), Some(limits)) => {
+                Some(self.tenants.acquire(tenant, limits, deadline).await?)
+            }
+            _ => None,
+        };
+        let server = self.acquire_server_slot(deadline).await?;
+        Ok(Slot {
+            _server: server,
+            _tenant: tenant,
+        })
+    }
+
+    async fn acquire_server_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(permit);
         }
@@ -92,7 +131,7 @@ impl AppState {
             ));
         }
         let wait = Duration::from_millis(self.config.queue_timeout_ms);
-        match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
+        match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ApiError::busy(
                 format!(
@@ -103,6 +142,14 @@ impl AppState {
             )),
         }
     }
+}
+
+/// A running execution's place: one of the server's slots and, for a tenant's key, one of its
+/// tenant's. Dropping it frees both.
+#[derive(Debug)]
+pub struct Slot {
+    _server: OwnedSemaphorePermit,
+    _tenant: Option<TenantSlot>,
 }
 
 /// Decrements the waiting counter when the waiter leaves, however it leaves.

@@ -502,8 +502,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let client = match &args.host {
         Some(host) => {
-            let Some(key) = args.key.clone().filter(|k| !k.is_empty()) else {
-                return err("API key required. Use --key or set ISOL8_API_KEY.");
+            let key = match super::login::resolve_key(host, args.key.clone()) {
+                Ok(key) => key,
+                Err(e) => return err(e),
             };
             Client::new(host.clone(), key)
         }

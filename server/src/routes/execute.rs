@@ -17,14 +17,14 @@ use isol8_api::{
     StreamEventType, StreamPhase,
 };
 use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Caller;
+use crate::db::AuditTicket;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::policy;
 use crate::remote_code::CodeRequest;
-use crate::state::AppState;
+use crate::state::{AppState, Slot};
 
 async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
     let mut options = body.options.clone().unwrap_or_default();
@@ -111,9 +111,11 @@ pub async fn execute(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<Json<ExecutionResult>, ApiError> {
+    let audit = AuditTicket::new(&state, &caller, &body);
     let events = start(&state, &caller, &headers, &body, false).await?;
     let result = Engine::collect(events).await?;
     state.metrics.record_execution(&result);
+    audit.record(&result).await;
     Ok(Json(result))
 }
 
@@ -143,19 +145,22 @@ pub(crate) async fn start(
             .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
     };
     let Some(id) = session_id else {
-        let slot = state.acquire_slot().await?;
+        let slot = state.acquire_slot(caller).await?;
         let events = state.engine.execute_stream(plan).await?;
         hold_until_ended(slot, &events);
         return Ok(events);
     };
-    let session = state
-        .sessions
-        .get_or_create(&caller.owner, &id, plan.runtime)?;
+    let session = state.sessions.get_or_create(
+        &caller.owner,
+        &id,
+        plan.runtime,
+        caller.limits.map(|l| l.max_sessions),
+    )?;
     session.touch();
     // The session's turn first, then an execution slot: calls queued on a busy session must not
     // hold slots other clients could use.
     let locked = Arc::clone(&session.slot).lock_owned().await;
-    let slot = state.acquire_slot().await?;
+    let slot = state.acquire_slot(caller).await?;
     let key = session.key(state.sessions.local);
     match state.engine.execute_in_session(locked, &key, plan).await {
         Ok(events) => {
@@ -174,7 +179,7 @@ pub(crate) async fn start(
 
 /// Keeps the execution slot until the run ends (its task released the sandbox): a client that stops
 /// reading a stream cannot keep the slot past the run's own deadline.
-fn hold_until_ended(slot: OwnedSemaphorePermit, events: &RunEvents) {
+fn hold_until_ended(slot: Slot, events: &RunEvents) {
     let ended = events.ended();
     tokio::spawn(async move {
         ended.await;
@@ -200,11 +205,13 @@ pub async fn execute_stream(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ExecuteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let audit = AuditTicket::new(&state, &caller, &body);
     let mut events = start(&state, &caller, &headers, &body, false).await?;
     let stream = async_stream::stream! {
         while let Some(event) = events.recv().await {
             if let RunEvent::Finished(result) = &event {
                 state.metrics.record_execution(result);
+                audit.record(result).await;
             }
             let wire = to_wire(event);
             let data = serde_json::to_string(&wire).unwrap_or_else(|_| "{}".into());
