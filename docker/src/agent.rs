@@ -37,6 +37,8 @@ pub(crate) enum AgentRequest<'a> {
         timeout_ms: u64,
         max_output: u64,
         max_file_bytes: u64,
+        /// Give the program a display channel (fd 3) and isol8's matplotlib backend.
+        display: bool,
     },
     /// Code for the session's long-lived interpreter (state persists between cells).
     #[serde(rename_all = "camelCase")]
@@ -91,6 +93,10 @@ pub(crate) enum AgentEvent {
     },
     File {
         data: String,
+    },
+    /// A code-interpreter result: a MIME bundle.
+    Display {
+        data: isol8_api::MimeBundle,
     },
     Reset {
         ok: bool,

@@ -6,7 +6,7 @@ mod session;
 mod stream;
 
 pub use execution::{
-    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus,
+    ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus, MimeBundle,
     NetworkFilter, NetworkLogEntry, NetworkMode, Runtime,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod extract;
 pub mod launch;
+pub mod mcp;
 mod metrics;
 mod policy;
 mod routes;

@@ -99,8 +99,9 @@ pub async fn execute(
 pub const SESSION_HEADER: &str = "x-isol8-session";
 
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
-/// it names (created on first use). The slot is held until the returned permit drops.
-async fn start(
+/// it names (created on first use). The slot is held until the returned permit drops. Shared by
+/// every route that runs code (`/execute`, the stream, `/mcp`).
+pub(crate) async fn start(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -217,6 +218,11 @@ fn to_sse(event: RunEvent) -> Event {
         RunEvent::Network(entry) => with_phase(
             StreamEventType::Network,
             serde_json::to_string(&entry).unwrap_or_default(),
+            StreamPhase::Code,
+        ),
+        RunEvent::Display(bundle) => with_phase(
+            StreamEventType::Display,
+            serde_json::to_string(&bundle).unwrap_or_default(),
             StreamPhase::Code,
         ),
         RunEvent::Finished(result) => StreamEvent {
