@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod images;
+pub mod mcp;
 pub mod run;
 pub mod sessions;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use commands::admin::{self, CleanupArgs, ConfigArgs};
 use commands::images::{self, BuildArgs, SetupArgs};
+use commands::mcp::{self, McpArgs};
 use commands::run::{self, RunArgs};
 use commands::sessions::{self, SessionArgs};
 use isol8_server::launch::{self, ServeArgs};
@@ -66,6 +67,16 @@ enum Command {
     ///   isol8 session list --host http://sandbox:3000 --key "$KEY" --json
     #[command(verbatim_doc_comment)]
     Session(SessionArgs),
+    /// Serve the MCP tools (run_code, run_command, files, sessions) over stdio, for AI agents.
+    ///
+    /// Runs on this machine's Docker (an in-process server) unless --host is given. Stdout
+    /// carries only MCP messages; logs go to stderr.
+    ///
+    /// Examples:
+    ///   isol8 mcp
+    ///   isol8 mcp --host http://sandbox:3000 --key "$KEY"
+    #[command(verbatim_doc_comment)]
+    Mcp(McpArgs),
     /// Show the resolved configuration and where it came from.
     Config(ConfigArgs),
     /// Remove isol8's containers (and images with --images) from this Docker engine.
@@ -91,6 +102,7 @@ fn main() -> ExitCode {
             Command::Setup(args) => images::setup(args).await,
             Command::Build(args) => images::build(args).await,
             Command::Session(args) => sessions::session(args).await,
+            Command::Mcp(args) => mcp::mcp(args).await,
             Command::Config(args) => admin::config(args),
             Command::Cleanup(args) => admin::cleanup(args).await,
             Command::Completions { shell } => {

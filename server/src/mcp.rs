@@ -135,6 +135,8 @@ struct RunCode {
     stdin: Option<String>,
     #[serde(default)]
     files: BTreeMap<String, String>,
+    #[serde(default)]
+    packages: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +207,7 @@ impl Tools {
                 timeout_ms: args.timeout_ms,
                 stdin: args.stdin,
                 files: args.files,
+                install_packages: args.packages,
                 ..Default::default()
             },
             options: None,
@@ -606,7 +609,10 @@ pub fn tools() -> Vec<Tool> {
                     "stdin": stdin,
                     "files": {"type": "object", "additionalProperties": {"type": "string"},
                         "description": "Text files written before the run: path (relative to \
-                            /sandbox, or absolute inside it) to content."}
+                            /sandbox, or absolute inside it) to content."},
+                    "packages": {"type": "array", "items": {"type": "string"},
+                        "description": "Packages the code needs (pip or npm names, e.g. \
+                            matplotlib); served by an isol8 image that holds them."}
                 },
                 "required": ["code"],
                 "additionalProperties": false
