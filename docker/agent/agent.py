@@ -276,6 +276,7 @@ class Run:
         self.stdin_buf = b""
         self.scoped = False
         self.exec_ok = True
+        self.display_ack = None  # one-shot display channel: where the agent acknowledges results
 
     def start(self):
         req = self.req
@@ -289,8 +290,10 @@ class Run:
         extra = ()
         if req.get("display"):
             display_r, display_w = os.pipe()
-            extra = (display_w,)
+            ack_r, self.display_ack = os.pipe()
+            extra = (display_w, ack_r)
             env["ISOL8_DISPLAY_FD"] = "3"
+            env["ISOL8_DISPLAY_ACK_FD"] = "4"
             env["MPLBACKEND"] = "module://isol8_mpl"
             env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), DISPLAY_DIR) if p)
         env.update(req.get("env") or {})  # the caller's own MPLBACKEND or PYTHONPATH wins
@@ -299,6 +302,7 @@ class Run:
         except OSError:
             if extra:
                 os.close(display_r)
+                self.close_display_ack()
             raise
         self.pid = pid
         if extra:
@@ -363,6 +367,7 @@ class Run:
             self.sel.unregister(fd)
             os.close(fd)
             self.open_pipes -= 1
+            self.close_display_ack()
             return
         self.display_buf += data
         while b"\n" in self.display_buf:
@@ -374,6 +379,19 @@ class Run:
             if isinstance(message, dict):
                 drain_pipes(self)
                 self.display(message.get("display"), len(line))
+            self.ack_display()
+
+    def ack_display(self):
+        """Lets the program go on past its result (it waits, so its later output cannot pass it)."""
+        try:
+            os.write(self.display_ack, b"\n")
+        except OSError:
+            pass  # the program is gone
+
+    def close_display_ack(self):
+        if self.display_ack is not None:
+            os.close(self.display_ack)
+            self.display_ack = None
 
     def display(self, bundle, size):
         """Emit one result, counted toward stdout's cap (a flood of figures is output too)."""
@@ -527,6 +545,13 @@ class Kernel:
             cell.forward(stream, data)
         return True
 
+    def ack_display(self):
+        """The publisher waits for this after each result (see isol8_display.publish)."""
+        try:
+            self.write_line("")
+        except OSError:
+            pass  # the interpreter is gone
+
     def write_line(self, line):
         data = memoryview((line + "\n").encode())
         while data:
@@ -601,10 +626,12 @@ class Cell(Run):
         for message in messages:
             if not isinstance(message, dict):
                 continue
-            if self.exit_status is None and "display" in message:
-                # Output written before the result comes first: the kernel flushed it already.
-                drain(self.kernel, self)
-                self.display(message["display"], len(json.dumps(message["display"])))
+            if "display" in message:
+                if self.exit_status is None:
+                    # Output written before the result comes first: the kernel flushed it already.
+                    drain(self.kernel, self)
+                    self.display(message["display"], len(json.dumps(message["display"])))
+                self.kernel.ack_display()
             elif self.exit_status is None and "exit" in message:
                 code = int(message["exit"])
                 # Encoded like a wait status so the shared result code reads it.
@@ -805,6 +832,10 @@ def main():
                 messages = state.kernel.read_control(key.fd)
                 if isinstance(state.run, Cell):
                     state.run.on_control(messages)
+                else:  # a result published between cells is dropped, but still acknowledged
+                    for message in messages:
+                        if isinstance(message, dict) and "display" in message:
+                            state.kernel.ack_display()
         statuses = reap_all()
         run = state.run
         # The interpreter died outside a cell (a `cmd` run killed it, or it crashed): the next cell
@@ -824,6 +855,7 @@ def main():
                     run.kill()  # a process forked during the last kill: keep killing until the pipes close
             if run.finished():
                 run.close_stdin()
+                run.close_display_ack()
                 emit(run.result())
                 state.run = None
                 if isinstance(run, Cell) and run.kernel_died:
@@ -860,6 +892,7 @@ def handle(msg, state):
     if op == "reset":
         if state.run is not None:
             state.run.terminate("killed")
+            state.run.close_display_ack()
         kill_and_reap()
         for fd in list(state.sel.get_map()):
             if state.sel.get_map()[fd].data[0] in ("pipe", "stdin", "display"):

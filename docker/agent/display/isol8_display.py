@@ -3,7 +3,9 @@
 A bundle maps MIME types to data in the Jupyter display-data convention: text types as text, binary
 ones as base64, application/json as JSON. Each goes to the agent as one line {"display": bundle} on
 the file descriptor named by ISOL8_DISPLAY_FD (fd 3 of a one-shot program, the control pipe of a
-session's kernel), after stdout and stderr are flushed so the agent keeps them in order.
+session's kernel), after stdout and stderr are flushed; then the program waits for the agent's
+"\n" on ISOL8_DISPLAY_ACK_FD, which it sends once it has forwarded all output written before the
+result. So output after a result can never overtake it.
 """
 import base64
 import inspect
@@ -39,6 +41,9 @@ def publish(bundle):
     try:
         while data:
             data = data[os.write(int(fd), data):]
+        ack = os.environ.get("ISOL8_DISPLAY_ACK_FD")
+        if ack:
+            os.read(int(ack), 1)
     except (OSError, ValueError):
         pass  # the channel is gone (the agent stopped reading): results are dropped, not fatal
 

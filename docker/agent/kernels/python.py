@@ -17,6 +17,7 @@ import traceback
 control_in = os.fdopen(3, "r")
 control_out = os.fdopen(4, "w")
 os.environ["ISOL8_DISPLAY_FD"] = "4"
+os.environ["ISOL8_DISPLAY_ACK_FD"] = "3"  # between cells, the agent writes only acks here
 os.environ.setdefault("MPLBACKEND", "module://isol8_mpl")
 sys.path.append(os.environ.get("ISOL8_DISPLAY_DIR", "/opt/isol8/display"))
 import isol8_display  # noqa: E402 - needs the path above
