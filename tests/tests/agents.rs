@@ -125,7 +125,10 @@ fn check_tools_report(report: &Value, session: &str) {
 
     // Errors are tool errors whose text says what happened.
     assert_eq!(report["exit"]["isError"], true);
-    assert!(text_of(&report["exit"]).contains("bye") && text_of(&report["exit"]).contains("exit code 3"));
+    assert!(
+        text_of(&report["exit"]).contains("bye")
+            && text_of(&report["exit"]).contains("exit code 3")
+    );
     assert_eq!(report["timeout"]["isError"], true);
     assert!(text_of(&report["timeout"]).contains("timeout"));
     assert_eq!(report["badRuntime"]["isError"], true);
@@ -140,7 +143,11 @@ fn check_tools_report(report: &Value, session: &str) {
     assert!(text_of(&report["command"]).contains("42"));
     let listed = &report["list"]["structured"]["sessions"];
     assert!(
-        listed.as_array().unwrap().iter().any(|s| s["id"] == session),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == session),
         "{listed}"
     );
     assert_eq!(report["close"]["structured"]["closed"], true);
@@ -327,7 +334,12 @@ async fn results_stream_in_order_with_stdout_and_come_back_in_the_result() {
     let cell = json!({"request": {"runtime": "python",
         "code": "print('a')\ndisplay('shown')\nprint('b')\n6 * 7"}, "sessionId": "results-order"});
     let events = streamed(&server, cell).await;
-    let display = |text: &str| ("display".to_string(), json!({"text/plain": text}).to_string());
+    let display = |text: &str| {
+        (
+            "display".to_string(),
+            json!({"text/plain": text}).to_string(),
+        )
+    };
     assert_eq!(
         events,
         [
@@ -338,8 +350,10 @@ async fn results_stream_in_order_with_stdout_and_come_back_in_the_result() {
         ]
     );
     let (status, result) = server
-        .execute(&json!({"request": {"runtime": "python", "code": "z = 6 * 7"},
-            "sessionId": "results-order"}))
+        .execute(
+            &json!({"request": {"runtime": "python", "code": "z = 6 * 7"},
+            "sessionId": "results-order"}),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(result.get("results").is_none(), "{result}");
@@ -347,7 +361,10 @@ async fn results_stream_in_order_with_stdout_and_come_back_in_the_result() {
         .execute(&json!({"request": {"runtime": "python", "code": "z;"},
             "sessionId": "results-order"}))
         .await;
-    assert!(result.get("results").is_none(), "a trailing ; hides the value: {result}");
+    assert!(
+        result.get("results").is_none(),
+        "a trailing ; hides the value: {result}"
+    );
     let (_, result) = server
         .execute(&json!({"request": {"runtime": "python", "code": "z"},
             "sessionId": "results-order"}))
