@@ -84,5 +84,6 @@ const controlOut = fs.openSync("/proc/self/fd/4", "w");
 let queue = Promise.resolve();
 const lines = readline.createInterface({ input: fs.createReadStream("/proc/self/fd/3") });
 lines.on("line", (line) => {
+  if (!line.trim()) return; // an ack for a result: this kernel's own never wait for one
   queue = queue.then(() => runCell(JSON.parse(line)));
 });

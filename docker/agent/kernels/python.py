@@ -49,6 +49,8 @@ def see_new_packages():
 
 
 for line in control_in:
+    if not line.strip():
+        continue  # an ack for a result a cell's own code wrote to fd 4 (see isol8_display)
     cell = json.loads(line)
     see_new_packages()
     os.environ.update(cell.get("env") or {})
