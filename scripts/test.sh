@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
 KUBERNETES_VALIDATE_VERSION=1.37.0
+MCP_VERSION=2.3.0  # the official MCP Python SDK: the agent side of tests/tests/agents.rs
 
 log() { echo "==> $*" >&2; }
 # shellcheck source=ensure-engine.sh
@@ -26,11 +27,13 @@ fi
 # Python tools of the suite, pinned, in a venv under target/.
 mkdir -p target
 PY_TOOLS=target/py-tools
-if [ ! -x "$PY_TOOLS/bin/schemathesis" ] || [ ! -x "$PY_TOOLS/bin/kubernetes-validate" ]; then
-    log "installing schemathesis and kubernetes-validate into $PY_TOOLS"
+if [ ! -x "$PY_TOOLS/bin/schemathesis" ] || [ ! -x "$PY_TOOLS/bin/kubernetes-validate" ] \
+    || ! "$PY_TOOLS/bin/python" -c "import mcp" 2>/dev/null; then
+    log "installing schemathesis, kubernetes-validate and mcp into $PY_TOOLS"
     python3 -m venv "$PY_TOOLS" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$PY_TOOLS"; }
     "$PY_TOOLS/bin/pip" install -q --disable-pip-version-check \
-        "schemathesis==$SCHEMATHESIS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        "schemathesis==$SCHEMATHESIS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "mcp==$MCP_VERSION"
 fi
 
 # HTTPS from containers may pass a TLS-inspecting proxy: isol8 trusts the host's CA bundle in the

@@ -68,6 +68,40 @@ fn body(runtime: Runtime, code: &str) -> ExecuteBody {
     }
 }
 
+/// Python `print(1)` as an MCP `tools/call` of `run_code` and as `POST /execute`, alternated so
+/// both see the same machine; every answer's output is checked.
+async fn mcp_vs_execute(client: &Client, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let request = body(Runtime::Python, "print(1)");
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "run_code", "arguments": {"code": "print(1)"}}})
+    .to_string();
+    let (mut mcp, mut execute) = (Vec::new(), Vec::new());
+    for i in 0..WARMUP + runs {
+        let started = Instant::now();
+        let mut messages = Box::pin(client.mcp(call.clone()).await?);
+        let mut answer = None;
+        while let Some(message) = messages.next().await {
+            answer = Some(message?);
+        }
+        let took = started.elapsed();
+        let answer: Value = serde_json::from_str(&answer.context("no MCP answer")?)?;
+        if answer["result"]["structuredContent"]["stdout"] != "1\n" {
+            bail!("run_code via /mcp answered {answer}");
+        }
+        let started = Instant::now();
+        let result = client.execute(&request).await?;
+        let took_execute = started.elapsed();
+        if result.stdout != "1\n" {
+            bail!("/execute printed {:?}", result.stdout);
+        }
+        if i >= WARMUP {
+            mcp.push(took);
+            execute.push(took_execute);
+        }
+    }
+    Ok((mcp, execute))
+}
+
 /// Sequential `POST /execute` latencies of `code` (output checked).
 async fn warm(
     client: &Client,
@@ -517,6 +551,17 @@ async fn main() -> Result<()> {
         1.5,
         "ratio to host",
         json!({"p50": p50(&ours_py), "p99": quantile(&ours_py, 0.99), "host_p50": p50(&host_py)}),
+    );
+    eprintln!("run_code through /mcp…");
+    let (via_mcp, via_execute) = mcp_vs_execute(&client, 50).await?;
+    add(
+        "run_code via /mcp p50 (ms)",
+        format!("{:.1}", p50(&via_mcp)),
+        format!("{:.1} + 2 same run via /execute", p50(&via_execute)),
+        p50(&via_mcp) / (p50(&via_execute) + 2.0),
+        1.0,
+        "ratio to /execute p50 + 2 ms, calls alternated",
+        json!({"mcp_p50": p50(&via_mcp), "execute_p50": p50(&via_execute)}),
     );
     let host_sh = host_runs(&["/bin/sh", "-c", "echo 1"], "1\n", 50)?;
     let ours_sh = warm(&client, Runtime::Bash, "echo 1", "1\n", 50).await?;

@@ -157,6 +157,52 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// `POST /mcp` with one JSON-RPC message: the JSON-RPC messages of the answer, in order (none
+    /// for a notification; a tool call's progress notifications, then its result). Dropping the
+    /// stream disconnects, which cancels the call on the server.
+    pub async fn mcp(
+        &self,
+        message: String,
+    ) -> Result<impl Stream<Item = Result<String, ClientError>>, ClientError> {
+        let request = self
+            .http
+            .post(self.url("/mcp"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
+            .body(message);
+        let response = self.send(request, "/mcp").await?;
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let stream: std::pin::Pin<Box<dyn Stream<Item = Result<String, ClientError>> + Send>> =
+            if is_sse {
+                Box::pin(
+                    response
+                        .bytes_stream()
+                        .eventsource()
+                        .filter_map(|item| async move {
+                            match item {
+                                Ok(event) if event.data.trim().is_empty() => None,
+                                Ok(event) => Some(Ok(event.data)),
+                                Err(e) => Some(Err(ClientError::Protocol(e.to_string()))),
+                            }
+                        }),
+                )
+            } else {
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let messages = (!body.trim().is_empty()).then_some(Ok(body));
+                Box::pin(futures::stream::iter(messages))
+            };
+        Ok(stream)
+    }
+
     /// `POST /execute/stream`: the run's events as they arrive. Dropping the stream disconnects,
     /// which kills the run on the server.
     pub async fn execute_stream(

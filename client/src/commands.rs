@@ -5,5 +5,6 @@ pub mod audit;
 pub mod images;
 pub mod keys;
 pub mod login;
+pub mod mcp;
 pub mod run;
 pub mod sessions;

@@ -11,6 +11,7 @@ use commands::audit::{self as audit_cmd, AuditArgs};
 use commands::images::{self, BuildArgs, ImagesArgs, SetupArgs};
 use commands::keys::{self as keys_cmd, KeysArgs};
 use commands::login::{self, LoginArgs};
+use commands::mcp::{self, McpArgs};
 use commands::run::{self, RunArgs};
 use commands::sessions::{self, SessionArgs};
 use isol8_server::launch::{self, ServeArgs};
@@ -140,6 +141,16 @@ Examples:
     ///   isol8 audit --host http://sandbox:3000 --tenant team-a --since 2026-11-29T00:00:00Z
     #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
+    /// Serve the MCP tools (run_code, run_command, files, sessions) over stdio, for AI agents.
+    ///
+    /// Runs on this machine's Docker (an in-process server) unless --host is given. Stdout
+    /// carries only MCP messages; logs go to stderr.
+    ///
+    /// Examples:
+    ///   isol8 mcp
+    ///   isol8 mcp --host http://sandbox:3000 --key "$KEY"
+    #[command(verbatim_doc_comment)]
+    Mcp(McpArgs),
     /// Show the resolved configuration and where it came from.
     #[command(after_help = "\
 Examples:
@@ -188,6 +199,7 @@ fn main() -> ExitCode {
             Command::Logout => login::logout(),
             Command::Keys(args) => keys_cmd::keys(args).await,
             Command::Audit(args) => audit_cmd::audit(args).await,
+            Command::Mcp(args) => mcp::mcp(args).await,
             Command::Config(args) => admin::config(args),
             Command::Cleanup(args) => admin::cleanup(args).await,
             Command::Completions { shell } => {

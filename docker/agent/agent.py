@@ -7,7 +7,8 @@ agent marks itself non-dumpable so programs of the same user can neither ptrace 
 Requests (stdin):
   {"op":"run", "argv":[...], "cwd":..., "env":{...}, "stdin":b64|null, "files":{path: b64},
    "codePath":path|null, "code":b64|null, "outputPaths":[...], "timeoutMs":n, "maxOutput":n,
-   "maxFileBytes":n}
+   "maxFileBytes":n, "display":bool}   (display: a python program gets isol8's matplotlib backend
+                                       and a display channel on fd 3, see DISPLAY_DIR)
   {"op":"cell", "runtime":r, "code":b64, "stdin":b64|null, "env":{...}, "cwd":path|null, "files":{...},
    "outputPaths":[...], "timeoutMs":n, "maxOutput":n, "maxFileBytes":n}
                                        run code in the session's long-lived interpreter (state persists)
@@ -21,6 +22,8 @@ Requests (stdin):
 Events (stdout):
   {"ev":"ready"}
   {"ev":"out","s":1|2,"d":b64}
+  {"ev":"display","data":{mime: data}} a code-interpreter result (last expression, display(), a
+                                       figure), in order with the output around it
   {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg,
    "restarted":bool,                   (cells: the interpreter died, so the session's state is gone)
    "usage":{"cpuNs":n,"peakRss":n,"memory":n,"netIn":n,"netOut":n}}
@@ -53,6 +56,11 @@ KERNELS = {
     "bash": ["bash", "--noprofile", "--norc", KERNEL_DIR + "/bash.sh"],
 }
 CELL_DIR = "/tmp/.isol8-cell"
+# isol8_display.py and the matplotlib backend isol8_mpl.py. A one-shot program asked to display gets
+# them through PYTHONPATH and MPLBACKEND, and fd 3 as its display channel: one JSON line
+# {"display": bundle} per result (figures at plt.show() and those still open at exit). Session
+# kernels write the same lines to their control pipe.
+DISPLAY_DIR = "/opt/isol8/display"
 READ_CHUNK = 65536
 
 
@@ -350,6 +358,7 @@ class Run:
         self.cpu_before = cgroup_cpu_ns()
         self.own_cpu_before = own_cpu_ns()
         self.net_before = net_bytes()
+        self.display_ack = None  # one-shot display channel: where the agent acknowledges results
 
     def start(self):
         req = self.req
@@ -360,9 +369,30 @@ class Run:
         if req.get("codePath"):
             write_file(req["codePath"], base64.b64decode(req.get("code") or ""))
         env = dict(os.environ)  # the image's environment; the container's own holds no secrets
-        env.update(req.get("env") or {})
-        pid, in_w, out_r, err_r, self.exec_ok = spawn(req["argv"], env, cwd)
+        extra = ()
+        if req.get("display"):
+            display_r, display_w = os.pipe()
+            ack_r, self.display_ack = os.pipe()
+            extra = (display_w, ack_r)
+            env["ISOL8_DISPLAY_FD"] = "3"
+            env["ISOL8_DISPLAY_ACK_FD"] = "4"
+            env["MPLBACKEND"] = "module://isol8_mpl"
+            env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), DISPLAY_DIR) if p)
+        env.update(req.get("env") or {})  # the caller's own MPLBACKEND or PYTHONPATH wins
+        try:
+            pid, in_w, out_r, err_r, self.exec_ok = spawn(req["argv"], env, cwd, extra)
+        except OSError:
+            if extra:
+                os.close(display_r)
+                self.close_display_ack()
+            raise
         self.pid = pid
+        if extra:
+            # Counted as an output pipe: the run ends once the program's last figure is read.
+            os.set_blocking(display_r, False)
+            self.sel.register(display_r, selectors.EVENT_READ, ("display", 0))
+            self.open_pipes += 1
+            self.display_buf = b""
         for fd, stream in ((out_r, 1), (err_r, 2)):
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", stream))
@@ -436,6 +466,57 @@ class Run:
             self.open_pipes -= 1
             return
         self.forward(stream, data)
+
+    def on_display_pipe(self, fd):
+        """Reads a one-shot program's display channel: complete lines are results."""
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            self.open_pipes -= 1
+            self.close_display_ack()
+            return
+        self.display_buf += data
+        while b"\n" in self.display_buf:
+            line, self.display_buf = self.display_buf.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # the program wrote something else to fd 3
+            if isinstance(message, dict):
+                drain_pipes(self)
+                self.display(message.get("display"), len(line))
+            self.ack_display()
+
+    def ack_display(self):
+        """Lets the program go on past its result (it waits, so its later output cannot pass it)."""
+        try:
+            os.write(self.display_ack, b"\n")
+        except OSError:
+            pass  # the program is gone
+
+    def close_display_ack(self):
+        if self.display_ack is not None:
+            os.close(self.display_ack)
+            self.display_ack = None
+
+    def display(self, bundle, size):
+        """Emit one result, counted toward stdout's cap (a flood of figures is output too)."""
+        if self.truncated or not isinstance(bundle, dict) or not bundle:
+            return
+        if not all(isinstance(k, str) for k in bundle):
+            return
+        if size > self.max_output - self.counts[1]:
+            self.truncated = True
+            self.terminate("output_limit")
+            return
+        self.counts[1] += size
+        emit({"ev": "display", "data": bundle})
 
     def forward(self, stream, data):
         """Emit output up to the cap of its stream; past it, output is read and discarded, and the
@@ -594,6 +675,13 @@ class Kernel:
             cell.forward(stream, data)
         return True
 
+    def ack_display(self):
+        """The publisher waits for this after each result (see isol8_display.publish)."""
+        try:
+            self.write_line("")
+        except OSError:
+            pass  # the interpreter is gone
+
     def write_line(self, line):
         data = memoryview((line + "\n").encode())
         while data:
@@ -617,7 +705,10 @@ class Kernel:
         while b"\n" in self.ctl_buf:
             line, self.ctl_buf = self.ctl_buf.split(b"\n", 1)
             if line.strip():
-                lines.append(json.loads(line))
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue  # a cell's code wrote to the control pipe; not the kernel's line
         return lines
 
     def close(self):
@@ -663,7 +754,15 @@ class Cell(Run):
 
     def on_control(self, messages):
         for message in messages:
-            if self.exit_status is None and "exit" in message:
+            if not isinstance(message, dict):
+                continue
+            if "display" in message:
+                if self.exit_status is None:
+                    # Output written before the result comes first: the kernel flushed it already.
+                    drain(self.kernel, self)
+                    self.display(message["display"], len(json.dumps(message["display"])))
+                self.kernel.ack_display()
+            elif self.exit_status is None and "exit" in message:
                 code = int(message["exit"])
                 # Encoded like a wait status so the shared result code reads it.
                 self.exit_status = (code & 0xFF) << 8
@@ -700,6 +799,16 @@ def drain(kernel, cell):
     for fd, stream in kernel.output_fds():
         while kernel.read_output(fd, stream, cell):
             pass
+
+
+def drain_pipes(run):
+    """Read what a one-shot program wrote to stdout and stderr before its latest result."""
+    for key in list(run.sel.get_map().values()):
+        if key.data[0] == "pipe":
+            before = None
+            while key.fd in run.sel.get_map() and before != run.counts[key.data[1]]:
+                before = run.counts[key.data[1]]
+                run.on_pipe(key.fd, key.data[1])
 
 
 def resolved_within(path, roots):
@@ -850,6 +959,8 @@ def main():
                     pass
             elif kind == "pipe" and state.run is not None:
                 state.run.on_pipe(key.fd, stream)
+            elif kind == "display" and state.run is not None:
+                state.run.on_display_pipe(key.fd)
             elif kind == "stdin" and state.run is not None:
                 state.run.feed_stdin()
             elif kind == "kpipe" and state.kernel is not None:
@@ -858,6 +969,10 @@ def main():
                 messages = state.kernel.read_control(key.fd)
                 if isinstance(state.run, Cell):
                     state.run.on_control(messages)
+                else:  # a result published between cells is dropped, but still acknowledged
+                    for message in messages:
+                        if isinstance(message, dict) and "display" in message:
+                            state.kernel.ack_display()
         statuses = reap_all()
         run = state.run
         # The interpreter died outside a cell (a `cmd` run killed it, or it crashed): the next cell
@@ -877,6 +992,7 @@ def main():
                     run.kill()  # a process forked during the last kill: keep killing until the pipes close
             if run.finished():
                 run.close_stdin()
+                run.close_display_ack()
                 emit(run.result())
                 state.run = None
                 if isinstance(run, Cell) and run.kernel_died:
@@ -914,9 +1030,10 @@ def handle(msg, state):
         if state.run is not None:
             state.run.terminate("killed")
             state.run.close_stdin()
+            state.run.close_display_ack()
         kill_and_reap()
         for fd in list(state.sel.get_map()):
-            if state.sel.get_map()[fd].data[0] in ("pipe", "stdin"):
+            if state.sel.get_map()[fd].data[0] in ("pipe", "stdin", "display"):
                 state.sel.unregister(fd)
                 os.close(fd)
         state.run = None

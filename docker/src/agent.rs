@@ -40,6 +40,8 @@ pub(crate) enum AgentRequest<'a> {
         max_file_bytes: u64,
         /// Keep stdin open for `Stdin` requests until one says `eof`.
         live_stdin: bool,
+        /// Give the program a display channel (fd 3) and isol8's matplotlib backend.
+        display: bool,
     },
     /// Code for the session's long-lived interpreter (state persists between cells).
     #[serde(rename_all = "camelCase")]
@@ -106,6 +108,10 @@ pub(crate) enum AgentEvent {
     },
     File {
         data: String,
+    },
+    /// A code-interpreter result: a MIME bundle.
+    Display {
+        data: isol8_api::MimeBundle,
     },
     Reset {
         ok: bool,

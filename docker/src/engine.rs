@@ -87,6 +87,8 @@ pub enum RunEvent {
     },
     /// A request the program made through the filtered proxy (with `logNetwork`).
     Network(isol8_api::NetworkLogEntry),
+    /// A code-interpreter result (last expression, `display()`, a figure), in order with the output.
+    Display(isol8_api::MimeBundle),
     /// Always last. `stdout`/`stderr` are empty here: they were sent as events.
     Finished(ExecutionResult),
 }
@@ -469,9 +471,19 @@ impl Engine {
     /// Waits for a run's events to end and assembles its result (the code phase's output). What
     /// the stream sends as `error` events (timeout, a sandbox that died, refused output paths)
     /// ends stderr as `--- message ---` lines, so a caller without the stream still sees why.
-    pub async fn collect(mut events: RunEvents) -> Result<ExecutionResult> {
+    pub async fn collect(events: RunEvents) -> Result<ExecutionResult> {
+        Self::collect_observed(events, |_| {}).await
+    }
+
+    /// `collect`, showing each event to `observe` first (to relay progress as it happens).
+    pub async fn collect_observed(
+        mut events: RunEvents,
+        mut observe: impl FnMut(&RunEvent) + Send,
+    ) -> Result<ExecutionResult> {
         let (mut stdout, mut stderr) = (String::new(), String::new());
+        let mut results = Vec::new();
         while let Some(event) = events.recv().await {
+            observe(&event);
             match event {
                 RunEvent::Stdout {
                     phase: StreamPhase::Code,
@@ -484,9 +496,11 @@ impl Engine {
                     }
                     stderr.push_str(&format!("--- {message} ---\n"));
                 }
+                RunEvent::Display(bundle) => results.push(bundle),
                 RunEvent::Finished(mut result) => {
                     result.stdout = stdout;
                     result.stderr = stderr;
+                    result.results = (!results.is_empty()).then_some(results);
                     return Ok(result);
                 }
                 _ => {}
@@ -837,6 +851,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             resource_usage: self
                 .usage
                 .map(|usage| usage.to_api(started.elapsed().as_millis() as u64)),
+            results: None,
             session_restarted: self
                 .session
                 .then_some(outcome.restarted || self.session_replaced),
@@ -966,6 +981,10 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 max_output: plan.limits.max_output_bytes,
                 max_file_bytes: plan.limits.max_file_bytes,
                 live_stdin: plan.live_stdin && phase == StreamPhase::Code,
+                // One-shot python programs hand matplotlib figures over (isol8's backend).
+                display: phase == StreamPhase::Code
+                    && plan.runtime == Runtime::Python
+                    && matches!(plan.program, Program::Code { .. }),
             },
         };
         let timeout = plan.limits.timeout;
@@ -1105,6 +1124,12 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                         restarted,
                     });
                 }
+                Some(AgentEvent::Display { mut data }) => {
+                    mask_bundle(&mut data, &self.plan.secrets);
+                    if !self.emit(RunEvent::Display(data)).await {
+                        return Stop::Cancelled;
+                    }
+                }
                 Some(AgentEvent::Error { error, .. }) => {
                     return Stop::Outcome(self.failed(phase, error).await);
                 }
@@ -1164,6 +1189,21 @@ fn output_event(phase: StreamPhase, is_err: bool, text: String) -> RunEvent {
         RunEvent::Stderr { phase, text }
     } else {
         RunEvent::Stdout { phase, text }
+    }
+}
+
+/// Masks secrets in a bundle's text values, as in stdout and stderr.
+fn mask_bundle(bundle: &mut isol8_api::MimeBundle, secrets: &BTreeMap<String, String>) {
+    if secrets.is_empty() {
+        return;
+    }
+    for value in bundle.values_mut() {
+        if let serde_json::Value::String(text) = value {
+            let mut filter = OutputFilter::new(secrets.values());
+            let mut masked = filter.push(text.as_bytes());
+            masked.push_str(&filter.finish(false));
+            *text = masked;
+        }
     }
 }
 

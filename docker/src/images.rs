@@ -30,6 +30,17 @@ const KERNELS: [(&str, &str); 3] = [
     ("kernels/js.mjs", include_str!("../agent/kernels/js.mjs")),
     ("kernels/bash.sh", include_str!("../agent/kernels/bash.sh")),
 ];
+/// The python display channel and matplotlib backend (code-interpreter results; see agent.py).
+const DISPLAY: [(&str, &str); 2] = [
+    (
+        "display/isol8_display.py",
+        include_str!("../agent/display/isol8_display.py"),
+    ),
+    (
+        "display/isol8_mpl.py",
+        include_str!("../agent/display/isol8_mpl.py"),
+    ),
+];
 
 fn runtime_dockerfile(runtime: Runtime) -> &'static str {
     match runtime {
@@ -310,6 +321,7 @@ impl ImageBuilder {
         files.extend(
             KERNELS
                 .iter()
+                .chain(DISPLAY.iter())
                 .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec())),
         );
         Ok(files)

@@ -533,4 +533,20 @@ pub struct ExecutionResult {
     /// interpreter: the state stays and `exitCode` is `n`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_restarted: Option<bool>,
+    /// Code-interpreter results, in order: a python cell's last expression, `display()` calls,
+    /// matplotlib figures (cells and one-shot python runs), a JavaScript cell's last value. Each is a
+    /// MIME bundle in the Jupyter display-data convention. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<MimeBundleSchema>>)]
+    pub results: Option<Vec<MimeBundle>>,
 }
+
+/// One display result: MIME type to data (`text/plain`, `text/html`, `text/markdown`,
+/// `image/svg+xml` as text; `image/png`, `image/jpeg` as base64; `application/json` as JSON).
+pub type MimeBundle = serde_json::Map<String, serde_json::Value>;
+
+/// A MIME bundle (see `MimeBundle`).
+#[derive(ToSchema)]
+#[schema(as = MimeBundle, example = json!({"text/plain": "<Figure size 640x480 with 1 Axes>", "image/png": "iVBORw0KGgo..."}))]
+#[allow(dead_code)] // a schema only: the field holds JSON maps
+struct MimeBundleSchema(BTreeMap<String, serde_json::Value>);

@@ -12,8 +12,8 @@ pub use auth::{
 };
 pub use execution::{
     BufferTag, EngineMode, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult,
-    ExecutionStatus, FileData, NetworkAction, NetworkFilter, NetworkLogEntry, NetworkMode,
-    NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
+    ExecutionStatus, FileData, MimeBundle, NetworkAction, NetworkFilter, NetworkLogEntry,
+    NetworkMode, NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
 pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};

@@ -18,6 +18,9 @@ pub enum StreamEventType {
     /// `filtered` mode with `logNetwork`: `data` is one request through the proxy, a
     /// `NetworkLogEntry` as JSON, sent as it happens.
     Network,
+    /// A code-interpreter result (last expression, `display()`, a figure): `data` is its MIME
+    /// bundle as JSON, sent in order with the output.
+    Display,
     /// The final event: `result` carries the summary (`stdout`/`stderr` empty, they were streamed).
     Result,
 }
@@ -29,6 +32,7 @@ impl StreamEventType {
             StreamEventType::Stderr => "stderr",
             StreamEventType::Exit => "exit",
             StreamEventType::Network => "network",
+            StreamEventType::Display => "display",
             StreamEventType::Error => "error",
             StreamEventType::Result => "result",
         }

@@ -145,6 +145,8 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
+        // MCP over Streamable HTTP; behind the key layer below like every other route.
+        .route_service("/mcp", crate::mcp::service(state.clone()))
         .route_layer(middleware::from_fn(metrics::expose_matched_path))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(

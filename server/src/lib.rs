@@ -7,6 +7,7 @@ mod db;
 mod error;
 mod extract;
 pub mod launch;
+pub mod mcp;
 mod metrics;
 mod policy;
 mod remote_code;

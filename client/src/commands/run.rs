@@ -449,7 +449,7 @@ fn random_hex(bytes: usize) -> String {
 /// client of it. It is never stopped gracefully: when this process exits its attach connections
 /// close, and Docker stops and removes those containers itself (stdin-once + auto-remove), so the
 /// user does not wait for container removals. Kept containers and sessions are not of that kind.
-async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
+pub(crate) async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
     let mut config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load_user().map_err(err)?.0
@@ -548,6 +548,9 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
             Err(e) => return err(e),
         };
         write_stdout(&result.stdout);
+        for bundle in result.results.iter().flatten() {
+            write_stdout(&result_text(bundle));
+        }
         eprint!("{}", result.stderr);
         print_network_logs(args, &result);
         (result.status, result.exit_code, result.container_id)
@@ -566,6 +569,11 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
                 StreamEventType::Stdout => write_stdout(&event.data),
                 StreamEventType::Stderr => eprint!("{}", event.data),
                 StreamEventType::Result => summary = event.result,
+                StreamEventType::Display => {
+                    if let Ok(bundle) = serde_json::from_str(&event.data) {
+                        write_stdout(&result_text(&bundle));
+                    }
+                }
                 // Network events are printed from the result, once, with --log-network.
                 StreamEventType::Exit | StreamEventType::Error | StreamEventType::Network => {}
             }
@@ -604,6 +612,23 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         exit_code
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// A code-interpreter result as a REPL shows it: its text on stdout; what a terminal cannot show
+/// (an image, HTML) named on stderr.
+fn result_text(bundle: &isol8_api::MimeBundle) -> String {
+    let rich: Vec<&str> = bundle
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "text/plain")
+        .collect();
+    if !rich.is_empty() {
+        eprintln!("[result also as {}]", rich.join(", "));
+    }
+    match bundle.get("text/plain").and_then(|v| v.as_str()) {
+        Some(text) => format!("{text}\n"),
+        None => String::new(),
+    }
 }
 
 /// `--log-network`: one stderr line per request the program made through the filtered proxy.

@@ -1,7 +1,11 @@
 """isol8 session kernel for python: runs cells in one namespace so state persists between calls.
 
 Cells arrive on fd 3 as JSON lines {"code", "stdin", "env", "cwd"}; after each, {"exit": n} goes to fd 4.
+Results go to fd 4 too, as {"display": bundle} lines (see /opt/isol8/display/isol8_display.py): the
+value of a cell's last expression (unless the cell ends in `;`), `display(obj)`, and matplotlib
+figures (`plt.show()`, or still open when the cell ends).
 """
+import ast
 import importlib
 import io
 import json
@@ -10,13 +14,33 @@ import site
 import sys
 import traceback
 
-namespace = {"__name__": "__main__", "__builtins__": __builtins__}
 control_in = os.fdopen(3, "r")
 control_out = os.fdopen(4, "w")
 # Programs a cell starts (os.system, a fork) must not inherit the control pipes and answer for a
 # later cell.
 os.set_inheritable(3, False)
 os.set_inheritable(4, False)
+os.environ["ISOL8_DISPLAY_FD"] = "4"
+os.environ["ISOL8_DISPLAY_ACK_FD"] = "3"  # between cells, the agent writes only acks here
+os.environ.setdefault("MPLBACKEND", "module://isol8_mpl")
+sys.path.append(os.environ.get("ISOL8_DISPLAY_DIR", "/opt/isol8/display"))
+import isol8_display  # noqa: E402 - needs the path above
+
+namespace = {"__name__": "__main__", "__builtins__": __builtins__, "display": isol8_display.display}
+
+
+def run_cell(source):
+    """Runs the cell; when its last statement is an expression, returns (True, its value)."""
+    tree = ast.parse(source, "<cell>", "exec")
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        exec(compile(tree, "<cell>", "exec"), namespace)
+        return False, None
+    tree.body.pop()
+    exec(compile(tree, "<cell>", "exec"), namespace)
+    value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace)
+    # A trailing `;` hides the value, as in Jupyter.
+    return not source.rstrip().endswith(";"), value
 
 
 def see_new_packages():
@@ -29,6 +53,8 @@ def see_new_packages():
 
 
 for line in control_in:
+    if not line.strip():
+        continue  # an ack for a result a cell's own code wrote to fd 4 (see isol8_display)
     cell = json.loads(line)
     see_new_packages()
     os.environ.update(cell.get("env") or {})
@@ -37,7 +63,11 @@ for line in control_in:
     sys.stdin = io.TextIOWrapper(io.BytesIO((cell.get("stdin") or "").encode()))
     exit_code = 0
     try:
-        exec(compile(cell["code"], "<cell>", "exec"), namespace)
+        shown, value = run_cell(cell["code"])
+        if shown and value is not None:
+            namespace["_"] = value
+            isol8_display.display(value)
+        isol8_display.show_open_figures()
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):
             exit_code = stop.code or 0
@@ -45,8 +75,11 @@ for line in control_in:
             print(stop.code, file=sys.stderr)
             exit_code = 1
     except BaseException as exc:  # noqa: BLE001 - the cell's error is the user's output
-        # Leave out this file's frame: the traceback starts in the cell.
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        # Leave out this file's frames: the traceback starts in the cell (none for a syntax error).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != "<cell>":
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb)
         exit_code = 1
     sys.stdout.flush()
     sys.stderr.flush()

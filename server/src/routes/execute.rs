@@ -126,7 +126,7 @@ pub const SESSION_HEADER: &str = "x-isol8-session";
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
 /// it names (created on first use). The slot is held until the run has ended, however the caller
 /// reads its events (or does not). `live_stdin` keeps the program's stdin open for
-/// `RunControl::Stdin`.
+/// `RunControl::Stdin`. Shared by every route that runs code (`/execute`, the streams, `/mcp`).
 pub(crate) async fn start(
     state: &AppState,
     caller: &Caller,
@@ -267,6 +267,11 @@ pub(crate) fn to_wire(event: RunEvent) -> StreamEvent {
         RunEvent::Network(entry) => with_phase(
             StreamEventType::Network,
             serde_json::to_string(&entry).unwrap_or_default(),
+            StreamPhase::Code,
+        ),
+        RunEvent::Display(bundle) => with_phase(
+            StreamEventType::Display,
+            serde_json::to_string(&bundle).unwrap_or_default(),
             StreamPhase::Code,
         ),
         RunEvent::Finished(result) => StreamEvent {

@@ -48,10 +48,62 @@ pub async fn list_sessions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<SessionList> {
-    let sessions = state.sessions.list(&caller.owner);
     Json(SessionList {
-        sessions: sessions.iter().map(|s| info(s)).collect(),
+        sessions: list(&state, &caller),
     })
+}
+
+/// The caller's sessions, oldest first (`GET /sessions` and MCP's `list_sessions`).
+pub(crate) fn list(state: &AppState, caller: &Caller) -> Vec<SessionInfo> {
+    let sessions = state.sessions.list(&caller.owner);
+    sessions.iter().map(|s| info(s)).collect()
+}
+
+/// Ends the caller's session `id`, if it exists; its container goes once a running call ends.
+/// Returns whether there was one.
+pub(crate) fn close(state: &AppState, caller: &Caller, id: &str) -> Result<bool, ApiError> {
+    sessions::check_id(id)?;
+    let Some(session) = state.sessions.remove(&caller.owner, id) else {
+        return Ok(false);
+    };
+    let engine = state.engine.clone();
+    // The answer does not wait for a running call to end; the container goes when it does.
+    tokio::spawn(async move { sessions::close(&engine, &session).await });
+    Ok(true)
+}
+
+/// Writes `data` to `path` in the caller's session `id` (`POST /file`, MCP's `write_file`).
+pub(crate) async fn write(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    path: &str,
+    data: &[u8],
+) -> Result<(), ApiError> {
+    let session = state.sessions.get(&caller.owner, id)?;
+    session.touch();
+    let mut slot = session.slot.lock().await;
+    let sandbox = slot.sandbox_mut().ok_or_else(|| no_container(id))?;
+    state.engine.write_session_file(sandbox, path, data).await?;
+    Ok(())
+}
+
+/// The bytes at `path` in the caller's session `id` (`GET /file`, MCP's `read_file`).
+pub(crate) async fn read(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    path: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let session = state.sessions.get(&caller.owner, id)?;
+    session.touch();
+    let mut slot = session.slot.lock().await;
+    let sandbox = slot.sandbox_mut().ok_or_else(|| no_container(id))?;
+    let data = state
+        .engine
+        .read_session_file(sandbox, path, state.config.max_file_bytes)
+        .await?;
+    Ok(data)
 }
 
 /// End a session and remove its container (after a running call, if any, ends). Idempotent.
@@ -69,12 +121,7 @@ pub async fn delete_session(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    sessions::check_id(&id)?;
-    if let Some(session) = state.sessions.remove(&caller.owner, &id) {
-        let engine = state.engine.clone();
-        // The answer does not wait for a running call to end; the container goes when it does.
-        tokio::spawn(async move { sessions::close(&engine, &session).await });
-    }
+    close(&state, &caller, &id)?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -97,16 +144,7 @@ pub async fn write_file(
     let data = B64_LENIENT
         .decode(body.content.as_bytes())
         .map_err(|e| ApiError::bad_request(format!("content is not base64: {e}")))?;
-    let session = state.sessions.get(&caller.owner, &body.session_id)?;
-    session.touch();
-    let mut slot = session.slot.lock().await;
-    let sandbox = slot
-        .sandbox_mut()
-        .ok_or_else(|| no_container(&body.session_id))?;
-    state
-        .engine
-        .write_session_file(sandbox, &body.path, &data)
-        .await?;
+    write(&state, &caller, &body.session_id, &body.path, &data).await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -126,16 +164,7 @@ pub async fn read_file(
     Extension(caller): Extension<Caller>,
     Query(query): Query<FileQuery>,
 ) -> Result<Json<FileContent>, ApiError> {
-    let session = state.sessions.get(&caller.owner, &query.session_id)?;
-    session.touch();
-    let mut slot = session.slot.lock().await;
-    let sandbox = slot
-        .sandbox_mut()
-        .ok_or_else(|| no_container(&query.session_id))?;
-    let data = state
-        .engine
-        .read_session_file(sandbox, &query.path, state.config.max_file_bytes)
-        .await?;
+    let data = read(&state, &caller, &query.session_id, &query.path).await?;
     Ok(Json(FileContent {
         content: B64.encode(data),
     }))
