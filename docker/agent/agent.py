@@ -7,7 +7,7 @@ agent marks itself non-dumpable so programs of the same user can neither ptrace 
 Requests (stdin):
   {"op":"run", "argv":[...], "cwd":..., "env":{...}, "stdin":b64|null, "files":{path: b64},
    "codePath":path|null, "code":b64|null, "outputPaths":[...], "timeoutMs":n, "maxOutput":n,
-   "maxFileBytes":n, "display":bool}   (display: a python program gets isol8's matplotlib backend
+   "maxFileBytes":n, "maxFilesTotal":n, "display":bool}   (display: a python program gets isol8's matplotlib backend
                                        and a display channel on fd 3, see DISPLAY_DIR)
   {"op":"cell", "runtime":r, "code":b64, "stdin":b64|null, "env":{...}, "cwd":path|null, "files":{...},
    "outputPaths":[...], "timeoutMs":n, "maxOutput":n, "maxFileBytes":n}
@@ -573,6 +573,8 @@ class Run:
         files = {}
         errors = []
         limit = int(self.req.get("maxFileBytes", 10 * 1048576))
+        # All output files together are capped too: they come back in one answer.
+        room = int(self.req.get("maxFilesTotal", 4 * limit))
         cwd = self.req.get("cwd") or "/sandbox"
         for path in self.req.get("outputPaths") or []:
             # Output files are what the run made (in the dirs it can write), not a way to read the
@@ -582,12 +584,16 @@ class Run:
                 errors.append("%s: resolves outside %s" % (path, ", ".join(WIPE_DIRS)))
                 continue
             try:
-                data, why = read_output_file(real, limit, WIPE_DIRS)
+                data, why = read_output_file(real, min(limit, room), WIPE_DIRS)
             except OSError:
                 continue  # a missing output file is simply not returned
             if data is None:
+                if room < limit:
+                    why = "left out: the output files together may hold %d bytes (maxFilesTotal)" % (
+                        int(self.req.get("maxFilesTotal", 4 * limit)))
                 errors.append("%s: %s" % (path, why))
                 continue
+            room -= len(data)
             files[path] = base64.b64encode(data).decode()
         code_path = self.req.get("codePath")
         if code_path:
@@ -887,9 +893,73 @@ def reset():
             continue
         if left:
             problems.append("%s not empty: %s" % (d, left[:5]))
+    problems.extend(wipe_ipc())
     if other_pids():
         problems.append("processes left: %s" % other_pids())
     return (not problems), "; ".join(problems) or "clean"
+
+
+IPC_RMID = 0
+SYSV_IPC = {  # /proc/sysvipc table → how to remove one of its objects by id
+    "shm": lambda ident: LIBC.shmctl(ident, IPC_RMID, None),
+    "sem": lambda ident: LIBC.semctl(ident, 0, IPC_RMID),
+    "msg": lambda ident: LIBC.msgctl(ident, IPC_RMID, None),
+}
+MQUEUE_DIR = "/dev/mqueue"
+
+
+def sysv_ids(table):
+    """The ids of the SysV IPC objects in `table` (shm, sem, msg) of this IPC namespace."""
+    try:
+        with open("/proc/sysvipc/" + table) as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    return [int(row.split()[1]) for row in rows if len(row.split()) > 1]
+
+
+def wipe_ipc():
+    """Removes the SysV shared memory, semaphores and message queues and the POSIX message queues a
+    run left (the container's IPC namespace outlives runs), then checks none is left."""
+    for table, remove in SYSV_IPC.items():
+        for ident in sysv_ids(table):
+            remove(ident)
+    try:
+        for name in os.listdir(MQUEUE_DIR):
+            try:
+                os.unlink(os.path.join(MQUEUE_DIR, name))
+            except OSError:
+                pass
+        queues = os.listdir(MQUEUE_DIR)
+    except OSError:
+        queues = []
+    left = ["%s %s" % (t, sysv_ids(t)) for t in SYSV_IPC if sysv_ids(t)]
+    if queues:
+        left.append("mqueue %s" % queues[:5])
+    return ["IPC objects left: %s" % ", ".join(left)] if left else []
+
+
+def descendants(pids):
+    """Every live process whose parent chain reaches one of `pids`."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found = set()
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if pid not in found and (parent in pids or parent in found):
+                found.add(pid)
+                grew = True
+    return found
 
 
 class State:
@@ -900,6 +970,39 @@ class State:
         self.run = None
         self.kernel = None
         self.kernel_lost = False  # the interpreter died between calls; the next call says so
+        # Processes a session call left running (a background job, a server it started): each
+        # set dies at its call's deadline, so nothing runs past a timeout the call was held to.
+        self.lingering = []  # [(deadline, {pid, ...})]
+        self.pids_before = set()  # alive when the current session call began
+
+    def call_started(self):
+        self.pids_before = set(other_pids())
+
+    def call_ended(self, run):
+        if self.kernel is None:
+            return
+        left = set(other_pids()) - self.pids_before - {self.kernel.pid}
+        if left:
+            self.lingering.append((run.deadline, left))
+
+    def next_deadline(self):
+        return min((d for d, _ in self.lingering), default=None)
+
+    def kill_lingering(self):
+        """SIGKILLs the processes whose call's deadline passed, and what they started since."""
+        now = time.monotonic()
+        due = [pids for deadline, pids in self.lingering if deadline <= now]
+        if not due:
+            return
+        self.lingering = [(d, p) for d, p in self.lingering if d > now]
+        doomed = set().union(*due)
+        doomed |= descendants(doomed)
+        doomed.discard(getattr(self.kernel, "pid", None))
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def drop_kernel(self):
         if self.kernel is not None:
@@ -930,8 +1033,11 @@ def main():
 
     while True:
         run = state.run
+        lingering = state.next_deadline()
         if run is None:
             timeout = 1.0  # keep reaping orphans even when idle
+            if lingering is not None:
+                timeout = max(0.0, min(timeout, lingering - time.monotonic()))
         elif run.exit_status is not None or run.status is not None:
             timeout = 0.05  # killing: poll until every pipe writer is gone
         else:
@@ -974,6 +1080,7 @@ def main():
                         if isinstance(message, dict) and "display" in message:
                             state.kernel.ack_display()
         statuses = reap_all()
+        state.kill_lingering()
         run = state.run
         # The interpreter died outside a cell (a `cmd` run killed it, or it crashed): the next cell
         # starts a new one and says the state is gone.
@@ -995,6 +1102,7 @@ def main():
                 run.close_display_ack()
                 emit(run.result())
                 state.run = None
+                state.call_ended(run)
                 if isinstance(run, Cell) and run.kernel_died:
                     state.drop_kernel()
 
@@ -1006,6 +1114,8 @@ def handle(msg, state):
             emit({"ev": "done", "exitCode": 1, "status": "error", "durationMs": 0, "truncated": False,
                   "files": {}, "error": "a program is already running in this sandbox"})
             return
+        if op == "cell" or state.kernel is not None:
+            state.call_started()
         try:
             if op == "run":
                 new = Run(msg, state.sel)
@@ -1038,6 +1148,7 @@ def handle(msg, state):
                 os.close(fd)
         state.run = None
         state.drop_kernel()
+        state.lingering = []
         ok, detail = reset()
         emit({"ev": "reset", "ok": ok, "detail": detail})
         return

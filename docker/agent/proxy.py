@@ -39,6 +39,9 @@ def named_address(pattern):
 NAMED_ADDRESSES = {a for a in (named_address(p) for p in RULES.get("allow", [])) if a}
 # Never reachable, whatever the rules: the Docker host's addresses on its bridges (engine-provided).
 NEVER = set(RULES.get("never", []))
+# ...nor any address of the Docker host, on any interface: engine-provided, whatever the allow rules
+# name.
+NEVER_NETS = [ipaddress.ip_network(n, strict=False) for n in RULES.get("neverNets", [])]
 # Hostnames as DNS has them (ASCII labels) or dotted-quad IPv4: anything else could be read one way by
 # the rules and another by the resolver (IDNA folding, numeric IPv4 forms).
 HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
@@ -86,7 +89,7 @@ def resolve(host, port):
     addresses = sorted({info[4][0] for info in infos})
     for address in addresses:
         ip = ipaddress.ip_address(address)
-        if address in NEVER or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        if address in NEVER or any(ip in net for net in NEVER_NETS) or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
             return None, "%s is never reachable from a sandbox" % address
         if any(p.fullmatch(address) for p in DENY):
             return None, "%s is denied by rule" % address
@@ -192,7 +195,23 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
+def listen_address():
+    """This proxy's address on its run's network (the subnet the engine names): the only place it
+    listens, so no other run's sandbox or proxy, which reach it only over Docker's bridge, can use
+    it. The kernel's route to the subnet picks the address; no packet is sent."""
+    subnet = RULES.get("listenSubnet")
+    if not subnet:
+        return "0.0.0.0"
+    network = ipaddress.ip_network(subnet, strict=False)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((str(network.broadcast_address - 1), 9))
+        return probe.getsockname()[0]
+    finally:
+        probe.close()
+
+
 if __name__ == "__main__":
-    server = Server(("0.0.0.0", 3128), Handler)
+    server = Server((listen_address(), 3128), Handler)
     log({"ready": True})  # only once it listens: the sandbox may connect right away
     server.serve_forever()

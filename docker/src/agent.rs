@@ -38,6 +38,8 @@ pub(crate) enum AgentRequest<'a> {
         timeout_ms: u64,
         max_output: u64,
         max_file_bytes: u64,
+        /// All `output_paths` files together.
+        max_files_total: u64,
         /// Keep stdin open for `Stdin` requests until one says `eof`.
         live_stdin: bool,
         /// Give the program a display channel (fd 3) and isol8's matplotlib backend.
@@ -56,6 +58,7 @@ pub(crate) enum AgentRequest<'a> {
         timeout_ms: u64,
         max_output: u64,
         max_file_bytes: u64,
+        max_files_total: u64,
     },
     /// Live stdin for the running program.
     Stdin {

@@ -21,7 +21,7 @@ use crate::custom::{default_custom_tag, PackageSet};
 use crate::error::{is_not_found, Error, Result};
 use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
-use crate::network::FilteredNetwork;
+use crate::network::{FilteredNetwork, HostAddresses};
 use crate::output::OutputFilter;
 use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
@@ -202,6 +202,8 @@ pub struct Engine {
     images: ImageBuilder,
     /// Runtime → resolved image tag. Guards a small map; never held across `.await`.
     resolved: Arc<Mutex<HashMap<Runtime, String>>>,
+    /// The Docker host's addresses, which filtered runs may never reach.
+    host_addresses: Arc<HostAddresses>,
 }
 
 impl Engine {
@@ -230,6 +232,7 @@ impl Engine {
             config: Arc::new(config),
             pool: Arc::clone(&pool),
             resolved: Arc::new(Mutex::new(HashMap::new())),
+            host_addresses: Arc::default(),
         };
         engine.refresh_warm_set().await;
         pool.start_replenisher();
@@ -515,7 +518,7 @@ impl Engine {
     /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
     pub async fn execute_stream(&self, mut plan: RunPlan) -> Result<RunEvents> {
-        let (mut spec, install) = self.container_plan(&plan).await?;
+        let (spec, install) = self.container_plan(&plan).await?;
         if let Some(install) = install {
             // The install is the run's first (setup-phase) step: its output streams as setup
             // events, and a failure stops the run with the installer's words. Its subshell keeps
@@ -528,6 +531,60 @@ impl Engine {
             });
             plan.allow_hosts.append(&mut plan.registry_hosts);
         }
+        // Everything from here runs in a pool task, so a caller that goes away mid-setup (a
+        // client hanging up while the filtered network and proxy are made) leaves nothing behind:
+        // the task finishes the setup, sees nobody waits for it, and tears it down.
+        let (ready, started) = tokio::sync::oneshot::channel::<Result<RunEvents>>();
+        let engine = self.clone();
+        self.pool.spawn(async move {
+            let (sandbox, network) = match engine.prepare(&mut plan, spec).await {
+                Ok(prepared) => prepared,
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+            };
+            let (side, events) = run_channels();
+            if ready.send(Ok(events)).is_err() {
+                // The caller is gone: the run never starts.
+                engine.pool.destroy(sandbox).await;
+                if let Some(network) = network {
+                    network.teardown(&engine.docker).await;
+                }
+                return;
+            }
+            let owner = plan.owner.clone();
+            let persist = plan.persist;
+            let pool = Arc::clone(&engine.pool);
+            let mut run = Run::new(
+                Box::new(sandbox),
+                plan,
+                side,
+                engine.docker.clone(),
+                false,
+                network,
+            );
+            let reusable = run.drive().await;
+            if let Some(network) = run.network.take() {
+                pool.destroy(*run.sandbox).await;
+                network.teardown(&run.docker).await;
+            } else if persist {
+                tracing::info!(container = %run.sandbox.short_id(), "keeping container (persist)");
+                pool.forget(*run.sandbox);
+            } else {
+                pool.release(*run.sandbox, owner, reusable);
+            }
+        });
+        started.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// The sandbox for `plan` (and, in filtered mode, its own network and proxy, whose variables
+    /// join the plan's environment). On failure nothing made here is left.
+    async fn prepare(
+        &self,
+        plan: &mut RunPlan,
+        mut spec: ContainerSpec,
+    ) -> Result<(Sandbox, Option<FilteredNetwork>)> {
         let unavailable = |e: Error| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {
@@ -543,12 +600,17 @@ impl Engine {
             NetworkMode::Filtered => {
                 // The proxy runs from isol8's own runtime image, never one the request names.
                 let proxy_image = self.runtime_image(plan.runtime).await?;
+                let host = self
+                    .host_addresses
+                    .get(&self.docker, &proxy_image, self.instance_id())
+                    .await?;
                 let network = FilteredNetwork::create(
                     &self.docker,
                     self.instance_id(),
                     &proxy_image,
                     &plan.allow_hosts,
                     &plan.deny_hosts,
+                    &host,
                 )
                 .await?;
                 spec.filtered_network = Some(network.name.clone());
@@ -561,35 +623,15 @@ impl Engine {
             Some(_) => self.pool.create(&spec).await,
             None => self.pool.acquire(&spec, &plan.owner).await,
         };
-        let sandbox = match sandbox {
-            Ok(sandbox) => sandbox,
+        match sandbox {
+            Ok(sandbox) => Ok((sandbox, network)),
             Err(err) => {
                 if let Some(network) = network {
                     network.teardown(&self.docker).await;
                 }
-                return Err(unavailable(err));
+                Err(unavailable(err))
             }
-        };
-        let (side, events) = run_channels();
-        let pool = Arc::clone(&self.pool);
-        let docker = self.docker.clone();
-        // A pool task, so shutdown waits for the run's teardown (its container, network, proxy).
-        self.pool.spawn(async move {
-            let owner = plan.owner.clone();
-            let persist = plan.persist;
-            let mut run = Run::new(Box::new(sandbox), plan, side, docker, false, network);
-            let reusable = run.drive().await;
-            if let Some(network) = run.network.take() {
-                pool.destroy(*run.sandbox).await;
-                network.teardown(&run.docker).await;
-            } else if persist {
-                tracing::info!(container = %run.sandbox.short_id(), "keeping container (persist)");
-                pool.forget(*run.sandbox);
-            } else {
-                pool.release(*run.sandbox, owner, reusable);
-            }
-        });
-        Ok(events)
+        }
     }
 
     /// isol8's containers on this Docker engine (from any instance, or this engine's own with
@@ -787,9 +829,11 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         // With logNetwork, each proxied request is also an event, as it happens.
         let _network_events = match (&self.network, self.plan.log_network) {
-            (Some(network), true) => Some(AbortOnDrop(tokio::spawn(
-                network.follow(self.docker.clone(), self.tx.clone()),
-            ))),
+            (Some(network), true) => Some(AbortOnDrop(tokio::spawn(network.follow(
+                self.docker.clone(),
+                self.tx.clone(),
+                self.masked_values(),
+            )))),
             _ => None,
         };
         let mut outcome = None;
@@ -858,10 +902,21 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
         };
         let mut result = result;
         if let (Some(network), true) = (&self.network, self.plan.log_network) {
-            result.network_logs = Some(network.logs(&self.docker).await);
+            let masked = self.masked_values();
+            result.network_logs = Some(network.logs(&self.docker, &masked).await);
         }
         self.emit(RunEvent::Finished(result)).await;
         outcome.reusable
+    }
+
+    /// Every value masked in this run's output (secrets, and a session's earlier ones).
+    fn masked_values(&self) -> Vec<String> {
+        self.plan
+            .secrets
+            .values()
+            .chain(&self.plan.masked)
+            .cloned()
+            .collect()
     }
 
     /// Sends an event that is not output (errors, exit, the result): waited for until the
@@ -967,6 +1022,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 timeout_ms,
                 max_output: plan.limits.max_output_bytes,
                 max_file_bytes: plan.limits.max_file_bytes,
+                max_files_total: plan.limits.max_output_files_bytes,
             },
             _ => AgentRequest::Run {
                 argv: &argv,
@@ -980,6 +1036,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 timeout_ms,
                 max_output: plan.limits.max_output_bytes,
                 max_file_bytes: plan.limits.max_file_bytes,
+                max_files_total: plan.limits.max_output_files_bytes,
                 live_stdin: plan.live_stdin && phase == StreamPhase::Code,
                 // One-shot python programs hand matplotlib figures over (isol8's backend).
                 display: phase == StreamPhase::Code
@@ -1199,10 +1256,7 @@ fn mask_bundle(bundle: &mut isol8_api::MimeBundle, secrets: &BTreeMap<String, St
     }
     for value in bundle.values_mut() {
         if let serde_json::Value::String(text) = value {
-            let mut filter = OutputFilter::new(secrets.values());
-            let mut masked = filter.push(text.as_bytes());
-            masked.push_str(&filter.finish(false));
-            *text = masked;
+            *text = OutputFilter::mask_text(secrets.values(), text);
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Limits {
     pub tmp_bytes: u64,
     /// Largest single file accepted in `files` or returned from `outputPaths`.
     pub max_file_bytes: u64,
+    /// All files returned from `outputPaths` together (they come back in one answer).
+    pub max_output_files_bytes: u64,
 }
 
 impl Default for Limits {
@@ -77,6 +79,7 @@ impl Default for Limits {
             sandbox_bytes: 512 * KIB * KIB,
             tmp_bytes: 256 * KIB * KIB,
             max_file_bytes: 10 * KIB * KIB,
+            max_output_files_bytes: 32 * KIB * KIB,
         }
     }
 }

@@ -36,6 +36,7 @@ impl FilteredNetwork {
         image: &str,
         allow: &[String],
         deny: &[String],
+        never_nets: &[String],
     ) -> Result<FilteredNetwork> {
         let name = format!(
             "isol8-net-{}",
@@ -59,7 +60,7 @@ impl FilteredNetwork {
             })
             .await
             .map_err(refused("create the run's internal network"))?;
-        match Self::start_proxy(docker, instance, image, &name, allow, deny).await {
+        match Self::start_proxy(docker, instance, image, &name, allow, deny, never_nets).await {
             Ok((proxy_id, proxy_ip)) => Ok(FilteredNetwork {
                 name,
                 proxy_id,
@@ -79,19 +80,37 @@ impl FilteredNetwork {
         network: &str,
         allow: &[String],
         deny: &[String],
+        never_nets: &[String],
     ) -> Result<(String, String)> {
-        // The host's address on Docker's default bridge (the proxy's way out) is never a target.
-        let never: Vec<String> = docker
-            .inspect_network::<String>("bridge", None)
+        // Never a target, whatever the rules: the host's addresses on Docker's networks (the
+        // gateways) and on every interface of the Docker host.
+        let networks = docker
+            .list_networks::<String>(None)
             .await
-            .ok()
-            .and_then(|n| n.ipam)
-            .and_then(|ipam| ipam.config)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.gateway)
-            .collect();
-        let rules = serde_json::json!({"allow": allow, "deny": deny, "never": never}).to_string();
+            .map_err(refused("list Docker's networks"))?;
+        let mut never = Vec::new();
+        let mut listen_subnet = None;
+        for network_info in networks {
+            let is_ours = network_info.name.as_deref() == Some(network);
+            for config in network_info
+                .ipam
+                .and_then(|i| i.config)
+                .into_iter()
+                .flatten()
+            {
+                never.extend(config.gateway);
+                if is_ours {
+                    listen_subnet = config.subnet;
+                }
+            }
+        }
+        // The proxy listens only on the run's own network: reachable from its sandbox alone.
+        let listen_subnet = listen_subnet.ok_or_else(|| {
+            Error::Unsupported("the run's network has no subnet; refusing the run".into())
+        })?;
+        let rules = serde_json::json!({"allow": allow, "deny": deny, "never": never,
+            "neverNets": never_nets, "listenSubnet": listen_subnet})
+        .to_string();
         let config = Config {
             image: Some(image.to_string()),
             entrypoint: Some(vec![
@@ -117,6 +136,12 @@ impl FilteredNetwork {
                 security_opt: Some(crate::spec::security_options()),
                 memory: Some(128 * 1024 * 1024),
                 pids_limit: Some(128),
+                // Its log is the run's network log: bounded (the proxy logs at most 1000
+                // requests) and rotated, so it cannot fill the host's disk.
+                log_config: Some(bollard::models::HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([("max-size".into(), "2m".into())])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -186,7 +211,7 @@ impl FilteredNetwork {
     }
 
     /// Every request the proxy logged so far.
-    pub async fn logs(&self, docker: &Docker) -> Vec<NetworkLogEntry> {
+    pub async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
         let mut stream = docker.logs::<String>(
             &self.proxy_id,
             Some(LogsOptions {
@@ -203,6 +228,7 @@ impl FilteredNetwork {
         String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
+            .map(|entry| mask_entry(entry, masked))
             .collect()
     }
 
@@ -211,9 +237,10 @@ impl FilteredNetwork {
         &self,
         docker: Docker,
         tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
+        masked: Vec<String>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let proxy = self.proxy_id.clone();
-        async move { follow_logs(docker, proxy, tx).await }
+        async move { follow_logs(docker, proxy, tx, masked).await }
     }
 
     /// Removes the proxy and the network (call after the sandbox is gone).
@@ -229,6 +256,7 @@ async fn follow_logs(
     docker: Docker,
     proxy: String,
     tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
+    masked: Vec<String>,
 ) {
     let mut stream = docker.logs::<String>(
         &proxy,
@@ -245,12 +273,24 @@ async fn follow_logs(
         while let Some(end) = pending.find('\n') {
             let line: String = pending.drain(..=end).collect();
             if let Ok(entry) = serde_json::from_str::<NetworkLogEntry>(&line) {
+                let entry = mask_entry(entry, &masked);
                 if tx.send(crate::RunEvent::Network(entry)).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// A log entry with the run's secrets masked: a program may put one in a hostname or a path.
+fn mask_entry(mut entry: NetworkLogEntry, masked: &[String]) -> NetworkLogEntry {
+    if !masked.is_empty() {
+        entry.host = crate::OutputFilter::mask_text(masked, &entry.host);
+        entry.path = entry
+            .path
+            .map(|p| crate::OutputFilter::mask_text(masked, &p));
+    }
+    entry
 }
 
 async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
@@ -290,5 +330,124 @@ fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error
         Error::Unsupported(format!(
             "could not {action} for filtered networking, so the run is refused: {err}"
         ))
+    }
+}
+
+/// The Docker host's own addresses (IPv4, every interface, as `/32` networks), learned once in a
+/// while from a short-lived container on the host's network, so a remote Docker host is covered
+/// too. The proxy refuses them all, whatever a run's rules say.
+#[derive(Debug, Default)]
+pub(crate) struct HostAddresses {
+    /// When they were last read, and what; a std mutex held only to copy or store.
+    cached: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+}
+
+/// How long the host's addresses are trusted before they are read again.
+const HOST_ADDRESSES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl HostAddresses {
+    pub(crate) async fn get(
+        &self,
+        docker: &Docker,
+        image: &str,
+        instance: &str,
+    ) -> Result<Vec<String>> {
+        let fresh = |c: &Option<(std::time::Instant, Vec<String>)>| {
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < HOST_ADDRESSES_TTL)
+                .map(|(_, a)| a.clone())
+        };
+        if let Some(found) = fresh(&self.cached.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(found);
+        }
+        let found = read_host_addresses(docker, image, instance).await?;
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), found.clone()));
+        Ok(found)
+    }
+}
+
+async fn read_host_addresses(docker: &Docker, image: &str, instance: &str) -> Result<Vec<String>> {
+    let config = Config {
+        image: Some(image.to_string()),
+        entrypoint: Some(vec!["cat".into(), "/proc/net/fib_trie".into()]),
+        cmd: Some(vec![]),
+        user: Some(SANDBOX_USER.into()),
+        labels: Some(HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_INSTANCE.to_string(), instance.to_string()),
+            (LABEL_KIND.to_string(), "probe".to_string()),
+        ])),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".into()),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(crate::spec::security_options()),
+            memory: Some(32 * 1024 * 1024),
+            pids_limit: Some(8),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(None::<CreateContainerOptions<String>>, config)
+        .await
+        .map_err(refused("create the host-address probe"))?
+        .id;
+    let read = async {
+        docker
+            .start_container::<String>(&id, None)
+            .await
+            .map_err(refused("start the host-address probe"))?;
+        let mut wait = docker.wait_container::<String>(&id, None);
+        while let Some(step) = wait.next().await {
+            step.map_err(refused("run the host-address probe"))?;
+        }
+        let mut logs = docker.logs::<String>(
+            &id,
+            Some(LogsOptions {
+                stdout: true,
+                ..Default::default()
+            }),
+        );
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.extend_from_slice(&chunk.into_bytes());
+        }
+        Ok(local_addresses(&String::from_utf8_lossy(&text)))
+    };
+    let found = read.await;
+    remove(docker, &id).await;
+    found
+}
+
+/// The `/32 host LOCAL` entries of `/proc/net/fib_trie`: every IPv4 address of the host.
+fn local_addresses(fib_trie: &str) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut last = None;
+    for line in fib_trie.lines() {
+        let line = line.trim_start_matches([' ', '|', '+', '-']).trim();
+        if line.parse::<std::net::Ipv4Addr>().is_ok() {
+            last = Some(line.to_string());
+        } else if line.starts_with("/32 host LOCAL") {
+            if let Some(address) = last.take() {
+                found.insert(format!("{address}/32"));
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_addresses;
+
+    #[test]
+    fn every_local_address_of_the_fib_trie_is_found() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 10.0.2.0/24 2 0 2\n        |-- 10.0.2.15\n           /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 198.51.100.1\n        /32 host LOCAL\n";
+        assert_eq!(
+            local_addresses(trie),
+            ["10.0.2.15/32", "127.0.0.1/32", "198.51.100.1/32"]
+        );
     }
 }

@@ -15,6 +15,14 @@ pub struct OutputFilter {
 pub const MASK: &str = "***";
 
 impl OutputFilter {
+    /// `text` with every value in `secrets` masked, as a whole (not a stream).
+    pub fn mask_text<'a>(secrets: impl IntoIterator<Item = &'a String>, text: &str) -> String {
+        let mut filter = OutputFilter::new(secrets);
+        let mut masked = filter.push(text.as_bytes());
+        masked.push_str(&filter.finish(false));
+        masked
+    }
+
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a String>) -> Self {
         let mut secrets: Vec<Vec<u8>> = secrets
             .into_iter()

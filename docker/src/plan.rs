@@ -11,6 +11,8 @@ use crate::limits::{parse_size, Limits};
 
 pub const SANDBOX_DIR: &str = "/sandbox";
 const WRITABLE_ROOTS: [&str; 2] = ["/sandbox", "/tmp"];
+/// Files one run may ask back (`outputPaths`); their total size is capped by the limits.
+const MAX_OUTPUT_PATHS: usize = 64;
 
 /// What the sandbox runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +118,12 @@ impl RunPlan {
                 )));
             }
             files.insert(abs, content.clone().into_bytes());
+        }
+        if request.output_paths.len() > MAX_OUTPUT_PATHS {
+            return Err(invalid(format!(
+                "outputPaths: {} paths; at most {MAX_OUTPUT_PATHS} may be asked for",
+                request.output_paths.len()
+            )));
         }
         for path in &request.output_paths {
             if path.trim().is_empty() || path.contains('\0') {

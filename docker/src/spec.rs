@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use bollard::container::Config;
-use bollard::models::{HostConfig, ResourcesUlimits};
+use bollard::models::{HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use isol8_api::NetworkMode;
 
 use crate::limits::Limits;
@@ -59,6 +59,15 @@ pub fn security_options() -> Vec<String> {
         "no-new-privileges:true".to_string(),
         format!("seccomp={SECCOMP_PROFILE}"),
     ]
+}
+
+/// Per-socket TCP buffer bounds (min, default, max bytes) inside a sandbox's network namespace:
+/// 256 KiB at most instead of the kernel's 6 MiB.
+fn socket_buffer_caps() -> HashMap<String, String> {
+    ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"]
+        .into_iter()
+        .map(|name| (name.to_string(), "4096 65536 262144".to_string()))
+        .collect()
 }
 
 /// The container-level settings of a sandbox. Two runs can share a pooled container only when their
@@ -163,6 +172,15 @@ impl ContainerSpec {
                     hard: Some(4096),
                 },
             ]),
+            // Nothing a sandbox writes lands on the host's disk: the agent's stdout (programs'
+            // output before masking) is read over the attach stream, never logged.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_string()),
+                config: None,
+            }),
+            // Socket buffers are kernel memory the memory limit does not count on cgroup v1
+            // hosts: cap each TCP socket's (the container's own network namespace).
+            sysctls: (self.network != NetworkMode::Host).then(socket_buffer_caps),
             runtime: oci_runtime.map(str::to_string),
             init: Some(false),
             auto_remove: Some(ends_with_connection),
