@@ -9,7 +9,7 @@ use isol8_docker::{Engine, Limits};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::{Caller, NamedKey};
+use crate::auth::{Caller, KeyDigest, NamedKey};
 use crate::config::ServerConfig;
 use crate::db::Database;
 use crate::error::ApiError;
@@ -27,10 +27,12 @@ pub struct AppState {
     pub max_limits: Limits,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
-    /// The bearer key. Compared in constant time; never logged.
+    /// The bearer key. Never logged; requests are compared against its digest.
     pub(crate) api_key: Arc<String>,
-    /// Further keys, each with a tenant (the config's `keysFile`).
-    pub(crate) named_keys: Arc<Vec<NamedKey>>,
+    /// SHA-256 of `api_key`, compared in constant time (see `auth::identify_static`).
+    pub(crate) api_key_digest: KeyDigest,
+    /// Further keys, each with a tenant (the config's `keysFile`), with their SHA-256.
+    pub(crate) named_keys: Arc<Vec<(KeyDigest, NamedKey)>>,
     /// Database keys, tenants and the audit trail (`auth.enabled` / `--auth-db`).
     pub(crate) database: Option<Database>,
     /// Per-tenant execution counts (`tenantLimits`).
@@ -62,6 +64,7 @@ impl AppState {
                 RemoteCode::new(Default::default()).expect("the default is valid")
             }),
             config: Arc::new(config),
+            api_key_digest: crate::auth::digest(&api_key),
             api_key: Arc::new(api_key),
             named_keys: Arc::new(Vec::new()),
             database: None,
@@ -72,6 +75,10 @@ impl AppState {
 
     /// Accepts `keys` besides the master key.
     pub fn with_named_keys(mut self, keys: Vec<NamedKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|key| (crate::auth::digest(&key.key), key))
+            .collect();
         self.named_keys = Arc::new(keys);
         self
     }
