@@ -301,6 +301,11 @@ pub async fn serve(
     });
     let sessions = Arc::clone(&state.sessions);
     let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
+    // Background task: removes kept (`persist`) containers past their `persist.maxAgeMs`.
+    let kept_expiry = tokio::spawn(crate::persist::expire_forever(
+        engine.clone(),
+        state.config.persist.clone(),
+    ));
     // Background task: deletes long-expired keys and audit rows past their retention.
     let sweeper = state
         .database
@@ -318,6 +323,7 @@ pub async fn serve(
     .await;
     reaper.abort();
     expiry.abort();
+    kept_expiry.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }

@@ -152,6 +152,9 @@ pub struct ServerConfig {
     /// What one tenant (a keys-file or database key's) may use at once on this replica.
     #[schema(inline)]
     pub tenant_limits: crate::db::TenantLimitsConfig,
+    /// Who may keep a run's container after it ends (`options.persist`), how many, how long.
+    #[schema(inline)]
+    pub persist: crate::persist::PersistPolicy,
 }
 
 impl Default for ServerConfig {
@@ -212,6 +215,7 @@ impl Default for ServerConfig {
             auth: Default::default(),
             audit: Default::default(),
             tenant_limits: Default::default(),
+            persist: Default::default(),
         }
     }
 }
@@ -333,6 +337,7 @@ impl ServerConfig {
         self.remote_code.validate()?;
         self.auth.validate()?;
         self.tenant_limits.validate()?;
+        self.persist.validate()?;
         Ok(())
     }
 

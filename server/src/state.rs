@@ -44,6 +44,8 @@ pub struct AppState {
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot; bounded by `maxQueue`.
     waiting: Arc<AtomicUsize>,
+    /// Persist runs admitted but whose container is not created yet (`persist.maxPerKey`).
+    pub(crate) starting: Arc<crate::persist::Starting>,
     /// The `remoteCode` policy, compiled.
     pub remote_code: RemoteCode,
 }
@@ -70,6 +72,7 @@ impl AppState {
             database: None,
             tenants: Arc::new(Tenants::default()),
             tenant_limits,
+            starting: Default::default(),
         }
     }
 
@@ -104,8 +107,21 @@ impl AppState {
     /// Waits for an execution slot of the caller's tenant (unless it is the master key), then for
     /// one of the server's; refuses with 429 when a queue is full or the wait too long.
     pub async fn acquire_slot(&self, caller: &Caller) -> Result<Slot, ApiError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.queue_timeout_ms);
+        self.acquire_slot_by(caller, self.queue_deadline()).await
+    }
+
+    /// When a request that starts waiting now has waited `queueTimeoutMs`.
+    pub fn queue_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.config.queue_timeout_ms)
+    }
+
+    /// `acquire_slot`, giving up at `deadline` (a request that already waited for something else
+    /// gets only what is left of its `queueTimeoutMs`).
+    pub async fn acquire_slot_by(
+        &self,
+        caller: &Caller,
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, ApiError> {
         let tenant = match (&caller.tenant, caller.limits) {
             (Some(tenant), Some(limits)) => {
                 Some(self.tenants.acquire(tenant, limits, deadline).await?)
@@ -116,6 +132,37 @@ impl AppState {
         Ok(Slot {
             _server: server,
             _tenant: tenant,
+        })
+    }
+
+    /// Waits for `turn` (a busy session's lock) as one of the server's `maxQueue` queued requests,
+    /// until `deadline` at the latest: 429 when the queue is full or the wait too long. `what`
+    /// names what is waited for in the message.
+    pub async fn wait_in_queue<T>(
+        &self,
+        turn: impl std::future::Future<Output = T>,
+        deadline: tokio::time::Instant,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _leave = Leave(&self.waiting);
+        if queued >= self.config.max_queue {
+            return Err(ApiError::busy(
+                format!(
+                    "{what} is busy and {} requests are queued (maxQueue); retry later",
+                    self.config.max_queue
+                ),
+                1,
+            ));
+        }
+        tokio::time::timeout_at(deadline, turn).await.map_err(|_| {
+            ApiError::busy(
+                format!(
+                    "{what} stayed busy for {} ms (queueTimeoutMs); retry later",
+                    self.config.queue_timeout_ms
+                ),
+                1,
+            )
         })
     }
 

@@ -76,7 +76,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>,
 /// With the master key: end every session of this server and remove every container it created
 /// (and isol8's images with `{"images": true}`); another server's or a CLI's containers on the same
 /// Docker engine are left alone. With a tenant's key: end that tenant's sessions and drop its warm
-/// containers.
+/// containers and the containers it kept (`persist`).
 #[utoipa::path(post, path = "/cleanup", tag = "system",
     request_body(content = Option<CleanupRequest>),
     responses(
@@ -121,11 +121,12 @@ pub async fn cleanup(
             .close_matching(&state.engine, Some(&caller.owner))
             .await;
         let warm = state.engine.cleanup_owner(&caller.owner).await;
+        let kept = state.engine.remove_kept(&caller.owner).await?;
         return Ok(Json(CleanupResponse {
             ok: true,
             sessions,
             containers: CleanupCounts {
-                removed: warm as u64,
+                removed: (warm + kept) as u64,
                 ..Default::default()
             },
             images: None,
