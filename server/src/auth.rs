@@ -17,6 +17,11 @@ use crate::tenants::TenantLimits;
 /// Probes stay open so orchestrators can call them without the key; they reveal no data.
 const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
 
+/// Whether `path` answers without a key.
+pub(crate) fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path)
+}
+
 /// Routes only the master key may call (403 for any other key, before the body is read).
 fn master_only(path: &str) -> bool {
     path == "/audit" || path.starts_with("/audit/") || path == "/auth" || path.starts_with("/auth/")
@@ -142,7 +147,7 @@ pub async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path()) {
+    if is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {

@@ -110,6 +110,10 @@ pub struct ServerConfig {
     pub queue_timeout_ms: u64,
     /// Largest request body in bytes (413 past it).
     pub max_body_bytes: usize,
+    /// Bytes of request bodies the server holds at once, across every connection: a body's
+    /// declared length (or what arrives) is taken from it before being read and given back once
+    /// its request is answered; past it a 503. At least `maxBodyBytes`.
+    pub max_body_bytes_in_flight: usize,
     /// A client must send a request's headers within this long (milliseconds), and then its body
     /// within as long again (408 past it); an idle keep-alive connection is closed after it.
     /// A silent client, or one trickling its request, cannot hold a connection longer.
@@ -199,6 +203,7 @@ impl Default for ServerConfig {
             max_queue: 100,
             queue_timeout_ms: 30_000,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             request_read_timeout_ms: 30_000,
             max_connections: 4096,
             pool_size: 2,
@@ -324,6 +329,15 @@ impl ServerConfig {
             if let Err(e) = isol8_docker::check_host_pattern(pattern) {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }
+        }
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return Err(format!(
+                "maxBodyBytesInFlight ({}) must be at least maxBodyBytes ({})",
+                self.max_body_bytes_in_flight, self.max_body_bytes
+            ));
+        }
+        if u32::try_from(self.max_body_bytes).is_err() {
+            return Err("maxBodyBytes must be below 4 GiB".into());
         }
         if self.request_read_timeout_ms == 0 {
             return Err("requestReadTimeoutMs must be greater than zero".into());

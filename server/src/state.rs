@@ -42,6 +42,10 @@ pub struct AppState {
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
     /// streams included; dropping it frees the slot.
     slots: Arc<Semaphore>,
+    /// The bytes of request bodies held at once (`maxBodyBytesInFlight`): a request takes its
+    /// body's bytes before they are read (`app::read_body_in_time`) and gives them back when it
+    /// is answered.
+    pub(crate) body_budget: Arc<Semaphore>,
     /// Requests waiting for a slot; bounded by `maxQueue`.
     waiting: Arc<AtomicUsize>,
     /// Persist runs admitted but whose container is not created yet (`persist.maxPerKey`).
@@ -61,6 +65,7 @@ impl AppState {
             sessions: Arc::new(Sessions::new(config.session_limits(), false)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            body_budget: Arc::new(Semaphore::new(config.max_body_bytes_in_flight)),
             // Validated with the rest of the config at load; an invalid one allows nothing.
             remote_code: RemoteCode::new(config.remote_code.clone()).unwrap_or_else(|_| {
                 RemoteCode::new(Default::default()).expect("the default is valid")
