@@ -333,6 +333,50 @@ impl ImageBuilder {
         Ok(list)
     }
 
+    /// The tag isol8 itself computes for `image`, when `image` is that very image: the current
+    /// runtime image of the runtime its labels name, or the custom image its labels describe
+    /// (`custom_tag` of its base and packages). Returns the runtime and that tag, else `None`
+    /// (no such image, or not isol8's).
+    ///
+    /// Labels alone prove nothing: an image built `FROM isol8-python` inherits every `isol8.*`
+    /// label, and anyone who builds images on the engine can set them. Only an image whose id is
+    /// the id of a tag isol8 derives from its own recipes passes; such a tag is made only by
+    /// isol8's builds (or by someone who can already drive the engine).
+    pub(crate) async fn verified_tag(&self, image: &str) -> Result<Option<(Runtime, String)>> {
+        let inspected = match self.docker().inspect_image(image).await {
+            Ok(inspected) => inspected,
+            Err(err) if crate::error::is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(Error::docker("inspect image")(err)),
+        };
+        let Some(id) = inspected.id else {
+            return Ok(None);
+        };
+        let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        let Some(runtime) = labels
+            .get(LABEL_RUNTIME)
+            .and_then(|r| r.parse::<Runtime>().ok())
+        else {
+            return Ok(None);
+        };
+        let mut candidates = Vec::new();
+        if let Some(tag) = self.find_runtime(runtime).await? {
+            candidates.push(tag);
+        }
+        if labels.get(LABEL_KIND).map(String::as_str) == Some("custom") {
+            if let (Some(base), Some(packages)) =
+                (labels.get(LABEL_BASE), labels.get(LABEL_PACKAGES))
+            {
+                candidates.push(custom_tag(runtime, base, &PackageSet::from_label(packages)));
+            }
+        }
+        for tag in candidates {
+            if self.image_id(&tag).await?.as_deref() == Some(id.as_str()) {
+                return Ok(Some((runtime, tag)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The image `isol8 setup` baked default packages into for `runtime`, when it sits on the current
     /// runtime image.
     pub async fn find_default_custom(&self, runtime: Runtime) -> Result<Option<String>> {

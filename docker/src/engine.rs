@@ -26,7 +26,7 @@ use crate::output::OutputFilter;
 use crate::plan::{Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
 use crate::run::{run_channels, RunControl, RunEvents, RunSide};
-use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUNTIME};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER};
 
 /// Extra time past a run's timeout before the engine stops waiting for the agent and destroys the
 /// container itself.
@@ -378,10 +378,19 @@ impl Engine {
     }
 
     /// `image` when it is one of isol8's for `runtime` (a runtime image or one `isol8 build` made
-    /// from it). Any other image on the engine (the server's own, the Docker-in-Docker one, a
-    /// registry mirror's) is not a sandbox: a request may not run code in it.
+    /// from it), as the tag isol8 computes for it (see `ImageBuilder::verified_tag`). Any other
+    /// image on the engine (the server's own, the Docker-in-Docker one, one built `FROM` an isol8
+    /// image) is not a sandbox: a request may not run code in it. A missing image and a foreign one
+    /// get the same answer, so requests cannot map the engine's images.
     async fn check_requested_image(&self, image: &str, runtime: Runtime) -> Result<String> {
-        let labels = match self.images.image_labels(image).await {
+        match self.images.verified_tag(image).await {
+            Ok(Some((built_for, tag))) if built_for == runtime => Ok(tag),
+            Ok(Some((built_for, _))) => Err(Error::InvalidRequest(format!(
+                "image {image} is a {built_for} image, not a {runtime} one"
+            ))),
+            Ok(None) => Err(Error::InvalidRequest(format!(
+                "image {image} is not an isol8 image on this server; use one `isol8 setup` or `isol8 build` made"
+            ))),
             // Docker refuses a malformed name: the caller's error.
             Err(Error::Docker {
                 source:
@@ -390,24 +399,10 @@ impl Engine {
                         message,
                     },
                 ..
-            }) => {
-                return Err(Error::InvalidRequest(format!(
-                    "image \"{image}\": {message}"
-                )))
-            }
-            found => found?.ok_or_else(|| Error::ImageMissing {
-                image: image.to_string(),
-            })?,
-        };
-        let ours = labels.get(LABEL_MANAGED).is_some_and(|v| v == "true");
-        match labels.get(LABEL_RUNTIME) {
-            Some(built_for) if ours && built_for == runtime.as_str() => Ok(image.to_string()),
-            Some(built_for) if ours => Err(Error::InvalidRequest(format!(
-                "image {image} is a {built_for} image, not a {runtime} one"
+            }) => Err(Error::InvalidRequest(format!(
+                "image \"{image}\": {message}"
             ))),
-            _ => Err(Error::InvalidRequest(format!(
-                "image {image} is not an isol8 image; use one `isol8 setup` or `isol8 build` made"
-            ))),
+            Err(err) => Err(err),
         }
     }
 
@@ -454,6 +449,12 @@ impl Engine {
         let mut spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
         if plan.persist {
             spec.kind = ContainerKind::Kept;
+            // Counted per owner, removed with its owner's cleanup and past its expiry (`kept.rs`).
+            spec.labels.insert(LABEL_OWNER.into(), plan.owner.clone());
+            if let Some(at) = plan.persist_expires_at {
+                spec.labels
+                    .insert(crate::kept::LABEL_EXPIRES.into(), at.to_string());
+            }
         }
         Ok((spec, install))
     }

@@ -6,6 +6,7 @@ mod custom;
 mod engine;
 mod error;
 mod images;
+mod kept;
 mod limits;
 mod network;
 mod output;
@@ -24,6 +25,7 @@ pub use images::{
     BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, HOST_CA_BUNDLES, HOST_CA_ENV,
     LABEL_RECIPE,
 };
+pub use kept::LABEL_EXPIRES;
 pub use limits::{format_size, parse_size, Limits};
 pub use output::OutputFilter;
 pub use plan::{check_host_pattern, confine, Program, RunPlan};

@@ -55,6 +55,9 @@ pub struct RunPlan {
     pub owner: String,
     /// Keep the container after the run (for inspection); it is never reused.
     pub persist: bool,
+    /// When a kept container may be removed (Unix seconds, its `isol8.expires` label; set by the
+    /// server from `persist.maxAgeMs`). `None`: only a cleanup removes it.
+    pub persist_expires_at: Option<u64>,
     /// The program's stdin stays open for live input (`RunControl::Stdin`) until its end is sent.
     pub live_stdin: bool,
     /// Values masked in output besides the secrets' (a session's earlier secret values).
@@ -177,6 +180,7 @@ impl RunPlan {
             registry_hosts: Vec::new(),
             owner: owner.to_string(),
             persist: options.persist.unwrap_or(false),
+            persist_expires_at: None,
             live_stdin: false,
             masked: Vec::new(),
         })

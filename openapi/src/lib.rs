@@ -15,6 +15,8 @@ pub use execution::{
     ExecutionStatus, FileData, MimeBundle, NetworkAction, NetworkFilter, NetworkLogEntry,
     NetworkMode, NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
-pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
+pub use misc::{
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
+};
 pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

@@ -24,6 +24,16 @@ pub struct HealthResponse {
     pub version: String,
 }
 
+/// `GET /ready` when ready: the runtimes whose images are built. Nothing else (no Docker address,
+/// no error detail): it answers without a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "version": "0.1.0", "runtimes": ["python", "node", "bun", "deno", "bash"]}))]
+pub struct ReadyResponse {
+    pub status: String,
+    pub version: String,
+    pub runtimes: Vec<crate::Runtime>,
+}
+
 /// `POST /cleanup` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

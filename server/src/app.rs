@@ -179,19 +179,40 @@ pub fn app(state: AppState) -> Router {
 /// Reads the whole request body, within `requestReadTimeoutMs`, before any handler sees it: a body
 /// trickled a byte at a time cannot hold its connection for as long as the client likes (408).
 /// Every body isol8 takes is a bounded JSON document read whole anyway.
+///
+/// Runs inside the key layer, so no body is read before the key is checked; the probes, which
+/// answer without a key, get none at all. The bytes a body declares (`Content-Length`), or those
+/// that arrive, are taken from the server-wide `maxBodyBytesInFlight` budget first and given back
+/// once the request is answered: however many connections send at once, the bodies held in memory
+/// stay within it (503 past it).
 async fn read_body_in_time(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if crate::auth::is_public(parts.uri.path()) {
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::empty()))
+            .await;
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut budget = BodyBudget::new(&state);
+    if let Err(refusal) = budget.take(declared) {
+        return refusal.into_response();
+    }
     let limit = state.config.request_read_timeout_ms;
-    let read = axum::body::to_bytes(body, usize::MAX);
-    match tokio::time::timeout(Duration::from_millis(limit), read).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
-        Ok(Err(error)) => {
+    let read = read_within_budget(body, &mut budget);
+    let bytes = match tokio::time::timeout(Duration::from_millis(limit), read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::Budget(refusal))) => return refusal.into_response(),
+        Ok(Err(BodyError::Read(error))) => {
             let error = error.into_inner();
-            if error
+            return if error
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
@@ -206,14 +227,95 @@ async fn read_body_in_time(
             } else {
                 ApiError::bad_request(format!("could not read the request body: {error}"))
             }
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {limit} ms"),
+            )
             .into_response()
         }
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the request body did not arrive within {limit} ms"),
-        )
-        .into_response(),
+    };
+    let response = next.run(Request::from_parts(parts, bytes.into())).await;
+    // The body's share of the budget is given back only now: the handler held it (or what it
+    // parsed from it) until here.
+    drop(budget);
+    response
+}
+
+enum BodyError {
+    Budget(ApiError),
+    Read(axum::Error),
+}
+
+/// Reads `body` whole, taking from `budget` whatever arrives beyond what it already holds.
+async fn read_within_budget(
+    mut body: axum::body::Body,
+    budget: &mut BodyBudget,
+) -> Result<axum::body::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut buffer = Vec::with_capacity(budget.held);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            let beyond = (buffer.len() + data.len()).saturating_sub(budget.held);
+            budget.take(beyond).map_err(BodyError::Budget)?;
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.into())
+}
+
+/// One request's share of the server-wide body budget (`AppState::body_budget`); dropping it
+/// gives the bytes back.
+struct BodyBudget {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    permits: Option<tokio::sync::OwnedSemaphorePermit>,
+    held: usize,
+    total: usize,
+}
+
+impl BodyBudget {
+    fn new(state: &AppState) -> BodyBudget {
+        BodyBudget {
+            semaphore: Arc::clone(&state.body_budget),
+            permits: None,
+            held: 0,
+            total: state.config.max_body_bytes_in_flight,
+        }
+    }
+
+    /// Takes `bytes` more, at once or not at all (a client is not left waiting with a connection
+    /// open; it is told to come back).
+    fn take(&mut self, bytes: usize) -> Result<(), ApiError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let refused = || {
+            ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "body_budget_exhausted",
+                format!(
+                    "the server is already receiving {} bytes of request bodies (maxBodyBytesInFlight); retry later",
+                    self.total
+                ),
+            )
+        }
+        };
+        let count = u32::try_from(bytes).map_err(|_| refused())?;
+        let permit = Arc::clone(&self.semaphore)
+            .try_acquire_many_owned(count)
+            .map_err(|_| refused())?;
+        match &mut self.permits {
+            Some(held) => held.merge(permit),
+            None => self.permits = Some(permit),
+        }
+        self.held += bytes;
+        Ok(())
     }
 }
 
@@ -301,6 +403,11 @@ pub async fn serve(
     });
     let sessions = Arc::clone(&state.sessions);
     let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
+    // Background task: removes kept (`persist`) containers past their `persist.maxAgeMs`.
+    let kept_expiry = tokio::spawn(crate::persist::expire_forever(
+        engine.clone(),
+        state.config.persist.clone(),
+    ));
     // Background task: deletes long-expired keys and audit rows past their retention.
     let sweeper = state
         .database
@@ -318,6 +425,7 @@ pub async fn serve(
     .await;
     reaper.abort();
     expiry.abort();
+    kept_expiry.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }

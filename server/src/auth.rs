@@ -6,6 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -15,6 +16,11 @@ use crate::tenants::TenantLimits;
 /// Paths answered without a key.
 /// Probes stay open so orchestrators can call them without the key; they reveal no data.
 const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
+
+/// Whether `path` answers without a key.
+pub(crate) fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path)
+}
 
 /// Routes only the master key may call (403 for any other key, before the body is read).
 fn master_only(path: &str) -> bool {
@@ -103,22 +109,33 @@ async fn identify(state: &AppState, token: &str) -> Result<Option<Caller>, ApiEr
     }
 }
 
+/// A key's SHA-256, what the static keys are compared as: fixed-length digests, so the comparison
+/// takes the same time whatever the token's or the key's length.
+pub(crate) type KeyDigest = [u8; 32];
+
+pub(crate) fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The master key or a keys-file key, comparing against every one in constant time.
 fn identify_static(state: &AppState, token: &str) -> Option<Caller> {
-    // `ct_eq` compares in constant time (and is false for different lengths); every key is compared
-    // so timing does not reveal which one matched.
+    // `ct_eq` on byte strings returns early when the lengths differ, which would tell a client
+    // how long the key is; the digests are 32 bytes whatever the key's length (the token's
+    // hashing depends only on the token, which the client knows). Every key is compared, so
+    // timing does not reveal which one matched.
+    let token = digest(token);
     let mut found = None;
-    if bool::from(token.as_bytes().ct_eq(state.api_key.as_bytes())) {
+    if bool::from(token.ct_eq(&state.api_key_digest)) {
         found = Some(Caller {
-            owner: AppState::owner_of(token),
+            owner: AppState::owner_of(&state.api_key),
             master: true,
             tenant: None,
             key_id: None,
             limits: None,
         });
     }
-    for key in state.named_keys.iter() {
-        if bool::from(token.as_bytes().ct_eq(key.key.as_bytes())) && found.is_none() {
+    for (key_digest, key) in state.named_keys.iter() {
+        if bool::from(token.ct_eq(key_digest)) && found.is_none() {
             found = Some(Caller::tenant(&key.tenant, None, state.tenant_limits));
         }
     }
@@ -130,7 +147,7 @@ pub async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_PATHS.contains(&request.uri().path()) {
+    if is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {

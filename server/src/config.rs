@@ -110,6 +110,10 @@ pub struct ServerConfig {
     pub queue_timeout_ms: u64,
     /// Largest request body in bytes (413 past it).
     pub max_body_bytes: usize,
+    /// Bytes of request bodies the server holds at once, across every connection: a body's
+    /// declared length (or what arrives) is taken from it before being read and given back once
+    /// its request is answered; past it a 503. At least `maxBodyBytes`.
+    pub max_body_bytes_in_flight: usize,
     /// A client must send a request's headers within this long (milliseconds), and then its body
     /// within as long again (408 past it); an idle keep-alive connection is closed after it.
     /// A silent client, or one trickling its request, cannot hold a connection longer.
@@ -152,6 +156,9 @@ pub struct ServerConfig {
     /// What one tenant (a keys-file or database key's) may use at once on this replica.
     #[schema(inline)]
     pub tenant_limits: crate::db::TenantLimitsConfig,
+    /// Who may keep a run's container after it ends (`options.persist`), how many, how long.
+    #[schema(inline)]
+    pub persist: crate::persist::PersistPolicy,
 }
 
 impl Default for ServerConfig {
@@ -196,6 +203,7 @@ impl Default for ServerConfig {
             max_queue: 100,
             queue_timeout_ms: 30_000,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             request_read_timeout_ms: 30_000,
             max_connections: 4096,
             pool_size: 2,
@@ -212,6 +220,7 @@ impl Default for ServerConfig {
             auth: Default::default(),
             audit: Default::default(),
             tenant_limits: Default::default(),
+            persist: Default::default(),
         }
     }
 }
@@ -321,6 +330,15 @@ impl ServerConfig {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }
         }
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return Err(format!(
+                "maxBodyBytesInFlight ({}) must be at least maxBodyBytes ({})",
+                self.max_body_bytes_in_flight, self.max_body_bytes
+            ));
+        }
+        if u32::try_from(self.max_body_bytes).is_err() {
+            return Err("maxBodyBytes must be below 4 GiB".into());
+        }
         if self.request_read_timeout_ms == 0 {
             return Err("requestReadTimeoutMs must be greater than zero".into());
         }
@@ -333,6 +351,7 @@ impl ServerConfig {
         self.remote_code.validate()?;
         self.auth.validate()?;
         self.tenant_limits.validate()?;
+        self.persist.validate()?;
         Ok(())
     }
 

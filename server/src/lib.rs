@@ -9,6 +9,7 @@ mod extract;
 pub mod launch;
 pub mod mcp;
 mod metrics;
+mod persist;
 mod policy;
 mod remote_code;
 mod routes;
@@ -23,6 +24,7 @@ pub use db::{
     AuditConfig, AuthConfig, Backend, Database, DbError, TenantLimitsConfig, SCHEMA_VERSION,
 };
 pub use error::ApiError;
+pub use persist::PersistPolicy;
 pub use remote_code::RemoteCodePolicy;
 pub use sessions::check_id as check_session_id;
 pub use state::AppState;

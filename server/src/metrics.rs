@@ -4,6 +4,7 @@
 use std::sync::atomic::AtomicI64;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use isol8_api::ExecutionResult;
@@ -141,14 +142,32 @@ impl Metrics {
     }
 }
 
-/// Counts every response by the route that matched it (`unmatched` for unknown paths, so scanners
-/// cannot blow up the label set).
+/// The label of an HTTP method: the standard ones by name, anything else (`XFOO`, `BREW`, which
+/// hyper accepts from anyone, before auth) as `other`, so a client cannot add series at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts every response by the route that matched it (`unmatched` for unknown paths and for
+/// requests refused before routing) and a method from a fixed set: every label takes one of a
+/// bounded set of values, so scanners and unauthenticated clients cannot blow up the label set.
 pub async fn count_requests(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let response = next.run(request).await;
     let route = response
         .extensions()

@@ -9,7 +9,7 @@ use isol8_docker::{Engine, Limits};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::{Caller, NamedKey};
+use crate::auth::{Caller, KeyDigest, NamedKey};
 use crate::config::ServerConfig;
 use crate::db::Database;
 use crate::error::ApiError;
@@ -27,10 +27,12 @@ pub struct AppState {
     pub max_limits: Limits,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
-    /// The bearer key. Compared in constant time; never logged.
+    /// The bearer key. Never logged; requests are compared against its digest.
     pub(crate) api_key: Arc<String>,
-    /// Further keys, each with a tenant (the config's `keysFile`).
-    pub(crate) named_keys: Arc<Vec<NamedKey>>,
+    /// SHA-256 of `api_key`, compared in constant time (see `auth::identify_static`).
+    pub(crate) api_key_digest: KeyDigest,
+    /// Further keys, each with a tenant (the config's `keysFile`), with their SHA-256.
+    pub(crate) named_keys: Arc<Vec<(KeyDigest, NamedKey)>>,
     /// Database keys, tenants and the audit trail (`auth.enabled` / `--auth-db`).
     pub(crate) database: Option<Database>,
     /// Per-tenant execution counts (`tenantLimits`).
@@ -40,8 +42,14 @@ pub struct AppState {
     /// One permit per running execution (`maxConcurrent`). Handlers hold a permit for the whole run,
     /// streams included; dropping it frees the slot.
     slots: Arc<Semaphore>,
+    /// The bytes of request bodies held at once (`maxBodyBytesInFlight`): a request takes its
+    /// body's bytes before they are read (`app::read_body_in_time`) and gives them back when it
+    /// is answered.
+    pub(crate) body_budget: Arc<Semaphore>,
     /// Requests waiting for a slot; bounded by `maxQueue`.
     waiting: Arc<AtomicUsize>,
+    /// Persist runs admitted but whose container is not created yet (`persist.maxPerKey`).
+    pub(crate) starting: Arc<crate::persist::Starting>,
     /// The `remoteCode` policy, compiled.
     pub remote_code: RemoteCode,
 }
@@ -57,21 +65,28 @@ impl AppState {
             sessions: Arc::new(Sessions::new(config.session_limits(), false)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            body_budget: Arc::new(Semaphore::new(config.max_body_bytes_in_flight)),
             // Validated with the rest of the config at load; an invalid one allows nothing.
             remote_code: RemoteCode::new(config.remote_code.clone()).unwrap_or_else(|_| {
                 RemoteCode::new(Default::default()).expect("the default is valid")
             }),
             config: Arc::new(config),
+            api_key_digest: crate::auth::digest(&api_key),
             api_key: Arc::new(api_key),
             named_keys: Arc::new(Vec::new()),
             database: None,
             tenants: Arc::new(Tenants::default()),
             tenant_limits,
+            starting: Default::default(),
         }
     }
 
     /// Accepts `keys` besides the master key.
     pub fn with_named_keys(mut self, keys: Vec<NamedKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|key| (crate::auth::digest(&key.key), key))
+            .collect();
         self.named_keys = Arc::new(keys);
         self
     }
@@ -97,8 +112,21 @@ impl AppState {
     /// Waits for an execution slot of the caller's tenant (unless it is the master key), then for
     /// one of the server's; refuses with 429 when a queue is full or the wait too long.
     pub async fn acquire_slot(&self, caller: &Caller) -> Result<Slot, ApiError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.queue_timeout_ms);
+        self.acquire_slot_by(caller, self.queue_deadline()).await
+    }
+
+    /// When a request that starts waiting now has waited `queueTimeoutMs`.
+    pub fn queue_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.config.queue_timeout_ms)
+    }
+
+    /// `acquire_slot`, giving up at `deadline` (a request that already waited for something else
+    /// gets only what is left of its `queueTimeoutMs`).
+    pub async fn acquire_slot_by(
+        &self,
+        caller: &Caller,
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, ApiError> {
         let tenant = match (&caller.tenant, caller.limits) {
             (Some(tenant), Some(limits)) => {
                 Some(self.tenants.acquire(tenant, limits, deadline).await?)
@@ -109,6 +137,37 @@ impl AppState {
         Ok(Slot {
             _server: server,
             _tenant: tenant,
+        })
+    }
+
+    /// Waits for `turn` (a busy session's lock) as one of the server's `maxQueue` queued requests,
+    /// until `deadline` at the latest: 429 when the queue is full or the wait too long. `what`
+    /// names what is waited for in the message.
+    pub async fn wait_in_queue<T>(
+        &self,
+        turn: impl std::future::Future<Output = T>,
+        deadline: tokio::time::Instant,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _leave = Leave(&self.waiting);
+        if queued >= self.config.max_queue {
+            return Err(ApiError::busy(
+                format!(
+                    "{what} is busy and {} requests are queued (maxQueue); retry later",
+                    self.config.max_queue
+                ),
+                1,
+            ));
+        }
+        tokio::time::timeout_at(deadline, turn).await.map_err(|_| {
+            ApiError::busy(
+                format!(
+                    "{what} stayed busy for {} ms (queueTimeoutMs); retry later",
+                    self.config.queue_timeout_ms
+                ),
+                1,
+            )
         })
     }
 

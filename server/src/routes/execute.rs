@@ -22,9 +22,9 @@ use crate::auth::Caller;
 use crate::db::AuditTicket;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::policy;
 use crate::remote_code::CodeRequest;
 use crate::state::{AppState, Slot};
+use crate::{persist, policy};
 
 async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
     let mut options = body.options.clone().unwrap_or_default();
@@ -36,6 +36,9 @@ async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<R
         &state.max_limits,
         &config.allowed_networks,
     )?;
+    if options.persist == Some(true) {
+        config.persist.check(caller)?;
+    }
     let fetched;
     let request = match &body.request.code_url {
         None => &body.request,
@@ -62,6 +65,9 @@ async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<R
         }
     };
     let mut plan = RunPlan::from_request(request, &options, &state.default_limits, &caller.owner)?;
+    if plan.persist {
+        plan.persist_expires_at = Some(config.persist.expires_at());
+    }
     if plan.network == NetworkMode::Filtered {
         // The server's lists join the request's: its allow rules add, its deny rules always win.
         plan.allow_hosts
@@ -145,6 +151,12 @@ pub(crate) async fn start(
             .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
     };
     let Some(id) = session_id else {
+        // Counted against the key's cap until its container exists (`execute_stream` made it).
+        let _kept = if plan.persist {
+            Some(persist::admit(state, caller).await?)
+        } else {
+            None
+        };
         let slot = state.acquire_slot(caller).await?;
         let events = state.engine.execute_stream(plan).await?;
         hold_until_ended(slot, &events);
@@ -158,9 +170,18 @@ pub(crate) async fn start(
     )?;
     session.touch();
     // The session's turn first, then an execution slot: calls queued on a busy session must not
-    // hold slots other clients could use.
-    let locked = Arc::clone(&session.slot).lock_owned().await;
-    let slot = state.acquire_slot(caller).await?;
+    // hold slots other clients could use. Waiting for a busy session is queueing like waiting for
+    // a slot: it counts toward `maxQueue`, and both waits together last `queueTimeoutMs` at most.
+    let deadline = state.queue_deadline();
+    let locked = match Arc::clone(&session.slot).try_lock_owned() {
+        Ok(locked) => locked,
+        Err(_) => {
+            let turn = Arc::clone(&session.slot).lock_owned();
+            let what = format!("session {id}");
+            state.wait_in_queue(turn, deadline, &what).await?
+        }
+    };
+    let slot = state.acquire_slot_by(caller, deadline).await?;
     let key = session.key(state.sessions.local);
     match state.engine.execute_in_session(locked, &key, plan).await {
         Ok(events) => {

@@ -5,7 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use isol8_api::{
-    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, Runtime,
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
+    Runtime,
 };
 
 use isol8_docker::CleanupScope;
@@ -24,15 +25,32 @@ pub async fn health() -> Json<HealthResponse> {
     })
 }
 
-/// Readiness: Docker answers and every runtime image is built. No key needed (a probe).
+/// Readiness: Docker answers and every runtime image is built. No key needed (a probe), so it says
+/// only whether the server is ready and which runtimes are: the Docker address and the reason it
+/// does not answer go to the server's log, never to the caller.
 #[utoipa::path(get, path = "/ready", tag = "system",
     responses(
-        (status = 200, description = "Ready to run code", body = HealthResponse),
+        (status = 200, description = "Ready to run code", body = ReadyResponse),
         (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
     ))]
-pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
-    state.engine.ping().await?;
-    let built = state.engine.built_runtimes().await?;
+pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>, ApiError> {
+    let not_ready = |error: isol8_docker::Error| {
+        tracing::warn!(%error, "not ready");
+        let (code, message) = if error.is_docker_unavailable() {
+            (
+                "docker_unavailable",
+                "not ready: the Docker engine does not answer",
+            )
+        } else {
+            (
+                "not_ready",
+                "not ready: the Docker engine could not be queried",
+            )
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    };
+    state.engine.ping().await.map_err(not_ready)?;
+    let built = state.engine.built_runtimes().await.map_err(not_ready)?;
     let missing: Vec<&str> = Runtime::ALL
         .iter()
         .filter(|r| !built.contains_key(r))
@@ -43,21 +61,22 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<HealthResponse>
             StatusCode::SERVICE_UNAVAILABLE,
             "image_missing",
             format!(
-                "runtime images not built: {}; run `isol8 setup`",
+                "not ready: runtime images not built: {}; run `isol8 setup`",
                 missing.join(", ")
             ),
         ));
     }
-    Ok(Json(HealthResponse {
+    Ok(Json(ReadyResponse {
         status: "ready".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        runtimes: built.into_keys().collect(),
     }))
 }
 
 /// With the master key: end every session of this server and remove every container it created
 /// (and isol8's images with `{"images": true}`); another server's or a CLI's containers on the same
 /// Docker engine are left alone. With a tenant's key: end that tenant's sessions and drop its warm
-/// containers.
+/// containers and the containers it kept (`persist`).
 #[utoipa::path(post, path = "/cleanup", tag = "system",
     request_body(content = Option<CleanupRequest>),
     responses(
@@ -102,11 +121,12 @@ pub async fn cleanup(
             .close_matching(&state.engine, Some(&caller.owner))
             .await;
         let warm = state.engine.cleanup_owner(&caller.owner).await;
+        let kept = state.engine.remove_kept(&caller.owner).await?;
         return Ok(Json(CleanupResponse {
             ok: true,
             sessions,
             containers: CleanupCounts {
-                removed: warm as u64,
+                removed: (warm + kept) as u64,
                 ..Default::default()
             },
             images: None,
