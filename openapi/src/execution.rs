@@ -315,8 +315,15 @@ pub struct ExecutionOptions {
     pub pool_strategy: Option<PoolStrategy>,
     /// The reference engine's pool size (a number or `{clean, dirty}`). Accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub pool_size: Option<serde_json::Value>,
+    pub pool_size: Option<PoolSize>,
+}
+
+/// The reference engine's `poolSize`: one count, or clean and dirty counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PoolSize {
+    Count(u64),
+    Split { clean: u64, dirty: u64 },
 }
 
 /// The reference client's engine mode (`options.mode`).

@@ -13,7 +13,7 @@ pub use auth::{
 pub use execution::{
     BufferTag, EngineMode, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionResult,
     ExecutionStatus, FileData, MimeBundle, NetworkAction, NetworkFilter, NetworkLogEntry,
-    NetworkMode, NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
+    NetworkMode, NodeBuffer, PoolSize, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{
     CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
