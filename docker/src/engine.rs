@@ -642,16 +642,9 @@ impl Engine {
         if scope == CleanupScope::Instance {
             labels.push(format!("{LABEL_INSTANCE}={}", self.instance_id()));
         }
-        let filters = HashMap::from([("label".to_string(), labels)]);
         let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters: filters.clone(),
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?
+            .containers_labelled(labels)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 Some(ManagedContainer {
@@ -677,6 +670,22 @@ impl Engine {
             managed.images = managed_images(all);
         }
         Ok(managed)
+    }
+
+    /// Every container (any state) carrying all of `labels` (`key=value`).
+    pub(crate) async fn containers_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        self.docker
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list containers"))
     }
 
     /// Removes isol8's containers in `scope` (and isol8's images with `images`). `sessions` in the

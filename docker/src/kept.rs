@@ -1,13 +1,12 @@
 //! Containers kept after their run (`persist`): counted per owner, removed with their owner's
 //! cleanup, and removed once past the expiry their creator wrote into their `isol8.expires` label.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::container::{ListContainersOptions, RemoveContainerOptions};
+use bollard::container::RemoveContainerOptions;
 
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::spec::{ContainerKind, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER};
 
 /// Label on a kept container: when it may be removed, in Unix seconds.
@@ -54,16 +53,7 @@ impl Engine {
         if let Some(owner) = owner {
             labels.push(format!("{LABEL_OWNER}={owner}"));
         }
-        let filters = HashMap::from([("label".to_string(), labels)]);
-        let listed = self
-            .docker()
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?;
+        let listed = self.containers_labelled(labels).await?;
         Ok(listed
             .into_iter()
             .filter_map(|c| {
