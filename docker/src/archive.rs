@@ -95,7 +95,8 @@ with tarfile.open(fileobj=io.BytesIO(bytes(buf)), mode='r:') as t:
 "#;
 
 /// Prints the bytes in use in `/sandbox`.
-const USAGE_SCRIPT: &str = "import os\ns = os.statvfs('/sandbox')\nprint((s.f_blocks - s.f_bfree) * s.f_frsize)";
+const USAGE_SCRIPT: &str =
+    "import os\ns = os.statvfs('/sandbox')\nprint((s.f_blocks - s.f_bfree) * s.f_frsize)";
 
 /// Checks an uploaded archive and writes what it holds into a fresh one: regular files, folders
 /// and symlinks whose target stays inside `/sandbox`; paths relative, without `..`, none below a
@@ -104,9 +105,7 @@ const USAGE_SCRIPT: &str = "import os\ns = os.statvfs('/sandbox')\nprint((s.f_bl
 pub fn sanitize_archive(bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
     let bad = |msg: String| Error::InvalidRequest(format!("archive refused: {msg}"));
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err(bad(
-            "it is gzip-compressed; send an uncompressed tar".into(),
-        ));
+        return Err(bad("it is gzip-compressed; send an uncompressed tar".into()));
     }
     let mut archive = tar::Archive::new(bytes);
     let entries = archive
@@ -124,9 +123,15 @@ pub fn sanitize_archive(bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>> {
         match kind {
             T::Regular | T::Continuous | T::Directory | T::Symlink => {}
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-            T::Link => return Err(bad(format!("{shown:?} is a hard link; hard links are not allowed"))),
+            T::Link => {
+                return Err(bad(format!(
+                    "{shown:?} is a hard link; hard links are not allowed"
+                )))
+            }
             T::Char | T::Block => {
-                return Err(bad(format!("{shown:?} is a device file; device files are not allowed")))
+                return Err(bad(format!(
+                    "{shown:?} is a device file; device files are not allowed"
+                )))
             }
             T::Fifo => return Err(bad(format!("{shown:?} is a FIFO; FIFOs are not allowed"))),
             other => {
@@ -345,7 +350,12 @@ async fn exec_python(
         .exit_code;
     if code != Some(0) {
         let stderr = String::from_utf8_lossy(&err);
-        let last = stderr.trim().lines().last().unwrap_or("no message").to_string();
+        let last = stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("no message")
+            .to_string();
         return Err(Error::InvalidRequest(format!("{what} failed: {last}")));
     }
     Ok(out)
@@ -383,7 +393,16 @@ pub(crate) async fn import(docker: &Docker, container: &str, tar: Vec<u8>) -> Re
 
 /// Bytes in use in `/sandbox` of `container`.
 pub(crate) async fn usage(docker: &Docker, container: &str) -> Result<u64> {
-    let out = exec_python(docker, container, USAGE_SCRIPT, &[], None, 64, "measuring /sandbox").await?;
+    let out = exec_python(
+        docker,
+        container,
+        USAGE_SCRIPT,
+        &[],
+        None,
+        64,
+        "measuring /sandbox",
+    )
+    .await?;
     String::from_utf8_lossy(&out)
         .trim()
         .parse()
@@ -442,7 +461,12 @@ mod tests {
     fn hostile_entries_are_refused_by_name() {
         use tar::EntryType as T;
         for (kind, path, link, says) in [
-            (T::Regular, "/etc/passwd", "", "absolute path outside /sandbox"),
+            (
+                T::Regular,
+                "/etc/passwd",
+                "",
+                "absolute path outside /sandbox",
+            ),
             (T::Regular, "a/../../x", "", "\"..\""),
             (T::Symlink, "out", "/etc", "outside /sandbox"),
             (T::Symlink, "out", "../../etc", "outside /sandbox"),

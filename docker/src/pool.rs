@@ -452,10 +452,17 @@ impl Pool {
         // but sessions: they outlive the process, for the next one to adopt.
         if let Ok(left) = self.list_sandboxes(Some(&self.instance)).await {
             let session = |c: &bollard::models::ContainerSummary| {
-                c.labels.as_ref().and_then(|l| l.get(LABEL_KIND)).map(String::as_str)
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KIND))
+                    .map(String::as_str)
                     == Some(ContainerKind::Session.as_str())
             };
-            for id in left.into_iter().filter(|c| !session(c)).filter_map(|c| c.id) {
+            for id in left
+                .into_iter()
+                .filter(|c| !session(c))
+                .filter_map(|c| c.id)
+            {
                 remove(&self.docker, &id).await;
             }
         }

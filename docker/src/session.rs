@@ -111,7 +111,6 @@ impl SessionState {
     pub fn sandbox_mut(&mut self) -> Option<&mut SessionSandbox> {
         self.sandbox.as_mut()
     }
-
 }
 
 /// The lock that serializes a session's calls.

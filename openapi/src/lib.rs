@@ -16,5 +16,8 @@ pub use execution::{
     NetworkMode, NodeBuffer, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse};
-pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};
+pub use session::{
+    ArchiveImported, ArchiveQuery, FileContent, FileQuery, FileWrite, OkResponse, SessionDetail,
+    SessionInfo, SessionList, SessionUpdate,
+};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

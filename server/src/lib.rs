@@ -12,6 +12,7 @@ mod metrics;
 mod policy;
 mod remote_code;
 mod routes;
+mod session_store;
 mod sessions;
 mod state;
 mod tenants;

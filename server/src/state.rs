@@ -54,7 +54,7 @@ impl AppState {
             default_limits: config.default_limits(),
             max_limits: config.max_limits(),
             metrics: Arc::new(Metrics::default()),
-            sessions: Arc::new(Sessions::new(config.session_limits(), false)),
+            sessions: Arc::new(Sessions::new(config.session_limits(), false, &config)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
             // Validated with the rest of the config at load; an invalid one allows nothing.
@@ -85,7 +85,11 @@ impl AppState {
     /// For the CLI's embedded server: sessions outlive the process and are shared by every local
     /// invocation (found again by their containers' labels).
     pub fn with_local_sessions(mut self) -> Self {
-        self.sessions = Arc::new(Sessions::new(self.config.session_limits(), true));
+        self.sessions = Arc::new(Sessions::new(
+            self.config.session_limits(),
+            true,
+            &self.config,
+        ));
         self
     }
 

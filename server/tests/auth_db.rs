@@ -178,6 +178,7 @@ struct Server {
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    server_id: Option<String>,
 }
 
 impl Server {
@@ -189,6 +190,7 @@ impl Server {
     }
 
     async fn with_database(config: ServerConfig, db: Database) -> Server {
+        let server_id = config.server_id.clone();
         let engine = Engine::connect(config.engine_config())
             .await
             .expect("engine");
@@ -211,6 +213,7 @@ impl Server {
             http: reqwest::Client::new(),
             stop: Some(stop),
             task,
+            server_id,
         }
     }
 
@@ -264,6 +267,10 @@ impl Server {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap();
+        // The sessions a stopping server leaves (frozen, for its next process) are the test's.
+        if let Some(id) = &self.server_id {
+            common::remove_sessions_of(id);
+        }
     }
 }
 

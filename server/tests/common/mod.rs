@@ -14,6 +14,8 @@ pub struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     pub instance: String,
+    /// Its `serverId`: the `isol8.server` label of its session containers.
+    pub server_id: Option<String>,
 }
 
 impl Server {
@@ -35,6 +37,7 @@ impl Server {
         engine_config.docker_host = docker_host.map(str::to_string);
         let engine = Engine::connect(engine_config).await.expect("engine");
         let instance = engine.instance_id().to_string();
+        let server_id = config.server_id.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -48,6 +51,7 @@ impl Server {
             stop: Some(stop),
             task,
             instance,
+            server_id,
         }
     }
 
@@ -65,15 +69,49 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the server and removes the sessions it leaves (frozen, for a next process).
+    pub async fn stop(self) {
+        let server_id = self.server_id.clone();
+        self.stop_keeping_sessions().await;
+        if let Some(id) = server_id {
+            remove_sessions_of(&id);
+        }
+    }
+
+    /// Stops the server as an operator would: its sessions stay, frozen, for the next server
+    /// with its identity.
+    pub async fn stop_keeping_sessions(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap();
     }
 }
 
+/// Removes the session containers labelled with the server identity `id` (a test's own).
+pub fn remove_sessions_of(id: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=isol8.server={id}")])
+        .output()
+        .expect("docker ps");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+}
+
+/// A test server's config: no warm pool, and an identity and data folder of its own, so test
+/// servers running at once never adopt each other's sessions.
 pub fn config() -> ServerConfig {
+    let id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     ServerConfig {
         pool_size: 0,
+        data_dir: Some(std::env::temp_dir().join("isol8-server-tests").join(&id)),
+        server_id: Some(id),
         ..ServerConfig::default()
     }
 }
