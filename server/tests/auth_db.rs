@@ -177,7 +177,7 @@ struct Server {
     base: String,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     server_id: Option<String>,
 }
 
@@ -212,7 +212,7 @@ impl Server {
             base,
             http: reqwest::Client::new(),
             stop: Some(stop),
-            task,
+            task: Some(task),
             server_id,
         }
     }
@@ -266,8 +266,13 @@ impl Server {
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-        // The sessions a stopping server leaves (frozen, for its next process) are the test's.
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for Server {
+    /// The sessions a stopping server leaves (frozen, for its next process) are the test's.
+    fn drop(&mut self) {
         if let Some(id) = &self.server_id {
             common::remove_sessions_of(id);
         }

@@ -358,10 +358,12 @@ pub async fn import_archive(
     let mut slot = session.slot.lock().await;
     let mut made = false;
     if !slot.has_container() {
+        // The container is made as a first call's would be (defaults and policy); the code is
+        // never run.
         let body = ExecuteBody {
             request: ExecutionRequest {
                 runtime: session.runtime,
-                code: Some(String::new()),
+                code: Some("0".into()),
                 ..Default::default()
             },
             ..Default::default()

@@ -12,7 +12,7 @@ pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     pub instance: String,
     /// Its `serverId`: the `isol8.server` label of its session containers.
     pub server_id: Option<String>,
@@ -49,7 +49,7 @@ impl Server {
             base,
             http: reqwest::Client::new(),
             stop: Some(stop),
-            task,
+            task: Some(task),
             instance,
             server_id,
         }
@@ -70,19 +70,30 @@ impl Server {
     }
 
     /// Stops the server and removes the sessions it leaves (frozen, for a next process).
-    pub async fn stop(self) {
-        let server_id = self.server_id.clone();
-        self.stop_keeping_sessions().await;
-        if let Some(id) = server_id {
-            remove_sessions_of(&id);
-        }
+    pub async fn stop(mut self) {
+        self.shut_down().await;
+        // Dropping `self` removes its sessions.
     }
 
     /// Stops the server as an operator would: its sessions stay, frozen, for the next server
     /// with its identity.
     pub async fn stop_keeping_sessions(mut self) {
+        self.shut_down().await;
+        self.server_id = None;
+    }
+
+    async fn shut_down(&mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for Server {
+    /// Also when a test fails midway: the sessions its server made are the test's to remove.
+    fn drop(&mut self) {
+        if let Some(id) = &self.server_id {
+            remove_sessions_of(id);
+        }
     }
 }
 
