@@ -439,7 +439,8 @@ impl Sessions {
                 }
                 close(&engine, &session).await;
             }
-            if let Some(after) = self.limits.pause_after {
+            // Not CLI sessions: another CLI process takes them over by label, unaware of a freeze.
+            if let (Some(after), false) = (self.limits.pause_after, self.local) {
                 self.freeze_idle(&engine, after).await;
             }
         }
