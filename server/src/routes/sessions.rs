@@ -400,16 +400,23 @@ async fn found(
         Ok(session) => Ok(session),
         Err(err) if state.sessions.local => {
             let local = state.engine.local_sessions().await?;
-            let Some(runtime) = local
+            let Some((runtime, container)) = local
                 .into_iter()
                 .find(|s| s.id == id && s.running)
-                .and_then(|s| s.runtime.parse().ok())
+                .and_then(|s| Some((s.runtime.parse().ok()?, s.container_id)))
             else {
                 return Err(err);
             };
-            state
+            let session = state
                 .sessions
-                .get_or_create(&caller.owner, id, runtime, None)
+                .get_or_create(&caller.owner, id, runtime, None)?;
+            let mut slot = session.slot.lock().await;
+            if !slot.has_container() {
+                // Attached (and its agent pinged) on first use, like a server's adopted sessions.
+                *slot = isol8_docker::SessionState::adoptable(container, false);
+            }
+            drop(slot);
+            Ok(session)
         }
         Err(err) => Err(err),
     }
