@@ -30,3 +30,5 @@ start_postgres() {
 }
 start_postgres
 ./target/release/isol8-bench "${@:-bench/results.json}"
+# Session figures: a call on a frozen session against a warm one, and adopting 50 sessions at start.
+./target/release/isol8-bench sessions bench/sessions.json

@@ -311,6 +311,145 @@ async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
     Ok((Client::new(format!("http://{addr}"), "bench-key"), engine))
 }
 
+/// An in-process server that stops (gracefully, leaving its sessions frozen) when the returned
+/// sender fires or is dropped; its task ends once it has.
+async fn start_stoppable(
+    config: ServerConfig,
+) -> Result<(
+    Client,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let engine = Engine::connect(config.engine_config()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(engine, config, "bench-key".into());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(isol8_server::serve(state, listener, async move {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    Ok((Client::new(base.clone(), "bench-key"), base, stop, task))
+}
+
+fn session_body(id: &str, runtime: Runtime, code: &str) -> ExecuteBody {
+    ExecuteBody {
+        session_id: Some(id.into()),
+        ..body(runtime, code)
+    }
+}
+
+/// Session figures: a call on a frozen (`docker pause`d) session against one on a warm session
+/// (p50, ms; target: within 50 ms), and a server start-up that adopts 50 sessions an earlier
+/// process left (target: under 2 s).
+async fn session_figures() -> Result<Value> {
+    let server_id = format!("bench-{}", std::process::id());
+    let data_dir = std::env::temp_dir().join(format!("isol8-bench-{}", std::process::id()));
+    let config = ServerConfig {
+        pool_size: 0,
+        session_pause_after_ms: 300,
+        max_sessions: 100,
+        max_sessions_per_key: 100,
+        server_id: Some(server_id.clone()),
+        data_dir: Some(data_dir.clone()),
+        ..ServerConfig::default()
+    };
+    let (client, _, stop, task) = start_stoppable(config.clone()).await?;
+    let call = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let result = client
+                .execute(&session_body(id, Runtime::Python, "print(1)"))
+                .await?;
+            anyhow::ensure!(
+                result.stdout == "1\n",
+                "session answered {:?}",
+                result.stdout
+            );
+            Ok::<Duration, anyhow::Error>(started.elapsed())
+        }
+    };
+    for _ in 0..WARMUP {
+        call("bench-warm").await?;
+    }
+    let mut warm = Vec::new();
+    for _ in 0..30 {
+        warm.push(call("bench-warm").await?);
+    }
+    call("bench-frozen").await?;
+    let mut frozen = Vec::new();
+    for _ in 0..15 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.session("bench-frozen").await?.paused {
+            anyhow::ensure!(Instant::now() < deadline, "the session never froze");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        frozen.push(call("bench-frozen").await?);
+    }
+    let (warm_p50, frozen_p50) = (p50(&warm), p50(&frozen));
+
+    // 50 sessions, left frozen by a graceful stop, adopted by the next start.
+    let ids: Vec<String> = (0..50).map(|i| format!("bench-adopt-{i}")).collect();
+    let made = futures::stream::iter(ids.iter().map(|id| {
+        let client = client.clone();
+        async move {
+            client
+                .execute(&session_body(id, Runtime::Bash, "x=1"))
+                .await
+        }
+    }))
+    .buffer_unordered(4)
+    .collect::<Vec<_>>()
+    .await;
+    for result in made {
+        result?;
+    }
+    let _ = stop.send(());
+    task.await?;
+    let started = Instant::now();
+    let (again, base, stop, task) = start_stoppable(config).await?;
+    let listed = again.list_sessions().await?.sessions.len();
+    let adoption = started.elapsed();
+    anyhow::ensure!(
+        listed == 52,
+        "the restarted server lists {listed} sessions, not 52"
+    );
+    let first = Instant::now();
+    let result = again
+        .execute(&session_body("bench-adopt-7", Runtime::Bash, "echo $x"))
+        .await?;
+    anyhow::ensure!(
+        result.stdout == "1\n",
+        "adopted session answered {:?}",
+        result.stdout
+    );
+    let first_call = first.elapsed();
+    // The master key's cleanup removes this server's sessions.
+    let http = reqwest::Client::new();
+    let _ = http
+        .post(format!("{base}/cleanup"))
+        .bearer_auth("bench-key")
+        .send()
+        .await;
+    let _ = stop.send(());
+    task.await?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(json!({
+        "frozen vs warm session call (ms, p50)": {
+            "warm_p50": warm_p50, "frozen_p50": frozen_p50,
+            "difference": frozen_p50 - warm_p50, "target": "difference ≤ 50 ms",
+            "met": frozen_p50 - warm_p50 <= 50.0,
+        },
+        "adopting 50 sessions at start-up (s)": {
+            "seconds": adoption.as_secs_f64(), "sessions": 52,
+            "first_call_on_an_adopted_frozen_session_ms": first_call.as_secs_f64() * 1000.0,
+            "target": "≤ 2 s", "met": adoption.as_secs_f64() <= 2.0,
+        },
+    }))
+}
+
 /// p50 and p99 (ms) of `GET /sessions` with `client`'s key: the request does auth and nothing
 /// that costs more, so the difference between two keys is what their authentication costs.
 async fn auth_latency(client: &Client, requests: usize) -> Result<Vec<Duration>> {
@@ -482,6 +621,15 @@ fn cold_runs(argv: &[&str], runs: usize) -> Result<Vec<Duration>> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // `isol8-bench sessions [FILE]`: only the session figures (frozen vs warm call, adoption).
+    if std::env::args().nth(1).as_deref() == Some("sessions") {
+        let figures = session_figures().await?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        if let Some(path) = std::env::args().nth(2) {
+            std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")?;
+        }
+        return Ok(());
+    }
     // `isol8-bench auth`: only the auth figures (no runtime images needed).
     if std::env::args().nth(1).as_deref() == Some("auth") {
         for (name, master, db, db_p99, target) in auth_figures().await? {

@@ -3,8 +3,9 @@
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use isol8_api::{
-    AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody, ExecutionResult,
-    KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, SessionList, StreamEvent,
+    ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody,
+    ExecutionResult, KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, Runtime,
+    SessionDetail, SessionList, StreamEvent,
 };
 
 /// Failures talking to an isol8 server.
@@ -105,6 +106,44 @@ impl Client {
         self.send(self.http.delete(self.url(&path)), &path)
             .await
             .map(drop)
+    }
+
+    /// `GET /session/{id}`: one session's state.
+    pub async fn session(&self, id: &str) -> Result<SessionDetail, ClientError> {
+        let path = format!("/session/{id}");
+        Self::json(self.send(self.http.get(self.url(&path)), &path).await?).await
+    }
+
+    /// `GET /session/{id}/archive`: the session's `/sandbox` as a tar archive.
+    pub async fn export_archive(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/session/{id}/archive");
+        let response = self.send(self.http.get(self.url(&path)), &path).await?;
+        response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST /session/{id}/archive`: unpacks `tar` into the session's `/sandbox`, creating the
+    /// session with `runtime` when it does not exist.
+    pub async fn import_archive(
+        &self,
+        id: &str,
+        tar: Vec<u8>,
+        runtime: Option<Runtime>,
+    ) -> Result<ArchiveImported, ClientError> {
+        let path = format!("/session/{id}/archive");
+        let mut request = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .header("X-Isol8-Session", id)
+            .body(tar);
+        if let Some(runtime) = runtime {
+            request = request.query(&[("runtime", runtime.as_str())]);
+        }
+        Self::json(self.send(request, &path).await?).await
     }
 
     /// Reads a JSON answer.

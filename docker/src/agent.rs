@@ -301,11 +301,28 @@ impl Sandbox {
 
     /// Attaches to a sandbox container that is already running (a session kept by an earlier
     /// process) and checks that its agent answers.
+    /// Output the agent sends first (the end of a call its earlier holder did not live to read)
+    /// is skipped.
     pub async fn adopt(docker: &Docker, id: &str, spec: ContainerSpec) -> Result<Sandbox> {
         let mut sandbox = Self::attach(docker, id, spec).await?;
         sandbox.send(&AgentRequest::Ping).await?;
-        sandbox.wait_ready().await?;
-        Ok(sandbox)
+        let ready = async {
+            loop {
+                match sandbox.events.recv().await {
+                    Some(AgentEvent::Ready) => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        };
+        match tokio::time::timeout(READY_TIMEOUT, ready).await {
+            Ok(true) => Ok(sandbox),
+            Ok(false) => Err(sandbox.failure("the container exited before its agent answered")),
+            Err(_) => Err(Error::Timeout {
+                what: "sandbox agent ping",
+                after: READY_TIMEOUT,
+            }),
+        }
     }
 
     /// Whether the container's output ended (it exited or was removed).

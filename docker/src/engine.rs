@@ -776,6 +776,8 @@ pub(crate) struct Run<S> {
     pub(crate) session: bool,
     /// The session's earlier container was lost; this call runs in a new one.
     pub(crate) session_replaced: bool,
+    /// This call made the session (an unknown or expired id): its state is new.
+    pub(crate) session_created: bool,
     /// `filtered` mode: the run's network and proxy.
     pub(crate) network: Option<FilteredNetwork>,
     /// Until when the current phase waits for a slow consumer of its output; past it, output the
@@ -825,6 +827,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             docker,
             session,
             session_replaced: false,
+            session_created: false,
             network,
             output_deadline: Deadline::now(),
             stalled: false,
@@ -909,6 +912,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             session_restarted: self
                 .session
                 .then_some(outcome.restarted || self.session_replaced),
+            session_created: self.session.then_some(self.session_created),
         };
         let mut result = result;
         if let (Some(network), true) = (&self.network, self.plan.log_network) {

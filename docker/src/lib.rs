@@ -1,6 +1,7 @@
 //! isol8-docker: the sandbox engine on the Docker Engine API.
 
 mod agent;
+mod archive;
 mod build_output;
 mod custom;
 mod engine;
@@ -16,6 +17,7 @@ mod run;
 mod session;
 mod spec;
 
+pub use archive::sanitize_archive;
 pub use custom::{default_custom_tag, CustomImage, PackageSet, LABEL_BASE, LABEL_PACKAGES};
 pub use engine::{
     CleanupScope, Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent,
@@ -31,5 +33,9 @@ pub use output::OutputFilter;
 pub use plan::{check_host_pattern, confine, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
 pub use run::{RunControl, RunEvents, RunSignal};
-pub use session::{LocalSession, SessionKey, SessionSandbox, SessionSlot, SessionState};
-pub use spec::{ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};
+pub use session::{
+    LocalSession, ServerSession, SessionKey, SessionSandbox, SessionSlot, SessionState,
+};
+pub use spec::{
+    ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME, LABEL_SERVER,
+};

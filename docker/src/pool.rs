@@ -448,15 +448,27 @@ impl Pool {
         {
             tracing::warn!("pool tasks did not finish within 60 s of shutdown");
         }
-        // Anything still labelled with this instance (a create that raced shutdown) goes too.
+        // Anything still labelled with this instance (a create that raced shutdown) goes too,
+        // but sessions: they outlive the process, for the next one to adopt.
         if let Ok(left) = self.list_sandboxes(Some(&self.instance)).await {
-            for id in left.into_iter().filter_map(|c| c.id) {
+            let session = |c: &bollard::models::ContainerSummary| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_KIND))
+                    .map(String::as_str)
+                    == Some(ContainerKind::Session.as_str())
+            };
+            for id in left
+                .into_iter()
+                .filter(|c| !session(c))
+                .filter_map(|c| c.id)
+            {
                 remove(&self.docker, &id).await;
             }
         }
     }
 
-    /// Containers that end with their creating instance (sandboxes and server sessions), of
+    /// Sandbox, proxy and server-session containers (the kinds orphan reclaim looks at), of
     /// `instance` or of every instance.
     async fn list_sandboxes(
         &self,

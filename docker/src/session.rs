@@ -1,6 +1,7 @@
 //! Sessions on the engine side: one dedicated container per session whose agent keeps the
-//! interpreter alive between calls, calls serialized by the session's lock, files in and out, and
-//! CLI sessions that outlive the process that made them.
+//! interpreter alive between calls, calls serialized by the session's lock, files in and out,
+//! freezing idle ones (`docker pause`), and containers that outlive the process that made them:
+//! CLI sessions, and server sessions a restarted server (same `serverId`) adopts.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -16,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::plan::{confine, RunPlan, SANDBOX_DIR};
 use crate::run::{run_channels, RunEvents};
 use crate::spec::{
-    ContainerKind, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, LABEL_RUNTIME, LABEL_SESSION,
+    ContainerKind, LABEL_KIND, LABEL_MANAGED, LABEL_OWNER, LABEL_RUNTIME, LABEL_SERVER,
+    LABEL_SESSION,
 };
 
 /// Whose session this is and where it lives.
@@ -27,6 +29,9 @@ pub struct SessionKey {
     pub owner: String,
     /// A CLI session: its container outlives this process and is found again by its labels.
     pub local: bool,
+    /// The server identity (`serverId`) its container is labelled with, so a restarted server
+    /// with the same identity adopts it; `None` for CLI sessions.
+    pub server: Option<String>,
 }
 
 /// A session's container. Kept behind the session's lock (`SessionSlot`): one call at a time.
@@ -54,24 +59,57 @@ impl SessionSandbox {
 pub struct SessionState {
     sandbox: Option<SessionSandbox>,
     lost: bool,
+    /// A container an earlier server process left (found by its labels at start-up), attached and
+    /// its agent pinged on first use.
+    pending: Option<String>,
+    /// The container is frozen (`docker pause`); the next use thaws it.
+    paused: bool,
+    /// Bytes in use in `/sandbox`, measured when the session was last frozen (it cannot be
+    /// measured while frozen).
+    frozen_usage: Option<u64>,
 }
 
 impl SessionState {
+    /// A session whose container (full id) an earlier server left: adopted on first use.
+    pub fn adoptable(container_id: String, paused: bool) -> Self {
+        SessionState {
+            pending: Some(container_id),
+            paused,
+            ..Default::default()
+        }
+    }
+
     pub fn has_container(&self) -> bool {
-        self.sandbox.is_some()
+        self.sandbox.is_some() || self.pending.is_some()
     }
 
     pub fn container_id(&self) -> Option<String> {
-        self.sandbox.as_ref().map(SessionSandbox::container_id)
+        match (&self.sandbox, &self.pending) {
+            (Some(sandbox), _) => Some(sandbox.container_id()),
+            (None, Some(id)) => Some(id.chars().take(12).collect()),
+            (None, None) => None,
+        }
+    }
+
+    fn full_container_id(&self) -> Option<&str> {
+        match (&self.sandbox, &self.pending) {
+            (Some(sandbox), _) => Some(&sandbox.sandbox.id),
+            (None, Some(id)) => Some(id),
+            (None, None) => None,
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `/sandbox`'s usage as measured when the session was frozen.
+    pub fn frozen_usage(&self) -> Option<u64> {
+        self.frozen_usage
     }
 
     pub fn sandbox_mut(&mut self) -> Option<&mut SessionSandbox> {
         self.sandbox.as_mut()
-    }
-
-    /// Takes the container out (to close the session).
-    pub fn take(&mut self) -> Option<SessionSandbox> {
-        self.sandbox.take()
     }
 }
 
@@ -109,6 +147,21 @@ impl DerefMut for Locked {
     }
 }
 
+/// A server session's container found on the Docker engine by its labels.
+#[derive(Debug, Clone)]
+pub struct ServerSession {
+    pub id: String,
+    /// Identity of the API key that owns it.
+    pub owner: String,
+    pub runtime: Runtime,
+    /// Full container id.
+    pub container_id: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Docker's state: running, paused, exited, ...
+    pub state: String,
+}
+
 /// A CLI session found on the Docker engine.
 #[derive(Debug, Clone)]
 pub struct LocalSession {
@@ -131,6 +184,8 @@ impl Engine {
         mut plan: RunPlan,
     ) -> Result<RunEvents> {
         let mut replaced = false;
+        let mut created = false;
+        self.ready_session(&mut slot).await?;
         if let Some(session) = slot.sandbox.as_ref() {
             if session.runtime != plan.runtime {
                 return Err(Error::Conflict(format!(
@@ -145,7 +200,10 @@ impl Engine {
             };
             let session = match adopted {
                 Some(session) => session,
-                None => self.create_session(key, &plan).await?,
+                None => {
+                    created = true;
+                    self.create_session(key, &plan).await?
+                }
             };
             slot.sandbox = Some(session);
             replaced = std::mem::take(&mut slot.lost);
@@ -154,6 +212,7 @@ impl Engine {
             // Every value ever given stays masked for the session's life: a new value under the
             // same name replaces the variable, not the masking of the old one.
             session.secret_values.extend(plan.secrets.values().cloned());
+            session.secret_values.extend(plan.masked.iter().cloned());
             session.secrets.extend(plan.secrets.clone());
             plan.secrets = session.secrets.clone();
             plan.masked = session.secret_values.iter().cloned().collect();
@@ -161,6 +220,7 @@ impl Engine {
         let (side, events) = run_channels();
         let mut run = Run::new(Locked(slot), plan, side, self.docker().clone(), true, None);
         run.session_replaced = replaced;
+        run.session_created = created && !replaced;
         let pool = Arc::clone(self.pool());
         // A pool task, so shutdown waits for the call to end like any other run.
         self.pool().spawn(async move {
@@ -178,6 +238,150 @@ impl Engine {
         Ok(events)
     }
 
+    /// Makes a session's container usable: thaws it when frozen, and adopts one an earlier
+    /// server process left (attach, agent ping). A container that cannot be adopted (its agent
+    /// died, it is gone) is removed and the session marked lost, so its next call starts afresh
+    /// and says so.
+    pub async fn ready_session(&self, state: &mut SessionState) -> Result<()> {
+        if state.paused {
+            if let Some(id) = state.full_container_id().map(str::to_string) {
+                match self.docker().unpause_container(&id).await {
+                    Ok(()) => {}
+                    // 409: not paused (thawed by hand); fine.
+                    Err(err) if crate::error::status_of(&err) == Some(409) => {}
+                    Err(err) if crate::error::status_of(&err) == Some(404) => {
+                        tracing::warn!(container = %state.container_id().unwrap_or_default(), "a frozen session's container is gone");
+                        state.pending = None;
+                        if let Some(session) = state.sandbox.take() {
+                            self.pool().destroy(session.sandbox).await;
+                        }
+                        state.lost = true;
+                    }
+                    Err(err) => return Err(Error::docker("unpause container")(err)),
+                }
+            }
+            state.paused = false;
+            state.frozen_usage = None;
+        }
+        if let Some(id) = state.pending.take() {
+            match self.adopt_container(&id).await {
+                Ok(session) => {
+                    tracing::info!(container = %session.container_id(), "session adopted");
+                    state.sandbox = Some(session);
+                }
+                Err(error) => {
+                    tracing::warn!(container = %&id[..12.min(id.len())], %error, "could not adopt a session's container; removing it");
+                    remove(self.docker(), &id).await;
+                    state.lost = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's sandbox, thawed or adopted first (`ready_session`); `None` when it has none.
+    pub async fn session_sandbox<'a>(
+        &self,
+        state: &'a mut SessionState,
+    ) -> Result<Option<&'a mut SessionSandbox>> {
+        self.ready_session(state).await?;
+        Ok(state.sandbox.as_mut())
+    }
+
+    /// Freezes a session's container (`docker pause`: the cgroup freezer, so it uses no CPU);
+    /// its next use thaws it. Measures `/sandbox` first, as a frozen container cannot answer.
+    /// Returns whether it froze it.
+    pub async fn pause_session(&self, state: &mut SessionState) -> Result<bool> {
+        if state.paused || state.sandbox.as_ref().is_some_and(|s| s.sandbox.is_gone()) {
+            return Ok(false);
+        }
+        let Some(id) = state.full_container_id().map(str::to_string) else {
+            return Ok(false);
+        };
+        let usage = self.sandbox_usage_of(&id).await.ok();
+        self.docker()
+            .pause_container(&id)
+            .await
+            .map_err(Error::docker("pause container"))?;
+        state.paused = true;
+        state.frozen_usage = usage;
+        Ok(true)
+    }
+
+    /// Bytes in use in the session's `/sandbox` (thawing it first).
+    pub async fn session_usage(&self, state: &mut SessionState) -> Result<Option<u64>> {
+        self.ready_session(state).await?;
+        match state.full_container_id().map(str::to_string) {
+            Some(id) => self.sandbox_usage_of(&id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `/sandbox` of the session as a tar archive, at most `max_bytes` (thawing it first).
+    pub async fn export_session(
+        &self,
+        state: &mut SessionState,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        self.ready_session(state).await?;
+        match state.full_container_id().map(str::to_string) {
+            Some(id) => crate::archive::export(self.docker(), &id, max_bytes)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Unpacks `tar` (checked by [`crate::check_archive`]) into the session's `/sandbox`;
+    /// false when the session has no container.
+    pub async fn import_session(&self, state: &mut SessionState, tar: Vec<u8>) -> Result<bool> {
+        self.ready_session(state).await?;
+        match state.full_container_id().map(str::to_string) {
+            Some(id) => crate::archive::import(self.docker(), &id, tar)
+                .await
+                .map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    async fn sandbox_usage_of(&self, container: &str) -> Result<u64> {
+        crate::archive::usage(self.docker(), container).await
+    }
+
+    /// Ends a session, whatever state its container is in (attached, frozen, left by an earlier
+    /// server): the container is removed.
+    pub async fn end_session(&self, state: &mut SessionState) {
+        if let Some(session) = state.sandbox.take() {
+            self.close_session(session).await;
+        }
+        if let Some(id) = state.pending.take() {
+            remove(self.docker(), &id).await;
+        }
+        state.paused = false;
+    }
+
+    /// Creates the session's container when it has none yet (`POST /session/{id}/archive` on a new
+    /// session). Returns whether it did.
+    pub async fn open_session(
+        &self,
+        state: &mut SessionState,
+        key: &SessionKey,
+        plan: &RunPlan,
+    ) -> Result<bool> {
+        self.ready_session(state).await?;
+        if state.sandbox.is_some() {
+            return Ok(false);
+        }
+        if key.local {
+            if let Some(session) = self.adopt_local_session(key, plan.runtime).await? {
+                state.sandbox = Some(session);
+                return Ok(false);
+            }
+        }
+        state.sandbox = Some(self.create_session(key, plan).await?);
+        Ok(true)
+    }
+
     async fn create_session(&self, key: &SessionKey, plan: &RunPlan) -> Result<SessionSandbox> {
         let mut spec = self.container_spec(plan).await?;
         spec.kind = match key.local {
@@ -186,11 +390,13 @@ impl Engine {
         };
         spec.labels.insert(LABEL_SESSION.into(), key.id.clone());
         spec.labels.insert(LABEL_OWNER.into(), key.owner.clone());
-        let sandbox = self.pool().create(&spec).await?;
-        if key.local {
-            // Not this process's to remove at shutdown: later CLI calls continue it.
-            self.pool().untrack(&sandbox.id);
+        if let Some(server) = &key.server {
+            spec.labels.insert(LABEL_SERVER.into(), server.clone());
         }
+        let sandbox = self.pool().create(&spec).await?;
+        // Not this process's to remove at shutdown: later CLI calls, or the server restarted with
+        // the same identity, continue it.
+        self.pool().untrack(&sandbox.id);
         tracing::info!(session = %key.id, container = %sandbox.short_id(), "session started");
         Ok(SessionSandbox {
             sandbox,
@@ -223,26 +429,95 @@ impl Engine {
             remove(self.docker(), &found.container_id).await;
             return Ok(None);
         }
+        self.adopt_container(&found.container_id).await.map(Some)
+    }
+
+    /// Attaches to a running session container (a CLI session, or one an earlier server left)
+    /// and pings its agent. Its runtime and kind come from its labels.
+    async fn adopt_container(&self, id: &str) -> Result<SessionSandbox> {
         let docker = self.docker();
         let inspect = docker
-            .inspect_container(&found.container_id, None)
+            .inspect_container(id, None)
             .await
             .map_err(Error::docker("inspect container"))?;
-        let image = inspect.config.and_then(|c| c.image).unwrap_or_default();
+        let running = inspect
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running == Some(true) && s.paused != Some(true));
+        let config = inspect.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let runtime: Runtime = labels
+            .get(LABEL_RUNTIME)
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| Error::Sandbox {
+                container: id.chars().take(12).collect(),
+                message: "its runtime label is missing".into(),
+            })?;
+        if !running {
+            return Err(Error::Sandbox {
+                container: id.chars().take(12).collect(),
+                message: "it is not running".into(),
+            });
+        }
         let mut spec = crate::spec::ContainerSpec::new(
-            image,
+            config.image.unwrap_or_default(),
             runtime.as_str(),
             self.default_limits(),
             Default::default(),
         );
-        spec.kind = ContainerKind::LocalSession;
-        let sandbox = Sandbox::adopt(docker, &found.container_id, spec).await?;
-        Ok(Some(SessionSandbox {
+        spec.kind = match labels.get(LABEL_KIND).map(String::as_str) {
+            Some("local-session") => ContainerKind::LocalSession,
+            _ => ContainerKind::Session,
+        };
+        let sandbox = Sandbox::adopt(docker, id, spec).await?;
+        Ok(SessionSandbox {
             sandbox,
             runtime,
             secrets: Default::default(),
             secret_values: Default::default(),
-        }))
+        })
+    }
+
+    /// The session containers of the server identity `server` on this Docker engine, whatever
+    /// process made them (a restarted server adopts them).
+    pub async fn server_sessions(&self, server: &str) -> Result<Vec<ServerSession>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_KIND}={}", ContainerKind::Session.as_str()),
+                format!("{LABEL_SERVER}={server}"),
+            ],
+        )]);
+        let containers = self
+            .docker()
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(Error::docker("list containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(ServerSession {
+                    id: labels.get(LABEL_SESSION)?.clone(),
+                    owner: labels.get(LABEL_OWNER)?.clone(),
+                    runtime: labels.get(LABEL_RUNTIME)?.parse().ok()?,
+                    container_id: c.id?,
+                    created: c.created.unwrap_or_default(),
+                    state: c.state.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Removes a session container by id (one a restarted server found expired, or could not
+    /// adopt).
+    pub async fn remove_session_container(&self, id: &str) {
+        remove(self.docker(), id).await;
     }
 
     /// Writes `data` to `path` (inside /sandbox; parent folders created) in the session's container.

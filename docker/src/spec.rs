@@ -18,6 +18,9 @@ pub const LABEL_KIND: &str = "isol8.kind";
 pub const LABEL_SESSION: &str = "isol8.session";
 /// Label holding the identity (hash) of the API key a session belongs to.
 pub const LABEL_OWNER: &str = "isol8.owner";
+/// Label naming the server identity (`serverId`) a server session belongs to: a server restarted
+/// with the same identity adopts the sessions carrying it (the instance label is per process).
+pub const LABEL_SERVER: &str = "isol8.server";
 
 /// What a container is for; decides who may remove it and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,7 +29,9 @@ pub enum ContainerKind {
     Sandbox,
     /// Kept after its run for inspection (`persist`): only `cleanup` removes it.
     Kept,
-    /// A server session's container: like a sandbox, gone with its instance.
+    /// A server session's container: outlives the server process (its stdin stays open when the
+    /// attach closes), so a server restarted with the same identity adopts it; removed by the
+    /// session's end, idle expiry, the server's `/cleanup` or `isol8 cleanup`.
     Session,
     /// A CLI session: outlives the process that made it, so later `isol8 run --session-id` calls
     /// continue it; removed by `isol8 session stop`, idle expiry or `cleanup`.
@@ -138,9 +143,8 @@ impl ContainerSpec {
         let memory = i64::try_from(self.memory_bytes).unwrap_or(i64::MAX);
         // Containers that die with their instance also die with their connection: when the process
         // holding the attach goes away (exit, crash), stdin closes, the agent exits and Docker
-        // removes the container. Kept containers and CLI sessions must outlive the process.
-        let ends_with_connection =
-            matches!(self.kind, ContainerKind::Sandbox | ContainerKind::Session);
+        // removes the container. Kept containers and sessions must outlive the process.
+        let ends_with_connection = self.kind == ContainerKind::Sandbox;
         let host_config = HostConfig {
             memory: Some(memory),
             memory_swap: Some(memory),

@@ -540,6 +540,11 @@ pub struct ExecutionResult {
     /// interpreter: the state stays and `exitCode` is `n`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_restarted: Option<bool>,
+    /// Sessions only: this call created the session (its id was unknown, or had expired), so
+    /// nothing from earlier calls is there; `false` when it continued an existing one (also one
+    /// a restarted server adopted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_created: Option<bool>,
     /// Code-interpreter results, in order: a python cell's last expression, `display()` calls,
     /// matplotlib figures (cells and one-shot python runs), a JavaScript cell's last value. Each is a
     /// MIME bundle in the Jupyter display-data convention. Absent when there are none.

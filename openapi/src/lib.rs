@@ -18,5 +18,8 @@ pub use execution::{
 pub use misc::{
     CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
 };
-pub use session::{FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList};
+pub use session::{
+    ArchiveImported, ArchiveQuery, FileContent, FileQuery, FileWrite, OkResponse, SessionDetail,
+    SessionInfo, SessionList, SessionUpdate,
+};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

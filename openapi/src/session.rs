@@ -70,3 +70,65 @@ pub struct FileContent {
 pub struct OkResponse {
     pub ok: bool,
 }
+
+/// `GET /session/{id}` (and the answer to `PATCH /session/{id}`): one session's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "agent-7", "runtime": "python",
+    "createdAt": "2026-11-29T10:00:00.000Z", "lastAccessedAt": "2026-11-29T10:05:00.000Z",
+    "isActive": false, "containerId": "3f2a9c1b7d4e", "paused": true, "idleTimeoutMs": 3600000,
+    "expiresAt": "2026-11-29T11:05:00.000Z", "sandboxBytes": 40960}))]
+pub struct SessionDetail {
+    pub id: String,
+    pub runtime: Runtime,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub last_accessed_at: String,
+    /// A call is running in it (or waiting for it).
+    pub is_active: bool,
+    /// Short id of its container, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Frozen while idle (no CPU); the next call thaws it.
+    pub paused: bool,
+    /// It ends once idle this long (milliseconds).
+    pub idle_timeout_ms: u64,
+    /// RFC 3339: when it ends if no call comes first (the idle deadline).
+    pub expires_at: String,
+    /// Bytes in use in its `/sandbox` (as of its freezing, when frozen); absent while a call runs
+    /// or before it has a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_bytes: Option<u64>,
+}
+
+/// `PATCH /session/{id}`: change a session's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"idleTimeoutMs": 14400000}))]
+pub struct SessionUpdate {
+    /// End the session once idle this long (milliseconds; at least 1000, at most the server's
+    /// `maxSessionIdleTimeoutMs`), counted from its last use.
+    #[schema(minimum = 1000)]
+    pub idle_timeout_ms: u64,
+}
+
+/// `POST /session/{id}/archive` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// Create the session with this runtime when it does not exist (without it, an unknown
+    /// session is 404).
+    #[serde(default)]
+    pub runtime: Option<Runtime>,
+}
+
+/// `POST /session/{id}/archive` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveImported {
+    pub ok: bool,
+    /// The session was created for this archive.
+    pub session_created: bool,
+}

@@ -12,7 +12,6 @@ use axum::{Json, Router};
 use isol8_api::ErrorBody;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -58,7 +57,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::cleanup))
         .routes(routes!(system::metrics))
         .routes(routes!(sessions::list_sessions))
-        .routes(routes!(sessions::delete_session))
+        .routes(routes!(
+            sessions::delete_session,
+            sessions::get_session,
+            sessions::update_session
+        ))
+        .routes(routes!(sessions::export_archive, sessions::import_archive))
         .routes(routes!(sessions::write_file, sessions::read_file))
         .routes(routes!(auth::create_key, auth::list_keys))
         .routes(routes!(auth::revoke_key))
@@ -142,7 +146,6 @@ fn refine_openapi(doc: &mut serde_json::Value) {
 pub fn app(state: AppState) -> Router {
     let spec = openapi();
     let (router, _) = api_router().split_for_parts();
-    let max_body = state.config.max_body_bytes;
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
         // MCP over Streamable HTTP; behind the key layer below like every other route.
@@ -154,8 +157,9 @@ pub fn app(state: AppState) -> Router {
             read_body_in_time,
         ))
         // The body limit: a too-large Content-Length is refused at once, before any is read.
+        // Archive uploads have their own (`maxArchiveBytes`), checked by their own layer.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn(error_envelope))
         .layer(middleware::from_fn_with_state(
@@ -174,6 +178,49 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Which body limit a request has, and the config field that sets it: `maxArchiveBytes` for an
+/// archive upload (`POST /session/{id}/archive`), `maxBodyBytes` for every other.
+fn body_limit(state: &AppState, parts: &axum::http::request::Parts) -> (usize, &'static str) {
+    let archive = parts.method == axum::http::Method::POST
+        && parts.uri.path().starts_with("/session/")
+        && parts.uri.path().ends_with("/archive");
+    match archive {
+        // The tar framing (headers, padding) on top of the contents the cap counts.
+        true => (
+            usize::try_from(state.config.max_archive_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1024 * 1024),
+            "maxArchiveBytes",
+        ),
+        false => (state.config.max_body_bytes, "maxBodyBytes"),
+    }
+}
+
+/// Bounds the body by its route's limit (`body_limit`): a larger Content-Length is refused at
+/// once, before any is read; a longer body fails where it is read (`read_body_in_time`).
+async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let (limit, field) = body_limit(&state, &parts);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit, field);
+    }
+    let body = axum::body::Body::new(http_body_util::Limited::new(body, limit));
+    next.run(Request::from_parts(parts, body)).await
+}
+
+fn too_large(limit: usize, field: &str) -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than {field} ({limit} bytes)"),
+    )
+    .into_response()
 }
 
 /// Reads the whole request body, within `requestReadTimeoutMs`, before any handler sees it: a body
@@ -205,6 +252,7 @@ async fn read_body_in_time(
     if let Err(refusal) = budget.take(declared) {
         return refusal.into_response();
     }
+    let (max_bytes, field) = body_limit(&state, &parts);
     let limit = state.config.request_read_timeout_ms;
     let read = read_within_budget(body, &mut budget);
     let bytes = match tokio::time::timeout(Duration::from_millis(limit), read).await {
@@ -216,18 +264,11 @@ async fn read_body_in_time(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "the request body is larger than maxBodyBytes ({} bytes)",
-                        state.config.max_body_bytes
-                    ),
-                )
+                too_large(max_bytes, field)
             } else {
                 ApiError::bad_request(format!("could not read the request body: {error}"))
-            }
-            .into_response();
+                    .into_response()
+            };
         }
         Err(_) => {
             return ApiError::new(
@@ -402,6 +443,18 @@ pub async fn serve(
         }
     });
     let sessions = Arc::clone(&state.sessions);
+    // Before the first request: the sessions an earlier process of this server left.
+    match sessions.adopt(&engine).await {
+        Ok(done) if done == Default::default() => {}
+        Ok(done) => tracing::info!(
+            adopted = done.adopted,
+            expired = done.expired,
+            removed = done.removed,
+            "sessions of an earlier process of this server"
+        ),
+        Err(error) => tracing::warn!(%error, "could not look for this server's earlier sessions"),
+    }
+    // Background task: expires idle sessions and freezes quiet ones; aborted at shutdown.
     let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
     // Background task: removes kept (`persist`) containers past their `persist.maxAgeMs`.
     let kept_expiry = tokio::spawn(crate::persist::expire_forever(

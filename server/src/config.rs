@@ -126,8 +126,27 @@ pub struct ServerConfig {
     pub reuse_containers: bool,
     /// How long running executions may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
-    /// A session idle this long (milliseconds) is ended and its container removed.
+    /// A session idle this long (milliseconds) is ended and its container removed (a session may
+    /// set its own with `PATCH /session/{id}`, up to `maxSessionIdleTimeoutMs`).
     pub session_idle_timeout_ms: u64,
+    /// The longest idle timeout a session may ask for (`PATCH /session/{id}`), in milliseconds.
+    pub max_session_idle_timeout_ms: u64,
+    /// A session idle this long (milliseconds) is frozen (`docker pause`: no CPU) until its next
+    /// call, which thaws it transparently. 0 never freezes.
+    pub session_pause_after_ms: u64,
+    /// Largest `/sandbox` archive (`GET`/`POST /session/{id}/archive`), in bytes.
+    pub max_archive_bytes: u64,
+    /// This server's identity on its Docker engine: a server started again with the same identity
+    /// adopts the sessions the last one left (after a stop, a crash or an upgrade); two servers
+    /// with different identities never touch each other's. 1 to 64 letters, digits, `.`, `_`,
+    /// `-`. Default: the id kept in `<dataDir>/server-id`, made on first start.
+    pub server_id: Option<String>,
+    /// Where the server keeps its identity and one record per session (its idle deadline and the
+    /// secret values it must keep masking): a folder only this server's user can read (0700,
+    /// files 0600). Default `~/.isol8/server`. Keep it on a volume for sessions to survive a
+    /// server container's replacement.
+    #[schema(value_type = Option<String>)]
+    pub data_dir: Option<PathBuf>,
     /// Sessions one API key may hold at once (429 past it).
     pub max_sessions_per_key: usize,
     /// Sessions the server holds at once (429 past it).
@@ -210,6 +229,11 @@ impl Default for ServerConfig {
             reuse_containers: true,
             shutdown_grace_ms: 10_000,
             session_idle_timeout_ms: 3_600_000,
+            max_session_idle_timeout_ms: 86_400_000,
+            session_pause_after_ms: 60_000,
+            max_archive_bytes: 64 * 1024 * 1024,
+            server_id: None,
+            data_dir: None,
             max_sessions_per_key: 10,
             max_sessions: 100,
             max_file_bytes: 10 * 1024 * 1024,
@@ -348,6 +372,12 @@ impl ServerConfig {
         if self.session_idle_timeout_ms == 0 {
             return Err("sessionIdleTimeoutMs must be greater than zero".into());
         }
+        if self.session_idle_timeout_ms > self.max_session_idle_timeout_ms {
+            return Err("sessionIdleTimeoutMs is above maxSessionIdleTimeoutMs".into());
+        }
+        if let Some(id) = &self.server_id {
+            crate::session_store::check_server_id(id)?;
+        }
         self.remote_code.validate()?;
         self.auth.validate()?;
         self.tenant_limits.validate()?;
@@ -366,6 +396,9 @@ impl ServerConfig {
     pub fn session_limits(&self) -> crate::sessions::SessionLimits {
         crate::sessions::SessionLimits {
             idle_timeout: Duration::from_millis(self.session_idle_timeout_ms),
+            max_idle_timeout: Duration::from_millis(self.max_session_idle_timeout_ms),
+            pause_after: (self.session_pause_after_ms > 0)
+                .then(|| Duration::from_millis(self.session_pause_after_ms)),
             max_per_key: self.max_sessions_per_key,
             max_total: self.max_sessions,
         }

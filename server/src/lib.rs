@@ -13,6 +13,7 @@ mod persist;
 mod policy;
 mod remote_code;
 mod routes;
+mod session_store;
 mod sessions;
 mod state;
 mod tenants;

@@ -726,6 +726,7 @@ mod tests {
             files: None,
             network_logs: None,
             session_restarted: None,
+            session_created: None,
             resource_usage: None,
             results: Some(results),
         }

@@ -1,19 +1,22 @@
-//! Persistent sessions: the registry of live sessions per API key, their limits, and idle expiry.
+//! Persistent sessions: the registry of live sessions per API key, their limits, idle freezing and
+//! expiry, and adoption of the sessions an earlier process of this server left.
 //!
 //! Sessions are namespaced by the key's identity: another key naming the same id reaches a session of
 //! its own, never this one. The registry's map is behind a std mutex that is never held across an
 //! `.await`; each session's calls are serialized by its own tokio mutex (`SessionSlot`), held for the
-//! whole call, streams included.
+//! whole call, streams included, and by the freezer while it pauses the container. Each session's
+//! small fields (last use, idle timeout, secrets) sit behind std mutexes held for one update.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use isol8_api::{CleanupCounts, Runtime};
-use isol8_docker::{Engine, SessionKey, SessionSlot};
+use isol8_docker::{Engine, SessionKey, SessionSlot, SessionState};
 
 use crate::error::ApiError;
+use crate::session_store::{SessionRecord, SessionStore};
 
 /// Where a CLI's sessions belong: every local invocation shares them, whatever its random key.
 pub const LOCAL_OWNER: &str = "local";
@@ -26,12 +29,59 @@ pub struct Session {
     pub runtime: Runtime,
     pub created: DateTime<Utc>,
     last_used: Mutex<(DateTime<Utc>, Instant)>,
+    /// Its own idle timeout (`PATCH /session/{id}`), else the server's.
+    idle_timeout: Mutex<Duration>,
+    /// The secrets its interpreter holds, and every secret value it was ever given (all masked).
+    secrets: Mutex<(BTreeMap<String, String>, BTreeSet<String>)>,
     pub slot: SessionSlot,
 }
 
 impl Session {
     pub fn touch(&self) {
         *lock(&self.last_used) = (Utc::now(), Instant::now());
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        *lock(&self.idle_timeout)
+    }
+
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        *lock(&self.idle_timeout) = timeout;
+    }
+
+    /// When it expires if it stays idle.
+    pub fn idle_deadline(&self) -> DateTime<Utc> {
+        let timeout =
+            chrono::Duration::from_std(self.idle_timeout()).unwrap_or(chrono::Duration::MAX);
+        self.last_used()
+            .checked_add_signed(timeout)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Adds this call's secrets to the session's; returns all of them and every value to mask.
+    pub fn add_secrets(
+        &self,
+        new: &BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, Vec<String>) {
+        let mut secrets = lock(&self.secrets);
+        secrets.1.extend(new.values().cloned());
+        secrets.0.extend(new.clone());
+        (secrets.0.clone(), secrets.1.iter().cloned().collect())
+    }
+
+    /// What the next server process needs to adopt it.
+    pub fn record(&self) -> SessionRecord {
+        let (secrets, secret_values) = lock(&self.secrets).clone();
+        SessionRecord {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            runtime: self.runtime,
+            created: self.created,
+            last_used: self.last_used(),
+            idle_timeout_ms: self.idle_timeout().as_millis() as u64,
+            secrets,
+            secret_values,
+        }
     }
 
     pub fn last_used(&self) -> DateTime<Utc> {
@@ -47,11 +97,12 @@ impl Session {
         self.slot.try_lock().is_err()
     }
 
-    pub fn key(&self, local: bool) -> SessionKey {
+    pub fn key(&self, local: bool, server: &str) -> SessionKey {
         SessionKey {
             id: self.id.clone(),
             owner: self.owner.clone(),
             local,
+            server: (!local).then(|| server.to_string()),
         }
     }
 }
@@ -60,6 +111,10 @@ impl Session {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub idle_timeout: Duration,
+    /// The most a session may set its own idle timeout to.
+    pub max_idle_timeout: Duration,
+    /// Idle this long, a session's container is frozen; `None` never.
+    pub pause_after: Option<Duration>,
     pub max_per_key: usize,
     pub max_total: usize,
 }
@@ -70,6 +125,21 @@ pub struct Sessions {
     limits: SessionLimits,
     /// CLI mode: sessions outlive the process; their containers are found again by label.
     pub local: bool,
+    /// This server's identity and its sessions' records (server mode), opened on first use so
+    /// the CLI's embedded server (local sessions) never touches the data folder.
+    store: std::sync::OnceLock<SessionStore>,
+    /// `serverId` and `dataDir` from the config, for opening `store`.
+    identity: crate::config::ServerConfig,
+}
+
+/// What adoption at start-up did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    pub adopted: usize,
+    /// Found past their idle deadline, and removed.
+    pub expired: usize,
+    /// Dead, without a record, or over the limits: removed.
+    pub removed: usize,
 }
 
 /// Checks a session id: 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
@@ -88,12 +158,113 @@ pub fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 impl Sessions {
-    pub fn new(limits: SessionLimits, local: bool) -> Self {
+    pub fn new(limits: SessionLimits, local: bool, config: &crate::config::ServerConfig) -> Self {
         Sessions {
             map: Mutex::new(HashMap::new()),
             limits,
             local,
+            store: std::sync::OnceLock::new(),
+            identity: crate::config::ServerConfig {
+                server_id: config.server_id.clone(),
+                data_dir: config.data_dir.clone(),
+                ..Default::default()
+            },
         }
+    }
+
+    /// This server's identity and session records.
+    pub fn store(&self) -> &SessionStore {
+        self.store.get_or_init(|| match self.local {
+            true => SessionStore::ephemeral(),
+            false => SessionStore::open(&self.identity),
+        })
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// Whether `get_or_create` would make a new session for this id.
+    pub fn exists(&self, owner: &str, id: &str) -> bool {
+        lock(&self.map).contains_key(&(self.owner(owner), id.to_string()))
+    }
+
+    /// Saves the session's record (server mode), for the next process to adopt it.
+    pub fn persist(&self, session: &Session) {
+        if !self.local {
+            self.store().save(&session.record());
+        }
+    }
+
+    /// Adopts the sessions an earlier process of this server (same `serverId`) left on the
+    /// engine: each becomes a session again, its container attached on first use. Those past
+    /// their idle deadline, those whose container died and those without a record (their secrets
+    /// could not be masked) are removed. Runs before the server takes requests.
+    pub async fn adopt(&self, engine: &Engine) -> Result<Adopted, isol8_docker::Error> {
+        let mut done = Adopted::default();
+        if self.local {
+            return Ok(done);
+        }
+        let found = engine.server_sessions(self.store().server_id()).await?;
+        let mut doomed = Vec::new();
+        let now = Utc::now();
+        for container in &found {
+            let record = self.store().load(&container.owner, &container.id);
+            let live = matches!(container.state.as_str(), "running" | "paused");
+            let Some(record) = record.filter(|r| live && r.runtime == container.runtime) else {
+                tracing::warn!(session = %container.id, state = %container.state, "removing a session container that cannot be adopted (not running, or no record)");
+                self.store().remove(&container.owner, &container.id);
+                doomed.push(container.container_id.clone());
+                done.removed += 1;
+                continue;
+            };
+            let idle = (now - record.last_used).to_std().unwrap_or_default();
+            let timeout = Duration::from_millis(record.idle_timeout_ms);
+            if idle >= timeout {
+                self.store().remove(&record.owner, &record.id);
+                doomed.push(container.container_id.clone());
+                done.expired += 1;
+                continue;
+            }
+            let key = (record.owner.clone(), record.id.clone());
+            let mut map = lock(&self.map);
+            if map.contains_key(&key) || map.len() >= self.limits.max_total {
+                drop(map);
+                doomed.push(container.container_id.clone());
+                done.removed += 1;
+                continue;
+            }
+            let state = SessionState::adoptable(
+                container.container_id.clone(),
+                container.state == "paused",
+            );
+            let since = Instant::now()
+                .checked_sub(idle)
+                .unwrap_or_else(Instant::now);
+            map.insert(
+                key,
+                Arc::new(Session {
+                    id: record.id,
+                    owner: record.owner,
+                    runtime: record.runtime,
+                    created: record.created,
+                    last_used: Mutex::new((record.last_used, since)),
+                    idle_timeout: Mutex::new(timeout.min(self.limits.max_idle_timeout)),
+                    secrets: Mutex::new((record.secrets, record.secret_values)),
+                    slot: Arc::new(tokio::sync::Mutex::new(state)),
+                }),
+            );
+            done.adopted += 1;
+        }
+        // Records whose container is gone (removed by hand, `isol8 cleanup`) are dropped.
+        for record in self.store().all() {
+            if !lock(&self.map).contains_key(&(record.owner.clone(), record.id.clone())) {
+                self.store().remove(&record.owner, &record.id);
+            }
+        }
+        futures::future::join_all(doomed.iter().map(|id| engine.remove_session_container(id)))
+            .await;
+        Ok(done)
     }
 
     /// The caller's session `id`, created (without a container yet) when it does not exist.
@@ -143,6 +314,8 @@ impl Sessions {
             runtime,
             created: now.0,
             last_used: Mutex::new(now),
+            idle_timeout: Mutex::new(self.limits.idle_timeout),
+            secrets: Default::default(),
             slot: Default::default(),
         });
         map.insert((owner, id.to_string()), Arc::clone(&session));
@@ -158,7 +331,12 @@ impl Sessions {
     }
 
     pub fn remove(&self, owner: &str, id: &str) -> Option<Arc<Session>> {
-        lock(&self.map).remove(&(self.owner(owner), id.to_string()))
+        let owner = self.owner(owner);
+        let removed = lock(&self.map).remove(&(owner.clone(), id.to_string()));
+        if removed.is_some() && !self.local {
+            self.store().remove(&owner, id);
+        }
+        removed
     }
 
     /// The caller's sessions, oldest first.
@@ -182,7 +360,7 @@ impl Sessions {
         let mut map = lock(&self.map);
         let expired: Vec<(String, String)> = map
             .iter()
-            .filter(|(_, s)| s.idle_for() >= self.limits.idle_timeout && !s.busy())
+            .filter(|(_, s)| s.idle_for() >= s.idle_timeout() && !s.busy())
             .map(|(k, _)| k.clone())
             .collect();
         expired.iter().filter_map(|k| map.remove(k)).collect()
@@ -206,8 +384,28 @@ impl Sessions {
         };
         let mut counts = CleanupCounts::default();
         for session in sessions {
+            self.store().remove(&session.owner, &session.id);
             close(engine, &session).await;
             counts.removed += 1;
+        }
+        // The master key's cleanup: also this server's session containers no registry entry holds
+        // (a call creating one right now, or one that could not be adopted).
+        if owner.is_none() && !self.local {
+            match engine.server_sessions(self.store().server_id()).await {
+                Ok(left) => {
+                    for container in left {
+                        engine
+                            .remove_session_container(&container.container_id)
+                            .await;
+                        self.store().remove(&container.owner, &container.id);
+                        counts.removed += 1;
+                    }
+                }
+                Err(error) => {
+                    counts.failed += 1;
+                    counts.errors.push(error.to_string());
+                }
+            }
         }
         counts
     }
@@ -224,35 +422,86 @@ impl Sessions {
         }
     }
 
-    /// Removes expired sessions every few seconds, until the task is aborted.
+    /// Every few seconds, until the task is aborted: removes expired sessions and freezes those
+    /// idle past `pause_after`.
     pub async fn expire_idle(self: Arc<Self>, engine: Engine) {
-        let every = (self.limits.idle_timeout / 4)
-            .clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let shortest = match self.limits.pause_after {
+            Some(pause) => pause.min(self.limits.idle_timeout),
+            None => self.limits.idle_timeout,
+        };
+        let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             tokio::time::sleep(every).await;
             for session in self.take_expired() {
                 tracing::info!(session = %session.id, "session expired after being idle");
+                if !self.local {
+                    self.store().remove(&session.owner, &session.id);
+                }
                 close(&engine, &session).await;
+            }
+            // Not CLI sessions: another CLI process takes them over by label, unaware of a freeze.
+            if let (Some(after), false) = (self.limits.pause_after, self.local) {
+                self.freeze_idle(&engine, after).await;
             }
         }
     }
 
-    /// Ends every session (server shutdown). CLI sessions are left to later CLI calls.
+    /// Freezes the containers of sessions idle at least `after` and not in a call.
+    async fn freeze_idle(&self, engine: &Engine, after: Duration) {
+        let idle: Vec<Arc<Session>> = lock(&self.map)
+            .values()
+            .filter(|s| s.idle_for() >= after)
+            .cloned()
+            .collect();
+        for session in idle {
+            // A call holds the lock: it is not idle. The next tick looks again.
+            let Ok(mut state) = session.slot.try_lock() else {
+                continue;
+            };
+            if state.is_paused() || !state.has_container() {
+                continue;
+            }
+            match engine.pause_session(&mut state).await {
+                Ok(true) => {
+                    tracing::debug!(session = %session.id, "session frozen while idle");
+                    drop(state);
+                    self.persist(&session);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(session = %session.id, %error, "could not freeze an idle session")
+                }
+            }
+        }
+    }
+
+    /// Server shutdown: every session is frozen and its record saved, for the next process of
+    /// this server to adopt. CLI sessions are left to later CLI calls.
     pub async fn close_all(&self, engine: &Engine) {
         if self.local {
             return;
         }
-        for session in self.take_all() {
-            close(engine, &session).await;
-        }
+        let sessions: Vec<Arc<Session>> = lock(&self.map).values().cloned().collect();
+        let freeze = sessions.iter().map(|session| async move {
+            let wait = Duration::from_secs(30);
+            match tokio::time::timeout(wait, session.slot.lock()).await {
+                Ok(mut state) => {
+                    if let Err(error) = engine.pause_session(&mut state).await {
+                        tracing::warn!(session = %session.id, %error, "could not freeze a session at shutdown");
+                    }
+                }
+                Err(_) => tracing::warn!(session = %session.id, "a call still holds the session at shutdown; leaving it running"),
+            }
+            self.persist(session);
+        });
+        futures::future::join_all(freeze).await;
+        lock(&self.map).clear();
     }
 }
 
 /// Removes a session's container, after the call that holds it (if any) ends.
 pub async fn close(engine: &Engine, session: &Session) {
-    if let Some(sandbox) = session.slot.lock().await.take() {
-        engine.close_session(sandbox).await;
-    }
+    engine.end_session(&mut *session.slot.lock().await).await;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -62,7 +62,7 @@ impl AppState {
             default_limits: config.default_limits(),
             max_limits: config.max_limits(),
             metrics: Arc::new(Metrics::default()),
-            sessions: Arc::new(Sessions::new(config.session_limits(), false)),
+            sessions: Arc::new(Sessions::new(config.session_limits(), false, &config)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
             body_budget: Arc::new(Semaphore::new(config.max_body_bytes_in_flight)),
@@ -100,7 +100,11 @@ impl AppState {
     /// For the CLI's embedded server: sessions outlive the process and are shared by every local
     /// invocation (found again by their containers' labels).
     pub fn with_local_sessions(mut self) -> Self {
-        self.sessions = Arc::new(Sessions::new(self.config.session_limits(), true));
+        self.sessions = Arc::new(Sessions::new(
+            self.config.session_limits(),
+            true,
+            &self.config,
+        ));
         self
     }
 

@@ -177,7 +177,8 @@ struct Server {
     base: String,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    server_id: Option<String>,
 }
 
 impl Server {
@@ -189,6 +190,7 @@ impl Server {
     }
 
     async fn with_database(config: ServerConfig, db: Database) -> Server {
+        let server_id = config.server_id.clone();
         let engine = Engine::connect(config.engine_config())
             .await
             .expect("engine");
@@ -210,7 +212,8 @@ impl Server {
             base,
             http: reqwest::Client::new(),
             stop: Some(stop),
-            task,
+            task: Some(task),
+            server_id,
         }
     }
 
@@ -263,7 +266,16 @@ impl Server {
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+impl Drop for Server {
+    /// The sessions a stopping server leaves (frozen, for its next process) are the test's.
+    fn drop(&mut self) {
+        if let Some(id) = &self.server_id {
+            common::remove_sessions_of(id);
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // Already waited for: its pid may be another process's by now.
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
@@ -55,15 +59,61 @@ pub struct Server {
     /// Its `x-isol8-instance`: the `isol8.instance` label on everything it creates.
     pub instance: String,
     pub http: reqwest::Client,
+    /// Its `serverId` (the `isol8.server` label of its sessions) and data folder: its own, unless
+    /// the test's overrides name them (a restart test starts the next process with the same).
+    pub server_id: String,
+    pub data_dir: PathBuf,
+    /// Leave its sessions when dropped (the test hands them to a next process).
+    pub keep_sessions: bool,
+}
+
+impl Drop for Server {
+    /// Stops the process, then removes the sessions it leaves (frozen, for its next process):
+    /// they are the test's.
+    fn drop(&mut self) {
+        if !matches!(self.child.0.try_wait(), Ok(Some(_))) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.0.id().to_string()])
+                .status();
+            let _ = self.child.0.wait();
+        }
+        if !self.keep_sessions {
+            remove_sessions_of(&self.server_id);
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// Removes the session containers labelled with the server identity `id` (a test's own).
+pub fn remove_sessions_of(id: &str) {
+    let ids = docker_ids("container", &format!("isol8.server={id}"));
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
 }
 
 impl Server {
     pub async fn start(env: &[(&str, &str)]) -> Server {
         let port = free_port();
+        let given = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let server_id = given("ISOL8_SERVER_ID")
+            .unwrap_or_else(|| format!("e2e-{}-{}", std::process::id(), free_port()));
+        let data_dir = given("ISOL8_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("isol8-e2e").join(&server_id));
         let child = Command::new(binary("isol8-server"))
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .env("ISOL8_API_KEY", KEY)
             .env("ISOL8_POOL_SIZE", "1")
+            .env("ISOL8_SERVER_ID", &server_id)
+            .env("ISOL8_DATA_DIR", &data_dir)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,7 +139,20 @@ impl Server {
             base,
             instance,
             http,
+            server_id,
+            data_dir,
+            keep_sessions: false,
         }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to the process and waits for it to end, leaving its
+    /// sessions for the next process with the same identity.
+    pub fn kill(mut self, signal: &str) {
+        self.keep_sessions = true;
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.0.id().to_string()])
+            .status();
+        let _ = self.child.0.wait();
     }
 
     /// POSTs `body` to /execute: the HTTP status and the JSON answer.

@@ -245,8 +245,23 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
     for call in in_flight {
         assert!(call.await.unwrap().is_err(), "the dead server answered");
     }
-    // What held a connection to the dead server goes with it (Docker removes it)...
-    until_none_left(&instance, Duration::from_secs(20)).await;
+    // What held a connection to the dead server goes with it (Docker removes it), but its session,
+    // kept for the server's next process with the same identity (tests/tests/restart.rs)...
+    let session = docker_ids("container", &format!("isol8.server={}", dead.server_id));
+    assert_eq!(
+        session.len(),
+        1,
+        "the session's container outlives the crash"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while docker_ids("container", &instance) != session {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            docker_ids("container", &instance)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // ...but a container whose removal the crash cut short would stay: stopped, labelled as the
     // dead server's.
     let stopped = Command::new("docker")
@@ -261,10 +276,20 @@ async fn a_server_killed_mid_run_leaves_nothing_once_the_next_one_starts() {
         .status()
         .unwrap();
     assert!(stopped.success());
-    assert_eq!(docker_ids("container", &instance).len(), 1);
-    // ...and the next server to start removes the rest.
+    assert_eq!(docker_ids("container", &instance).len(), 2);
+    // ...and the next server to start (another identity) removes the rest, not the session.
     let next = Server::start(&[]).await;
     until_it_runs(&next, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while docker_ids("container", &instance) != session {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped container was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Dropping the dead server's handle removes its session (the test's).
+    drop(dead);
     until_none_left(&instance, Duration::from_secs(10)).await;
 }
 

@@ -450,6 +450,12 @@ fn random_hex(bytes: usize) -> String {
 /// close, and Docker stops and removes those containers itself (stdin-once + auto-remove), so the
 /// user does not wait for container removals. Kept containers and sessions are not of that kind.
 pub(crate) async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
+    start_embedded_for(Some(runtime)).await
+}
+
+/// `start_embedded`, building `runtime`'s image first when given (`None`: the call needs none
+/// built, e.g. a session archive).
+pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Client, ExitCode> {
     let mut config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load_user().map_err(err)?.0
@@ -463,12 +469,14 @@ pub(crate) async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode>
     config.remote_code.enabled = true;
     let engine = connect_engine(&config).await?;
     // The first local run on a machine builds the runtime's image.
-    let progress = Progress::new(false);
-    let built = engine
-        .build_images(&[runtime], false, &|p| progress.report(p))
-        .await;
-    progress.abandon();
-    built.map_err(err)?;
+    if let Some(runtime) = runtime {
+        let progress = Progress::new(false);
+        let built = engine
+            .build_images(&[runtime], false, &|p| progress.report(p))
+            .await;
+        progress.abandon();
+        built.map_err(err)?;
+    }
     expire_local(
         &engine,
         Duration::from_millis(config.session_idle_timeout_ms),

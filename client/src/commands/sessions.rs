@@ -1,4 +1,4 @@
-//! `isol8 session list|stop`, and the bookkeeping that lets CLI sessions expire: each local call
+//! `isol8 session list|stop|export|import`, and the bookkeeping that lets CLI sessions expire: each local call
 //! touches `~/.isol8/sessions/<id>`, and a local start removes sessions idle past the timeout.
 
 use std::path::PathBuf;
@@ -35,13 +35,37 @@ enum SessionCommand {
     },
     /// End a session and remove its container.
     Stop { id: String },
+    /// Save a session's /sandbox as a tar archive.
+    Export {
+        id: String,
+        /// Where to write the archive (`-` for stdout).
+        file: PathBuf,
+    },
+    /// Unpack a tar archive into a session's /sandbox.
+    Import {
+        id: String,
+        /// The archive (uncompressed tar; `-` for stdin).
+        file: PathBuf,
+        /// Create the session with this runtime when it does not exist.
+        #[arg(short, long)]
+        runtime: Option<isol8_api::Runtime>,
+    },
 }
 
 pub async fn session(args: SessionArgs) -> ExitCode {
-    if let SessionCommand::Stop { id } = &args.command {
+    if let SessionCommand::Stop { id }
+    | SessionCommand::Export { id, .. }
+    | SessionCommand::Import { id, .. } = &args.command
+    {
         if let Err(e) = isol8_server::check_session_id(id) {
             return err(e);
         }
+    }
+    if matches!(
+        args.command,
+        SessionCommand::Export { .. } | SessionCommand::Import { .. }
+    ) {
+        return archive(args).await;
     }
     match &args.host {
         Some(host) => {
@@ -52,6 +76,78 @@ pub async fn session(args: SessionArgs) -> ExitCode {
             remote(Client::new(host.clone(), key), args.command).await
         }
         None => local(args.command).await,
+    }
+}
+
+/// `export` and `import`: through the server named by --host, or the embedded one (the same
+/// routes) for this machine's CLI sessions.
+async fn archive(args: SessionArgs) -> ExitCode {
+    let (client, _turn) = match &args.host {
+        Some(host) => match super::login::resolve_key(host, args.key.clone()) {
+            Ok(key) => (Client::new(host.clone(), key), None),
+            Err(e) => return err(e),
+        },
+        None => {
+            let (id, runtime) = match &args.command {
+                SessionCommand::Export { id, .. } => (id, None),
+                SessionCommand::Import { id, runtime, .. } => (id, *runtime),
+                _ => unreachable!("only archive commands come here"),
+            };
+            // Takes the session's turn, as `isol8 run --session-id` does.
+            let turn = use_local(id);
+            match super::run::start_embedded_for(runtime).await {
+                Ok(client) => (client, turn),
+                Err(code) => return code,
+            }
+        }
+    };
+    match args.command {
+        SessionCommand::Export { id, file } => {
+            let tar = match client.export_archive(&id).await {
+                Ok(tar) => tar,
+                Err(e) => return err(e),
+            };
+            let written = match file.as_os_str() == "-" {
+                true => std::io::Write::write_all(&mut std::io::stdout(), &tar),
+                false => std::fs::write(&file, &tar),
+            };
+            match written {
+                Ok(()) => {
+                    eprintln!(
+                        "[OK] Session \"{id}\": /sandbox saved ({} bytes).",
+                        tar.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => err(format!("cannot write {}: {e}", file.display())),
+            }
+        }
+        SessionCommand::Import { id, file, runtime } => {
+            let tar = match file.as_os_str() == "-" {
+                true => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+                }
+                false => std::fs::read(&file),
+            };
+            let tar = match tar {
+                Ok(tar) => tar,
+                Err(e) => return err(format!("cannot read {}: {e}", file.display())),
+            };
+            match client.import_archive(&id, tar, runtime).await {
+                Ok(done) => {
+                    let made = if done.session_created {
+                        " (new session)"
+                    } else {
+                        ""
+                    };
+                    eprintln!("[OK] Session \"{id}\"{made}: archive unpacked into /sandbox.");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => err(e),
+            }
+        }
+        _ => unreachable!("only archive commands come here"),
     }
 }
 
@@ -84,6 +180,9 @@ async fn remote(client: Client, command: SessionCommand) -> ExitCode {
             }
             Err(e) => err(e),
         },
+        SessionCommand::Export { .. } | SessionCommand::Import { .. } => {
+            unreachable!("archive commands go through `archive`")
+        }
     }
 }
 
@@ -127,6 +226,9 @@ async fn local(command: SessionCommand) -> ExitCode {
             Ok(false) => err(format!("No session \"{id}\".")),
             Err(e) => err(e),
         },
+        SessionCommand::Export { .. } | SessionCommand::Import { .. } => {
+            unreachable!("archive commands go through `archive`")
+        }
     };
     engine.shutdown().await;
     code

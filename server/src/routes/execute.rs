@@ -26,7 +26,11 @@ use crate::remote_code::CodeRequest;
 use crate::state::{AppState, Slot};
 use crate::{persist, policy};
 
-async fn plan(state: &AppState, caller: &Caller, body: &ExecuteBody) -> Result<RunPlan, ApiError> {
+pub(crate) async fn plan(
+    state: &AppState,
+    caller: &Caller,
+    body: &ExecuteBody,
+) -> Result<RunPlan, ApiError> {
     let mut options = body.options.clone().unwrap_or_default();
     let config = &state.config;
     options.network = Some(options.network.unwrap_or(config.default_network));
@@ -169,6 +173,13 @@ pub(crate) async fn start(
         caller.limits.map(|l| l.max_sessions),
     )?;
     session.touch();
+    // Every secret the session was given stays in its interpreter and masked in its output; the
+    // record (the next server process's way to keep masking them) is saved before any of them
+    // reaches the container.
+    let (secrets, masked) = session.add_secrets(&plan.secrets);
+    plan.secrets = secrets;
+    plan.masked = masked;
+    state.sessions.persist(&session);
     // The session's turn first, then an execution slot: calls queued on a busy session must not
     // hold slots other clients could use. Waiting for a busy session is queueing like waiting for
     // a slot: it counts toward `maxQueue`, and both waits together last `queueTimeoutMs` at most.
@@ -182,7 +193,7 @@ pub(crate) async fn start(
         }
     };
     let slot = state.acquire_slot_by(caller, deadline).await?;
-    let key = session.key(state.sessions.local);
+    let key = session.key(state.sessions.local, state.sessions.store().server_id());
     match state.engine.execute_in_session(locked, &key, plan).await {
         Ok(events) => {
             hold_until_ended(slot, &events);

@@ -1,11 +1,16 @@
-//! `GET /sessions`, `DELETE /session/{id}`, `POST /file`, `GET /file`: the caller's sessions and
-//! their files.
+//! `GET /sessions`, `GET|PATCH|DELETE /session/{id}`, `GET|POST /session/{id}/archive`,
+//! `POST /file`, `GET /file`: the caller's sessions, their lifetime, files and workspace snapshots.
+
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use isol8_api::{
-    ErrorBody, FileContent, FileQuery, FileWrite, OkResponse, SessionInfo, SessionList,
+    ArchiveImported, ArchiveQuery, ErrorBody, ExecuteBody, ExecutionRequest, FileContent,
+    FileQuery, FileWrite, OkResponse, SessionDetail, SessionInfo, SessionList, SessionUpdate,
 };
 
 use crate::auth::Caller;
@@ -83,7 +88,11 @@ pub(crate) async fn write(
     let session = state.sessions.get(&caller.owner, id)?;
     session.touch();
     let mut slot = session.slot.lock().await;
-    let sandbox = slot.sandbox_mut().ok_or_else(|| no_container(id))?;
+    let sandbox = state
+        .engine
+        .session_sandbox(&mut slot)
+        .await?
+        .ok_or_else(|| no_container(id))?;
     state.engine.write_session_file(sandbox, path, data).await?;
     Ok(())
 }
@@ -98,7 +107,11 @@ pub(crate) async fn read(
     let session = state.sessions.get(&caller.owner, id)?;
     session.touch();
     let mut slot = session.slot.lock().await;
-    let sandbox = slot.sandbox_mut().ok_or_else(|| no_container(id))?;
+    let sandbox = state
+        .engine
+        .session_sandbox(&mut slot)
+        .await?
+        .ok_or_else(|| no_container(id))?;
     let data = state
         .engine
         .read_session_file(sandbox, path, state.config.max_file_bytes)
@@ -174,4 +187,237 @@ fn no_container(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "session \"{id}\" has no container (its first call failed)"
     ))
+}
+
+/// The session's state, measured now where it can be (not while a call runs).
+async fn detail(state: &AppState, session: &Session) -> Result<SessionDetail, ApiError> {
+    let base = info(session);
+    let (paused, sandbox_bytes) = match session.slot.try_lock() {
+        Err(_) => (false, None),
+        Ok(slot) if slot.is_paused() => (true, slot.frozen_usage()),
+        Ok(mut slot) if slot.has_container() => {
+            (false, state.engine.session_usage(&mut slot).await?)
+        }
+        Ok(_) => (false, None),
+    };
+    Ok(SessionDetail {
+        id: base.id,
+        runtime: base.runtime,
+        created_at: base.created_at,
+        last_accessed_at: base.last_accessed_at,
+        is_active: base.is_active,
+        container_id: base.container_id,
+        paused,
+        idle_timeout_ms: session.idle_timeout().as_millis() as u64,
+        expires_at: rfc3339(session.idle_deadline()),
+        sandbox_bytes,
+    })
+}
+
+/// One of the caller's sessions: created, last used, frozen or not, idle deadline, runtime and
+/// the space its `/sandbox` uses. Does not count as a use.
+#[utoipa::path(get, path = "/session/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionDetail),
+        (status = 400, description = "Not a valid session id", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key", body = ErrorBody),
+        (status = 404, description = "No such session (of this key)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_session(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    sessions::check_id(&id)?;
+    let session = state.sessions.get(&caller.owner, &id)?;
+    Ok(Json(detail(&state, &session).await?))
+}
+
+/// Change a session's idle timeout (counted from its last use), up to the server's
+/// `maxSessionIdleTimeoutMs`.
+#[utoipa::path(patch, path = "/session/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    request_body = SessionUpdate,
+    responses(
+        (status = 200, description = "The session, updated", body = SessionDetail),
+        (status = 400, description = "Bad id or idleTimeoutMs", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key", body = ErrorBody),
+        (status = 404, description = "No such session (of this key)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn update_session(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SessionUpdate>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    sessions::check_id(&id)?;
+    let max = state.sessions.limits().max_idle_timeout.as_millis() as u64;
+    if !(1000..=max).contains(&body.idle_timeout_ms) {
+        return Err(ApiError::bad_request(format!(
+            "idleTimeoutMs must be between 1000 and {max} (the server's maxSessionIdleTimeoutMs), not {}",
+            body.idle_timeout_ms
+        )));
+    }
+    let session = state.sessions.get(&caller.owner, &id)?;
+    session.set_idle_timeout(Duration::from_millis(body.idle_timeout_ms));
+    state.sessions.persist(&session);
+    Ok(Json(detail(&state, &session).await?))
+}
+
+/// The session's `/sandbox` as a tar archive (files, folders, symlinks), at most the server's
+/// `maxArchiveBytes`.
+#[utoipa::path(get, path = "/session/{id}/archive", tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "A tar archive of /sandbox", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 400, description = "Bad id, or /sandbox holds more than maxArchiveBytes", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key", body = ErrorBody),
+        (status = 404, description = "No such session (of this key)", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn export_archive(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let session = found(&state, &caller, &id).await?;
+    session.touch();
+    let mut slot = session.slot.lock().await;
+    let tar = state
+        .engine
+        .export_session(&mut slot, state.config.max_archive_bytes)
+        .await?
+        .ok_or_else(|| no_container(&id))?;
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{id}.tar\""))
+        .map_err(|_| ApiError::bad_request("the session id cannot name a file"))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-tar"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        tar,
+    )
+        .into_response())
+}
+
+/// Unpack a tar archive into the session's `/sandbox` (files and folders replaced, others
+/// kept). Only regular files, folders and symlinks that stay inside `/sandbox`, relative paths
+/// without `..`, nothing below a symlink, at most `maxArchiveBytes`: anything else is a 400
+/// naming the entry, and nothing is unpacked. With `?runtime=`, an unknown session is created.
+#[utoipa::path(post, path = "/session/{id}/archive", tag = "sessions",
+    params(("id" = String, Path, description = "The session id"), ArchiveQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "An uncompressed tar archive"),
+    responses(
+        (status = 200, description = "Unpacked", body = ArchiveImported),
+        (status = 400, description = "Bad id, or an archive refused (the message names the entry and why)", body = ErrorBody),
+        (status = 401, description = "No key", body = ErrorBody),
+        (status = 403, description = "Wrong key", body = ErrorBody),
+        (status = 404, description = "No such session (of this key), and no runtime to create it", body = ErrorBody),
+        (status = 413, description = "Larger than maxArchiveBytes", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn import_archive(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(query): Query<ArchiveQuery>,
+    body: axum::body::Bytes,
+) -> Result<Json<ArchiveImported>, ApiError> {
+    sessions::check_id(&id)?;
+    // Checked whole before anything is created or written.
+    let tar = isol8_docker::sanitize_archive(&body, state.config.max_archive_bytes)?;
+    let existing = match (found(&state, &caller, &id).await, query.runtime) {
+        (Ok(session), _) => Some(session),
+        (Err(_), Some(_)) => None,
+        (Err(err), None) => return Err(err),
+    };
+    let (session, created) = match existing {
+        Some(session) => (session, false),
+        None => {
+            let runtime = query.runtime.unwrap_or_default();
+            let session = state.sessions.get_or_create(
+                &caller.owner,
+                &id,
+                runtime,
+                caller.limits.map(|l| l.max_sessions),
+            )?;
+            (session, true)
+        }
+    };
+    session.touch();
+    state.sessions.persist(&session);
+    let mut slot = session.slot.lock().await;
+    let mut made = false;
+    if !slot.has_container() {
+        // The container is made as a first call's would be (defaults and policy); the code is
+        // never run.
+        let body = ExecuteBody {
+            request: ExecutionRequest {
+                runtime: session.runtime,
+                code: Some("0".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let plan = super::execute::plan(&state, &caller, &body).await?;
+        let key = session.key(state.sessions.local, state.sessions.store().server_id());
+        match state.engine.open_session(&mut slot, &key, &plan).await {
+            Ok(new) => made = new,
+            Err(err) => {
+                drop(slot);
+                if created {
+                    state.sessions.remove(&caller.owner, &id);
+                }
+                return Err(err.into());
+            }
+        }
+    }
+    state.engine.import_session(&mut slot, tar).await?;
+    Ok(Json(ArchiveImported {
+        ok: true,
+        session_created: created && made,
+    }))
+}
+
+/// The caller's session `id`; in CLI mode also one an earlier CLI process left (found by its
+/// container's labels).
+async fn found(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<std::sync::Arc<Session>, ApiError> {
+    sessions::check_id(id)?;
+    match state.sessions.get(&caller.owner, id) {
+        Ok(session) => Ok(session),
+        Err(err) if state.sessions.local => {
+            let local = state.engine.local_sessions().await?;
+            let Some((runtime, container)) = local
+                .into_iter()
+                .find(|s| s.id == id && s.running)
+                .and_then(|s| Some((s.runtime.parse().ok()?, s.container_id)))
+            else {
+                return Err(err);
+            };
+            let session = state
+                .sessions
+                .get_or_create(&caller.owner, id, runtime, None)?;
+            let mut slot = session.slot.lock().await;
+            if !slot.has_container() {
+                // Attached (and its agent pinged) on first use, like a server's adopted sessions.
+                *slot = isol8_docker::SessionState::adoptable(container, false);
+            }
+            drop(slot);
+            Ok(session)
+        }
+        Err(err) => Err(err),
+    }
 }

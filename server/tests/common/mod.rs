@@ -12,8 +12,10 @@ pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     pub instance: String,
+    /// Its `serverId`: the `isol8.server` label of its session containers.
+    pub server_id: Option<String>,
 }
 
 impl Server {
@@ -35,6 +37,7 @@ impl Server {
         engine_config.docker_host = docker_host.map(str::to_string);
         let engine = Engine::connect(engine_config).await.expect("engine");
         let instance = engine.instance_id().to_string();
+        let server_id = config.server_id.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -46,8 +49,9 @@ impl Server {
             base,
             http: reqwest::Client::new(),
             stop: Some(stop),
-            task,
+            task: Some(task),
             instance,
+            server_id,
         }
     }
 
@@ -65,15 +69,60 @@ impl Server {
             .unwrap()
     }
 
+    /// Stops the server and removes the sessions it leaves (frozen, for a next process).
     pub async fn stop(mut self) {
+        self.shut_down().await;
+        // Dropping `self` removes its sessions.
+    }
+
+    /// Stops the server as an operator would: its sessions stay, frozen, for the next server
+    /// with its identity.
+    pub async fn stop_keeping_sessions(mut self) {
+        self.shut_down().await;
+        self.server_id = None;
+    }
+
+    async fn shut_down(&mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+        self.task.take().unwrap().await.unwrap();
     }
 }
 
+impl Drop for Server {
+    /// Also when a test fails midway: the sessions its server made are the test's to remove.
+    fn drop(&mut self) {
+        if let Some(id) = &self.server_id {
+            remove_sessions_of(id);
+        }
+    }
+}
+
+/// Removes the session containers labelled with the server identity `id` (a test's own).
+pub fn remove_sessions_of(id: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=isol8.server={id}")])
+        .output()
+        .expect("docker ps");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+}
+
+/// A test server's config: no warm pool, and an identity and data folder of its own, so test
+/// servers running at once never adopt each other's sessions.
 pub fn config() -> ServerConfig {
+    let id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     ServerConfig {
         pool_size: 0,
+        data_dir: Some(std::env::temp_dir().join("isol8-server-tests").join(&id)),
+        server_id: Some(id),
         ..ServerConfig::default()
     }
 }
