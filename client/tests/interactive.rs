@@ -201,6 +201,27 @@ fn interactive_runs_against_a_remote_server_with_its_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("HTTP 403"), "{stderr}");
+    // Refused by the server's policy once the socket is open: its message, status 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_isol8"))
+        .args([
+            "run",
+            "-i",
+            "--host",
+            &host,
+            "--key",
+            "interactive-remote-key",
+        ])
+        .args(["--net", "host", "-e", "print(1)"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[ERR]") && stderr.contains("host"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
