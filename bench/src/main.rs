@@ -173,6 +173,56 @@ async fn first_byte(
     Ok((samples, after_idle, host_after_idle))
 }
 
+/// Time to the first stdout event over `GET /execute/ws` and over `POST /execute/stream`, runs of
+/// one program alternated (WebSocket, then SSE) so both see the same machine; each includes what
+/// its client pays per run (the WebSocket's connect and upgrade, the SSE request on a pooled
+/// connection). Every run's whole output is checked.
+async fn ws_vs_sse_first_output(
+    client: &Client,
+    runs: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let request = body(
+        Runtime::Python,
+        "import time\nprint(1)\ntime.sleep(0.3)\nprint(2)",
+    );
+    async fn first_and_text(
+        mut events: impl futures::Stream<Item = Result<isol8_api::StreamEvent, isol8::ClientError>>
+            + Unpin,
+        started: Instant,
+    ) -> Result<(Duration, String)> {
+        let mut first = None;
+        let mut text = String::new();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.kind == StreamEventType::Stdout {
+                first.get_or_insert_with(|| started.elapsed());
+                text.push_str(&event.data);
+            }
+        }
+        Ok((first.context("no stdout event")?, text))
+    }
+    let (mut ws, mut sse) = (Vec::new(), Vec::new());
+    for i in 0..2 + runs {
+        let started = Instant::now();
+        let (_input, events) = client.execute_ws(&request).await?;
+        let (took_ws, text) = first_and_text(events, started).await?;
+        if text != "1\n2\n" {
+            bail!("WebSocket run printed {text:?}");
+        }
+        let started = Instant::now();
+        let events = Box::pin(client.execute_stream(&request).await?);
+        let (took_sse, text) = first_and_text(events, started).await?;
+        if text != "1\n2\n" {
+            bail!("stream printed {text:?}");
+        }
+        if i >= 2 {
+            ws.push(took_ws);
+            sse.push(took_sse);
+        }
+    }
+    Ok((ws, sse))
+}
+
 /// One timed host run, no warm-up (the caller has just idled on purpose).
 fn host_runs_after(argv: &[&str]) -> Result<Option<Duration>> {
     let started = Instant::now();
@@ -641,6 +691,27 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    // `isol8-bench ws`: only the WebSocket first-output figure.
+    if std::env::args().nth(1).as_deref() == Some("ws") {
+        let (client, engine) = start_server(ServerConfig {
+            pool_size: 2,
+            ..ServerConfig::default()
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (ws, sse) = ws_vs_sse_first_output(&client, 20).await?;
+        println!(
+            "WebSocket first output p50 {:.1} ms (p99 {:.1}), SSE stream p50 {:.1} ms (p99 {:.1}): \
+             +{:.1} ms (target ≤ +2 ms)",
+            p50(&ws),
+            quantile(&ws, 0.99),
+            p50(&sse),
+            quantile(&sse, 0.99),
+            p50(&ws) - p50(&sse)
+        );
+        engine.shutdown().await;
+        return Ok(());
+    }
     let seconds: u64 = std::env::var("ISOL8_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -747,6 +818,19 @@ async fn main() -> Result<()> {
         "ratio to warm p50 + 5 ms, both right after an idle second",
         json!({"p50": p50(&ttfb), "warm_after_idle_p50": p50(&after_idle),
                "host_python_after_idle_p50": p50(&host_after_idle), "warm_back_to_back_p50": p50(&ours_py)}),
+    );
+
+    eprintln!("WebSocket first output vs the SSE stream's…");
+    let (ws, sse) = ws_vs_sse_first_output(&client, 20).await?;
+    add(
+        "WebSocket first output (ms)",
+        format!("{:.1}", p50(&ws)),
+        format!("{:.1} + 2 SSE stream, same program", p50(&sse)),
+        p50(&ws) / (p50(&sse) + 2.0),
+        1.0,
+        "ratio to SSE first output p50 + 2 ms, runs alternated",
+        json!({"ws_p50": p50(&ws), "ws_p99": quantile(&ws, 0.99),
+               "sse_p50": p50(&sse), "sse_p99": quantile(&sse, 0.99)}),
     );
 
     eprintln!("server overhead…");

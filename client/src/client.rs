@@ -1,12 +1,15 @@
-//! `Client`: typed calls to an isol8 server, including the SSE stream.
+//! `Client`: typed calls to an isol8 server, including the SSE stream and the WebSocket run with
+//! live stdin and signals.
 
 use eventsource_stream::Eventsource;
-use futures::{Stream, StreamExt};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, Stream, StreamExt};
 use isol8_api::{
     ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody,
     ExecutionResult, KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, Runtime,
     SessionDetail, SessionList, StreamEvent,
 };
+use tokio_tungstenite::tungstenite::Message;
 
 /// Failures talking to an isol8 server.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,73 @@ pub enum ClientError {
     },
     #[error("bad answer from the server: {0}")]
     Protocol(String),
+    /// The WebSocket of `GET /execute/ws` could not be opened or broke.
+    #[error("WebSocket to {url}: {source}")]
+    WebSocket {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The sending half of a WebSocket run (`Client::execute_ws`): the program's stdin and signals.
+#[derive(Debug)]
+pub struct WsInput {
+    sink: SplitSink<Socket, Message>,
+    url: String,
+}
+
+impl WsInput {
+    async fn send(&mut self, message: serde_json::Value) -> Result<(), ClientError> {
+        self.sink
+            .send(Message::text(message.to_string()))
+            .await
+            .map_err(|e| ws_error(&self.url, e))
+    }
+
+    /// Sends `data` to the program's stdin.
+    pub async fn stdin(&mut self, data: &str) -> Result<(), ClientError> {
+        self.send(serde_json::json!({"type": "stdin", "data": data}))
+            .await
+    }
+
+    /// Closes the program's stdin: its next read sees end-of-file.
+    pub async fn stdin_eof(&mut self) -> Result<(), ClientError> {
+        self.send(serde_json::json!({"type": "stdin", "eof": true}))
+            .await
+    }
+
+    /// Sends `SIGINT`, `SIGTERM` or `SIGKILL` to the program's process group.
+    pub async fn signal(&mut self, name: &str) -> Result<(), ClientError> {
+        self.send(serde_json::json!({"type": "signal", "signal": name}))
+            .await
+    }
+}
+
+fn ws_error(url: &str, source: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    ClientError::WebSocket {
+        url: url.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// An error status on an HTTP answer: `ClientError::Api` from its error body.
+fn api_error(status: u16, text: &str) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(err) => ClientError::Api {
+            status,
+            code: err.code,
+            message: err.error,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: text.to_string(),
+        },
+    }
 }
 
 /// A client of one server with one key.
@@ -77,18 +147,7 @@ impl Client {
         }
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(err) => ClientError::Api {
-                status,
-                code: err.code,
-                message: err.error,
-            },
-            Err(_) => ClientError::Api {
-                status,
-                code: "unknown".into(),
-                message: text,
-            },
-        })
+        Err(api_error(status, &text))
     }
 
     /// `GET /sessions`: this key's sessions.
@@ -263,4 +322,91 @@ impl Client {
                 }
             }))
     }
+
+    /// `GET /execute/ws`: starts the run over a WebSocket (ws:// for an http:// server, wss://
+    /// for https://) and returns its input half and its events, the same `StreamEvent`s as
+    /// [`Client::execute_stream`], the `result` event last. The program's stdin stays open until
+    /// [`WsInput::stdin_eof`]. Dropping either half closes the socket, which kills the run.
+    pub async fn execute_ws(
+        &self,
+        body: &ExecuteBody,
+    ) -> Result<
+        (
+            WsInput,
+            impl Stream<Item = Result<StreamEvent, ClientError>> + Unpin,
+        ),
+        ClientError,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = match self.base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}/execute/ws"),
+            Some(("http", rest)) => format!("ws://{rest}/execute/ws"),
+            _ => {
+                return Err(ClientError::Protocol(format!(
+                    "{} is not an http:// or https:// URL",
+                    self.base
+                )))
+            }
+        };
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ws_error(&url, e))?;
+        let bearer = format!("Bearer {}", self.key)
+            .parse()
+            .map_err(|_| ClientError::Protocol("the key is not a valid header value".into()))?;
+        request
+            .headers_mut()
+            .insert(reqwest::header::AUTHORIZATION, bearer);
+        if let Some(id) = &body.session_id {
+            if let Ok(value) = id.parse() {
+                request.headers_mut().insert("X-Isol8-Session", value);
+            }
+        }
+        let (socket, _) = match tokio_tungstenite::connect_async(request).await {
+            Ok(connected) => connected,
+            // Refused before the upgrade (401, 403, 429): the server's error body.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let text = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                return Err(api_error(response.status().as_u16(), &text));
+            }
+            Err(e) => return Err(ws_error(&url, e)),
+        };
+        let (sink, stream) = socket.split();
+        let mut input = WsInput {
+            sink,
+            url: url.clone(),
+        };
+        let mut message = serde_json::to_value(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
+        if let Some(fields) = message.as_object_mut() {
+            fields.insert("type".into(), "execute".into());
+        }
+        input.send(message).await?;
+        Ok((input, ws_events(stream, url)))
+    }
+}
+
+/// A WebSocket's text messages as stream events; the stream ends at the server's close.
+fn ws_events(
+    stream: SplitStream<Socket>,
+    url: String,
+) -> impl Stream<Item = Result<StreamEvent, ClientError>> + Unpin {
+    stream
+        .take_while(|message| std::future::ready(!matches!(message, Ok(Message::Close(_)))))
+        .filter_map(move |message| {
+            let item = match message {
+                Ok(Message::Text(text)) => Some(
+                    serde_json::from_str::<StreamEvent>(&text)
+                        .map_err(|e| ClientError::Protocol(format!("{e}: {}", text.as_str()))),
+                ),
+                Ok(_) => None,
+                Err(e) => Some(Err(ws_error(&url, e))),
+            };
+            std::future::ready(item)
+        })
 }

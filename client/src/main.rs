@@ -59,14 +59,16 @@ enum Command {
     ///
     /// The code is a file (runtime from its extension), -e CODE or standard input (python unless
     /// --runtime says otherwise), a shell command (--cmd, bash), or a URL the server fetches
-    /// (--url, --github, --gist). Output streams as it is produced; the exit status is the
-    /// program's (1 when it was stopped by a limit without one of its own).
+    /// (--url, --github, --gist). Output streams as it is produced (with -i, standard input
+    /// too); the exit status is the program's (1 when it was stopped by a limit without one of
+    /// its own).
     #[command(after_help = "\
 Examples:
   isol8 run -e \"print(2 ** 10)\"
   echo 'console.log(1)' | isol8 run -r node
   isol8 run main.py --files ./project --setup 'pip list' --workdir /sandbox/src
   isol8 run --cmd 'ls -la /sandbox' --files .
+  isol8 run -i quiz.py
   isol8 run job.py --host http://sandbox:3000 --key \"$KEY\" --net filtered --allow '^api\\.openai\\.com$'")]
     Run(Box<RunArgs>),
     /// Start the HTTP API server (its contract: openapi/openapi.json).

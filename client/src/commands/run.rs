@@ -12,7 +12,7 @@ use futures::StreamExt;
 use isol8::Client;
 use isol8_api::{
     BufferTag, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionStatus, FileData,
-    NetworkFilter, NetworkMode, NodeBuffer, Runtime, StreamEventType,
+    NetworkFilter, NetworkMode, NodeBuffer, Runtime, StreamEvent, StreamEventType,
 };
 use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
@@ -66,8 +66,10 @@ pub struct RunArgs {
     /// Data for the program's standard input [default: none, the program reads end-of-file].
     #[arg(long, value_name = "DATA")]
     stdin: Option<String>,
-    // -i/--interactive (live standard input and Ctrl-C over GET /execute/ws) is a third output
-    // mode beside --no-stream; see `Mode`.
+    /// Stream this terminal's or pipe's standard input to the program as it arrives (over GET
+    /// /execute/ws). Ctrl-C sends SIGINT to the program; a second Ctrl-C quits, killing the run.
+    #[arg(short = 'i', long, conflicts_with_all = ["stdin", "no_stream"])]
+    interactive: bool,
     /// Wait for the whole result instead of streaming output as it is produced.
     #[arg(long)]
     no_stream: bool,
@@ -142,13 +144,16 @@ pub struct RunArgs {
     key: Option<String>,
 }
 
-/// How `run` hands output over. (`-i/--interactive` joins these with the WebSocket route.)
+/// How `run` hands output over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// `POST /execute/stream`: output is printed as it is produced.
     Stream,
     /// `POST /execute`: everything is printed at the end.
     Wait,
+    /// `GET /execute/ws`: output as in `Stream`, and this process's stdin and Ctrl-C reach the
+    /// program as they come.
+    Interactive,
 }
 
 fn parse_pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -229,6 +234,13 @@ fn source(args: &RunArgs) -> Result<Source, String> {
             })
         }
         (None, None) => {
+            if args.interactive {
+                return Err(
+                    "-i gives standard input to the program: name the code with a file, \
+                     -e, --cmd or --url"
+                        .into(),
+                );
+            }
             if std::io::stdin().is_terminal() {
                 return Err(
                     "no code given: pass a file, -e <code>, --cmd <command>, or pipe code on stdin"
@@ -521,6 +533,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
             Err(code) => return code,
         },
     };
+    if args.interactive {
+        // Ctrl-C is the program's here (see `interactive`).
+        return execute(&client, &body, &args).await;
+    }
     let outcome = tokio::select! {
         code = execute(&client, &body, &args) => code,
         _ = tokio::signal::ctrl_c() => {
@@ -545,10 +561,10 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         }
         output::write_stdout(text.as_bytes());
     };
-    let mode = if args.no_stream {
-        Mode::Wait
-    } else {
-        Mode::Stream
+    let mode = match (args.interactive, args.no_stream) {
+        (true, _) => Mode::Interactive,
+        (false, true) => Mode::Wait,
+        (false, false) => Mode::Stream,
     };
     let (status, exit_code, container) = if mode == Mode::Wait {
         let result = match client.execute(body).await {
@@ -563,35 +579,43 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         print_network_logs(args, &result);
         (result.status, result.exit_code, result.container_id)
     } else {
-        let mut events = match client.execute_stream(body).await {
-            Ok(s) => Box::pin(s),
-            Err(e) => return err(e),
+        let mut printer = Printer {
+            write_stdout: &mut write_stdout,
+            summary: None,
+            last_error: None,
         };
-        let mut summary = None;
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(ev) => ev,
-                Err(e) => return err(e),
-            };
-            match event.kind {
-                StreamEventType::Stdout => write_stdout(&event.data),
-                StreamEventType::Stderr => eprint!("{}", event.data),
-                StreamEventType::Result => summary = event.result,
-                StreamEventType::Display => {
-                    if let Ok(bundle) = serde_json::from_str(&event.data) {
-                        write_stdout(&result_text(&bundle));
+        let ended = if mode == Mode::Interactive {
+            interactive(client, body, &mut printer).await
+        } else {
+            match client.execute_stream(body).await {
+                Ok(events) => {
+                    let mut events = Box::pin(events);
+                    loop {
+                        match events.next().await {
+                            Some(Ok(event)) => printer.print(event),
+                            Some(Err(e)) => break Err(err(e)),
+                            None => break Ok(()),
+                        }
                     }
                 }
-                // Network events are printed from the result, once, with --log-network.
-                StreamEventType::Exit | StreamEventType::Error | StreamEventType::Network => {}
+                Err(e) => Err(err(e)),
             }
+        };
+        if let Err(code) = ended {
+            return code;
         }
-        match summary {
+        match printer.summary {
             Some(r) => {
                 print_network_logs(args, &r);
                 (r.status, r.exit_code, r.container_id)
             }
-            None => return err("the stream ended without a result"),
+            // A run refused before it started (policy, capacity) is one error event on the
+            // WebSocket, where the SSE route would have answered with an error status.
+            None => {
+                return err(printer
+                    .last_error
+                    .unwrap_or_else(|| "the stream ended without a result".into()))
+            }
         }
     };
     if args.persist {
@@ -620,6 +644,175 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
         exit_code
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// Prints stream events as they arrive, the same for the SSE stream and the WebSocket.
+struct Printer<'a, W: FnMut(&str)> {
+    write_stdout: &'a mut W,
+    /// The final `result` event's summary.
+    summary: Option<isol8_api::ExecutionResult>,
+    /// The last `error` event's message.
+    last_error: Option<String>,
+}
+
+impl<W: FnMut(&str)> Printer<'_, W> {
+    fn print(&mut self, event: StreamEvent) {
+        match event.kind {
+            StreamEventType::Stdout => (self.write_stdout)(&event.data),
+            StreamEventType::Stderr => eprint!("{}", event.data),
+            StreamEventType::Result => self.summary = event.result,
+            StreamEventType::Display => {
+                if let Ok(bundle) = serde_json::from_str(&event.data) {
+                    (self.write_stdout)(&result_text(&bundle));
+                }
+            }
+            StreamEventType::Error => self.last_error = Some(event.data),
+            // Network events are printed from the result, once, with --log-network.
+            StreamEventType::Exit | StreamEventType::Network => {}
+        }
+    }
+}
+
+/// What the CLI sends on a WebSocket run besides the request.
+#[derive(Debug)]
+enum Input {
+    /// Text from this process's stdin; `None` at its end.
+    Stdin(Option<String>),
+    Signal(&'static str),
+}
+
+/// `run -i`: the run over `GET /execute/ws`, with this process's stdin streamed to the program
+/// and Ctrl-C sent to it as SIGINT; a second Ctrl-C returns at once with status 130 (the socket
+/// closes as the process exits, which kills the run).
+async fn interactive<W: FnMut(&str)>(
+    client: &Client,
+    body: &ExecuteBody,
+    printer: &mut Printer<'_, W>,
+) -> Result<(), ExitCode> {
+    // Registered before the run starts, so no Ctrl-C falls between the default action (which
+    // would kill this process without telling the program) and the loop below.
+    let mut interrupts = Interrupts::new().map_err(err)?;
+    let (mut input, mut events) = client.execute_ws(body).await.map_err(err)?;
+    // Input for the writer task, in order; bounded, so a fast pipe waits for the socket.
+    let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Input>(16);
+    read_stdin_into(input_tx.clone());
+    // The writer task: the only sender on the socket after the request. It ends when the
+    // socket fails (the event stream then says why) or when this function drops it.
+    let writer = tokio::spawn(async move {
+        while let Some(next) = input_rx.recv().await {
+            let sent = match next {
+                Input::Stdin(Some(text)) => input.stdin(&text).await,
+                Input::Stdin(None) => input.stdin_eof().await,
+                Input::Signal(name) => input.signal(name).await,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    let _writer = AbortOnDrop(writer);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => printer.print(event),
+                Some(Err(e)) => return Err(err(e)),
+                None => return Ok(()),
+            },
+            _ = interrupts.recv() => {
+                if interrupted {
+                    eprintln!("[WARN] interrupted; the run was killed");
+                    return Err(ExitCode::from(130));
+                }
+                interrupted = true;
+                // Behind stdin already queued, as a terminal's ^C comes after what was typed.
+                let _ = input_tx.send(Input::Signal("SIGINT")).await;
+                eprintln!("[INFO] SIGINT sent to the program; Ctrl-C again to quit");
+            }
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) as a stream: every one is seen, also those that arrive while the previous is
+/// handled.
+struct Interrupts {
+    #[cfg(unix)]
+    signals: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Self> {
+        Ok(Interrupts {
+            #[cfg(unix)]
+            signals: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        self.signals.recv().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads this process's stdin on a thread of its own (a terminal gives a line per read, a pipe
+/// what is there) and sends it on as text, `None` at its end. The thread is detached: it may
+/// block in `read` after the run ended, and the process exits without waiting for it (a tokio
+/// blocking task would hold the runtime's shutdown).
+fn read_stdin_into(input: tokio::sync::mpsc::Sender<Input>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 8192];
+        // Bytes of a UTF-8 character that a read split, kept for the next read.
+        let mut pending = Vec::new();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let text = take_text(&mut pending);
+            if !text.is_empty() && input.blocking_send(Input::Stdin(Some(text))).is_err() {
+                return;
+            }
+        }
+        if !pending.is_empty() {
+            let rest = String::from_utf8_lossy(&pending).into_owned();
+            let _ = input.blocking_send(Input::Stdin(Some(rest)));
+        }
+        let _ = input.blocking_send(Input::Stdin(None));
+    });
+}
+
+/// The text in `pending`, leaving an incomplete last character there for the next read. Bytes
+/// that are not UTF-8 become U+FFFD (the protocol's stdin is text).
+fn take_text(pending: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(pending) {
+        Ok(text) => {
+            let text = text.to_string();
+            pending.clear();
+            text
+        }
+        Err(e) if e.error_len().is_none() => {
+            let valid = e.valid_up_to();
+            let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
+            pending.drain(..valid);
+            text
+        }
+        Err(_) => String::from_utf8_lossy(&std::mem::take(pending)).into_owned(),
+    }
 }
 
 /// A code-interpreter result as a REPL shows it: its text on stdout; what a terminal cannot show
@@ -665,5 +858,24 @@ fn print_network_logs(args: &RunArgs, result: &isol8_api::ExecutionResult) {
             shown(entry.path.as_deref().unwrap_or("")),
             entry.duration_ms
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_text;
+
+    #[test]
+    fn stdin_text_keeps_a_character_split_between_reads_whole() {
+        let euro = "€".as_bytes();
+        let mut pending = vec![b'a', euro[0], euro[1]];
+        assert_eq!(take_text(&mut pending), "a");
+        assert_eq!(pending, &euro[..2]);
+        pending.push(euro[2]);
+        assert_eq!(take_text(&mut pending), "€");
+        assert!(pending.is_empty());
+        let mut pending = vec![b'x', 0xff, b'y'];
+        assert_eq!(take_text(&mut pending), "x\u{fffd}y");
+        assert!(pending.is_empty());
     }
 }
