@@ -57,7 +57,7 @@ log "building runtime images (cached by recipe hash)"
 
 log "running tests"
 status=0
-cargo test --workspace --locked -- --test-threads 4 2>&1 | tee /tmp/isol8-test.log || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads 4 2>&1 | tee /tmp/isol8-test.log || status=$?
 
 # The contract, fuzzed: schemathesis drives a real isol8-server with the committed spec, every route
 # included. It holds a tenant's key, so its /cleanup calls touch only its own sessions and containers
@@ -74,12 +74,15 @@ run_schemathesis() {
     local server=$!
     for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
     # Coverage phase skipped: it crashes inside schemathesis on this schema (an upstream AST recursion bug).
+    # POST /session/{id}/archive takes a tar, which schemathesis cannot generate; the sessions
+    # suite sends it real and malicious archives.
     # positive_data_acceptance is off: some valid-looking values are refused for reasons a schema
     # cannot state (a memory limit under 16m, a file path that leaves /sandbox after `..`).
     local st_status=0
     "$PY_TOOLS/bin/schemathesis" run openapi/openapi.json --url "http://127.0.0.1:$port" \
         -H "Authorization: Bearer $key" --checks all --exclude-checks positive_data_acceptance \
         --phases examples,fuzzing,stateful --max-examples 40 --workers 2 \
+        --exclude-operation-id import_archive \
         --seed 1 --no-color 2>&1 | tail -n 80 | tee -a /tmp/isol8-test.log || st_status=$?
     kill -TERM $server; wait $server || true
     rm -f "$keys"
