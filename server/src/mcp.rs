@@ -265,10 +265,13 @@ impl Tools {
         context: &RequestContext<RoleServer>,
     ) -> Result<ExecutionResult, ApiError> {
         let events = execute::start(&self.state, caller, &HeaderMap::new(), body, false).await?;
-        let progress = context
-            .meta
-            .get_progress_token()
-            .map(|token| progress_notifier(context.peer.clone(), token));
+        let (progress, notifier) = match context.meta.get_progress_token() {
+            Some(token) => {
+                let (tx, task) = progress_notifier(context.peer.clone(), token);
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
         let observe = |event: &RunEvent| {
             let message = match event {
                 RunEvent::Stdout { text, .. } => text.clone(),
@@ -290,6 +293,11 @@ impl Tools {
                 ))
             }
         };
+        // Every notification goes out before the result: clients drop progress that comes after.
+        drop(progress);
+        if let Some(notifier) = notifier {
+            let _ = notifier.await;
+        }
         self.state.metrics.record_execution(&result);
         Ok(result)
     }
@@ -401,11 +409,15 @@ impl Tools {
 }
 
 /// Sends each message it is given to the client as a progress notification (the message is the
-/// text), in order. The task ends when the returned sender is dropped (the run's end).
-fn progress_notifier(peer: Peer<RoleServer>, token: ProgressToken) -> mpsc::Sender<String> {
+/// text), in order. The task ends when the returned sender is dropped (the run's end) and the
+/// messages queued before are sent; the caller waits for it before answering.
+fn progress_notifier(
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+) -> (mpsc::Sender<String>, tokio::task::JoinHandle<()>) {
     // Bounded: output past what the client takes is dropped from the notifications.
     let (tx, mut rx) = mpsc::channel::<String>(64);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut sent = 0u32;
         while let Some(message) = rx.recv().await {
             sent += 1;
@@ -415,7 +427,7 @@ fn progress_notifier(peer: Peer<RoleServer>, token: ProgressToken) -> mpsc::Send
             let _ = peer.notify_progress(note).await;
         }
     });
-    tx
+    (tx, task)
 }
 
 fn with_structured(mut result: CallToolResult, structured: Value) -> CallToolResult {
