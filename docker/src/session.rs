@@ -3,11 +3,9 @@
 //! freezing idle ones (`docker pause`), and containers that outlive the process that made them:
 //! CLI sessions, and server sessions a restarted server (same `serverId`) adopts.
 
-use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use bollard::container::ListContainersOptions;
 use isol8_api::Runtime;
 use tokio::sync::OwnedMutexGuard;
 
@@ -481,23 +479,13 @@ impl Engine {
     /// The session containers of the server identity `server` on this Docker engine, whatever
     /// process made them (a restarted server adopts them).
     pub async fn server_sessions(&self, server: &str) -> Result<Vec<ServerSession>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
+        let containers = self
+            .containers_labelled(vec![
                 format!("{LABEL_MANAGED}=true"),
                 format!("{LABEL_KIND}={}", ContainerKind::Session.as_str()),
                 format!("{LABEL_SERVER}={server}"),
-            ],
-        )]);
-        let containers = self
-            .docker()
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?;
+            ])
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
@@ -558,22 +546,12 @@ impl Engine {
 
     /// CLI sessions on this Docker engine.
     pub async fn local_sessions(&self) -> Result<Vec<LocalSession>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
+        let containers = self
+            .containers_labelled(vec![
                 format!("{LABEL_MANAGED}=true"),
                 format!("{LABEL_KIND}={}", ContainerKind::LocalSession.as_str()),
-            ],
-        )]);
-        let containers = self
-            .docker()
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?;
+            ])
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
