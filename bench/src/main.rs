@@ -308,7 +308,7 @@ async fn raw_engine_rate(
             while Instant::now() < end {
                 // The same hardened container isol8 makes (read-only root, tmpfs, no capabilities,
                 // limits), running the program directly instead of the agent.
-                let mut config = spec.to_config("bench", None);
+                let mut config = spec.to_config("bench", None, 0x7000_0000);
                 config.entrypoint = Some(vec!["python3".into(), "-c".into(), "print(1)".into()]);
                 config.open_stdin = Some(false);
                 config.stdin_once = Some(false);

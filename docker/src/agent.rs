@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::host::DockerHost;
 use crate::spec::ContainerSpec;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -164,6 +165,8 @@ impl AgentUsage {
 pub(crate) struct Sandbox {
     pub id: String,
     pub spec: ContainerSpec,
+    /// The uid its agent and programs run as (its own: `uids.rs`).
+    pub uid: u32,
     input: Pin<Box<dyn AsyncWrite + Send>>,
     /// Agent events, fed by `reader`; closed when the container's output ends (it died).
     events: mpsc::Receiver<AgentEvent>,
@@ -185,6 +188,8 @@ impl Sandbox {
         spec: &ContainerSpec,
         instance: &str,
         oci_runtime: Option<&str>,
+        host: &DockerHost,
+        uid: u32,
     ) -> Result<Sandbox> {
         let name = format!("isol8-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let created = docker
@@ -193,7 +198,7 @@ impl Sandbox {
                     name: name.clone(),
                     platform: None,
                 }),
-                spec.to_config(instance, oci_runtime),
+                spec.to_config(instance, oci_runtime, uid),
             )
             .await
             .map_err(|e| match &e {
@@ -213,7 +218,7 @@ impl Sandbox {
                 },
             })?;
         let id = created.id;
-        match Self::attach_and_start(docker, &id, spec).await {
+        match Self::attach_and_start(docker, &id, spec, host, uid).await {
             Ok(sandbox) => Ok(sandbox),
             Err(err) => {
                 remove(docker, &id).await;
@@ -222,17 +227,29 @@ impl Sandbox {
         }
     }
 
-    async fn attach_and_start(docker: &Docker, id: &str, spec: &ContainerSpec) -> Result<Sandbox> {
-        let mut sandbox = Self::attach(docker, id, spec.clone()).await?;
+    async fn attach_and_start(
+        docker: &Docker,
+        id: &str,
+        spec: &ContainerSpec,
+        host: &DockerHost,
+        uid: u32,
+    ) -> Result<Sandbox> {
+        let mut sandbox = Self::attach(docker, id, spec.clone(), uid).await?;
         docker
             .start_container::<String>(id, None)
             .await
             .map_err(Error::docker("start container"))?;
+        if host.cgroup_v1 {
+            let cap = crate::host::socket_memory_cap(spec.memory_bytes);
+            if let Err(why) = crate::host::limit_socket_memory(id, cap) {
+                warn_once_socket_memory(&why);
+            }
+        }
         sandbox.wait_ready().await?;
         Ok(sandbox)
     }
 
-    async fn attach(docker: &Docker, id: &str, spec: ContainerSpec) -> Result<Sandbox> {
+    async fn attach(docker: &Docker, id: &str, spec: ContainerSpec, uid: u32) -> Result<Sandbox> {
         let attach = docker
             .attach_container(
                 id,
@@ -253,6 +270,7 @@ impl Sandbox {
         Ok(Sandbox {
             id: id.to_string(),
             spec,
+            uid,
             input: attach.input,
             events: rx,
             reader,
@@ -303,8 +321,13 @@ impl Sandbox {
     /// process) and checks that its agent answers.
     /// Output the agent sends first (the end of a call its earlier holder did not live to read)
     /// is skipped.
-    pub async fn adopt(docker: &Docker, id: &str, spec: ContainerSpec) -> Result<Sandbox> {
-        let mut sandbox = Self::attach(docker, id, spec).await?;
+    pub async fn adopt(
+        docker: &Docker,
+        id: &str,
+        spec: ContainerSpec,
+        uid: u32,
+    ) -> Result<Sandbox> {
+        let mut sandbox = Self::attach(docker, id, spec, uid).await?;
         sandbox.send(&AgentRequest::Ping).await?;
         let ready = async {
             loop {
@@ -389,6 +412,18 @@ impl Sandbox {
         self.reader.abort();
         remove(docker, &self.id).await;
     }
+}
+
+/// Says once per process that socket buffers are bounded only per socket here (a cgroup v1 Docker
+/// host whose cgroups this process cannot write: a remote engine, or a server in a container).
+fn warn_once_socket_memory(why: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            reason = why,
+            "cgroup v1: cannot bound sandboxes' socket buffers together; each socket stays capped"
+        )
+    });
 }
 
 /// Force-removes a container with its anonymous volumes; a container that is already gone, or

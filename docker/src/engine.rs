@@ -601,9 +601,10 @@ impl Engine {
             NetworkMode::Filtered => {
                 // The proxy runs from isol8's own runtime image, never one the request names.
                 let proxy_image = self.runtime_image(plan.runtime).await?;
+                let service_uid = self.pool.service_uid().await;
                 let host = self
                     .host_addresses
-                    .get(&self.docker, &proxy_image, self.instance_id())
+                    .get(&self.docker, &proxy_image, self.instance_id(), service_uid)
                     .await?;
                 let network = FilteredNetwork::create(
                     &self.docker,
@@ -612,6 +613,7 @@ impl Engine {
                     &plan.allow_hosts,
                     &plan.deny_hosts,
                     &host,
+                    service_uid,
                 )
                 .await?;
                 spec.filtered_network = Some(network.name.clone());

@@ -6,6 +6,7 @@ mod build_output;
 mod custom;
 mod engine;
 mod error;
+mod host;
 mod images;
 mod kept;
 mod limits;
@@ -16,6 +17,7 @@ mod pool;
 mod run;
 mod session;
 mod spec;
+mod uids;
 
 pub use archive::sanitize_archive;
 pub use custom::{default_custom_tag, CustomImage, PackageSet, LABEL_BASE, LABEL_PACKAGES};

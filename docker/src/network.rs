@@ -13,7 +13,7 @@ use isol8_api::NetworkLogEntry;
 
 use crate::agent::remove;
 use crate::error::{Error, Result};
-use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, SANDBOX_USER};
+use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
 pub const PROXY_PORT: u16 = 3128;
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -37,6 +37,7 @@ impl FilteredNetwork {
         allow: &[String],
         deny: &[String],
         never_nets: &[String],
+        service_uid: u32,
     ) -> Result<FilteredNetwork> {
         let name = format!(
             "isol8-net-{}",
@@ -60,7 +61,15 @@ impl FilteredNetwork {
             })
             .await
             .map_err(refused("create the run's internal network"))?;
-        match Self::start_proxy(docker, instance, image, &name, allow, deny, never_nets).await {
+        let proxy = Self::start_proxy(
+            docker,
+            instance,
+            image,
+            &name,
+            (allow, deny, never_nets),
+            service_uid,
+        );
+        match proxy.await {
             Ok((proxy_id, proxy_ip)) => Ok(FilteredNetwork {
                 name,
                 proxy_id,
@@ -78,9 +87,8 @@ impl FilteredNetwork {
         instance: &str,
         image: &str,
         network: &str,
-        allow: &[String],
-        deny: &[String],
-        never_nets: &[String],
+        (allow, deny, never_nets): (&[String], &[String], &[String]),
+        service_uid: u32,
     ) -> Result<(String, String)> {
         // Never a target, whatever the rules: the host's addresses on Docker's networks (the
         // gateways) and on every interface of the Docker host.
@@ -122,7 +130,7 @@ impl FilteredNetwork {
             ]),
             cmd: Some(vec![]),
             env: Some(vec![format!("ISOL8_PROXY_RULES={rules}")]),
-            user: Some(SANDBOX_USER.into()),
+            user: Some(format!("{service_uid}:{service_uid}")),
             labels: Some(HashMap::from([
                 (LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_INSTANCE.to_string(), instance.to_string()),
@@ -351,6 +359,7 @@ impl HostAddresses {
         docker: &Docker,
         image: &str,
         instance: &str,
+        service_uid: u32,
     ) -> Result<Vec<String>> {
         let fresh = |c: &Option<(std::time::Instant, Vec<String>)>| {
             c.as_ref()
@@ -360,19 +369,24 @@ impl HostAddresses {
         if let Some(found) = fresh(&self.cached.lock().unwrap_or_else(|p| p.into_inner())) {
             return Ok(found);
         }
-        let found = read_host_addresses(docker, image, instance).await?;
+        let found = read_host_addresses(docker, image, instance, service_uid).await?;
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((std::time::Instant::now(), found.clone()));
         Ok(found)
     }
 }
 
-async fn read_host_addresses(docker: &Docker, image: &str, instance: &str) -> Result<Vec<String>> {
+async fn read_host_addresses(
+    docker: &Docker,
+    image: &str,
+    instance: &str,
+    service_uid: u32,
+) -> Result<Vec<String>> {
     let config = Config {
         image: Some(image.to_string()),
         entrypoint: Some(vec!["cat".into(), "/proc/net/fib_trie".into()]),
         cmd: Some(vec![]),
-        user: Some(SANDBOX_USER.into()),
+        user: Some(format!("{service_uid}:{service_uid}")),
         labels: Some(HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),

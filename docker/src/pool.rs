@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::{remove, Sandbox};
 use crate::error::{Error, Result};
+use crate::host::DockerHost;
 use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
+use crate::uids::{service_uid, uid_range, SandboxUids};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fresh containers the replenisher starts at once.
@@ -92,6 +94,10 @@ pub(crate) struct Pool {
     returned: Notify,
     busy: AtomicUsize,
     closed: AtomicBool,
+    /// The uids of its containers.
+    uids: SandboxUids,
+    /// Read by the first container's creation (Docker may not answer when the pool is made).
+    host: tokio::sync::OnceCell<DockerHost>,
     /// Every background task of the pool (replenisher, resets, removals); shutdown waits for them
     /// so nothing is created after it returns.
     tasks: TaskTracker,
@@ -117,6 +123,8 @@ impl Pool {
             returned: Notify::new(),
             busy: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            uids: SandboxUids::default(),
+            host: tokio::sync::OnceCell::new(),
             tasks: TaskTracker::new(),
         }
     }
@@ -207,13 +215,18 @@ impl Pool {
     }
 
     pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
+        let host = self.host().await;
+        let uid = self.uids.lease(uid_range(&host));
         let sandbox = Sandbox::start(
             &self.docker,
             spec,
             &self.instance,
             self.oci_runtime.as_deref(),
+            &host,
+            uid,
         )
-        .await?;
+        .await
+        .inspect_err(|_| self.uids.release(uid))?;
         lock(&self.live).insert(sandbox.id.clone());
         if self.closed.load(Ordering::SeqCst) {
             self.destroy(sandbox).await;
@@ -299,9 +312,27 @@ impl Pool {
     }
 
     pub async fn destroy(&self, sandbox: Sandbox) {
-        let id = sandbox.id.clone();
+        let (id, uid) = (sandbox.id.clone(), sandbox.uid);
         sandbox.destroy(&self.docker).await;
         lock(&self.live).remove(&id);
+        self.uids.release(uid);
+    }
+
+    /// Marks the uid of a container an earlier process made (an adopted session) as in use.
+    pub(crate) fn claim_uid(&self, uid: u32) {
+        self.uids.claim(uid);
+    }
+
+    /// The uid isol8's helper containers (proxies, probes) run as.
+    pub(crate) async fn service_uid(&self) -> u32 {
+        service_uid(&self.host().await)
+    }
+
+    async fn host(&self) -> DockerHost {
+        *self
+            .host
+            .get_or_init(|| DockerHost::read(&self.docker))
+            .await
     }
 
     /// Starts the background task that keeps `size` fresh containers per warm spec, removes

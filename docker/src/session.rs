@@ -444,6 +444,15 @@ impl Engine {
             .is_some_and(|s| s.running == Some(true) && s.paused != Some(true));
         let config = inspect.config.unwrap_or_default();
         let labels = config.labels.unwrap_or_default();
+        // "uid:gid", as `ContainerSpec::to_config` wrote it.
+        let uid = config
+            .user
+            .as_deref()
+            .and_then(|user| user.split(':').next()?.parse::<u32>().ok())
+            .ok_or_else(|| Error::Sandbox {
+                container: id.chars().take(12).collect(),
+                message: "its user is not a numeric uid".into(),
+            })?;
         let runtime: Runtime = labels
             .get(LABEL_RUNTIME)
             .and_then(|r| r.parse().ok())
@@ -467,7 +476,8 @@ impl Engine {
             Some("local-session") => ContainerKind::LocalSession,
             _ => ContainerKind::Session,
         };
-        let sandbox = Sandbox::adopt(docker, id, spec).await?;
+        let sandbox = Sandbox::adopt(docker, id, spec, uid).await?;
+        self.pool().claim_uid(uid);
         Ok(SessionSandbox {
             sandbox,
             runtime,

@@ -49,8 +49,6 @@ impl ContainerKind {
     }
 }
 
-/// The uid/gid the agent and every program run as; never root.
-pub const SANDBOX_USER: &str = "1000:1000";
 const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/agent.py"];
 
 /// isol8's seccomp profile (`docker/seccomp.json`): what Docker's default allows a container without
@@ -112,9 +110,10 @@ impl ContainerSpec {
         }
     }
 
-    /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user, no capabilities,
-    /// no-new-privileges, isol8's seccomp profile, pids/memory (no swap)/CPU limits, no network.
-    pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>) -> Config<String> {
+    /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user (`uid`, the
+    /// sandbox's own: see `uids.rs`), no capabilities, no-new-privileges, isol8's seccomp profile,
+    /// pids/memory (no swap)/CPU limits, no network.
+    pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>, uid: u32) -> Config<String> {
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),
@@ -126,7 +125,7 @@ impl ContainerSpec {
             (
                 "/sandbox".to_string(),
                 format!(
-                    "rw,exec,nosuid,nodev,size={},uid=1000,gid=1000,mode=0755",
+                    "rw,exec,nosuid,nodev,size={},uid={uid},gid={uid},mode=0755",
                     self.sandbox_bytes
                 ),
             ),
@@ -195,7 +194,12 @@ impl ContainerSpec {
             image: Some(self.image.clone()),
             entrypoint: Some(AGENT_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
             cmd: Some(vec![]),
-            user: Some(SANDBOX_USER.to_string()),
+            user: Some(format!("{uid}:{uid}")),
+            // The uid has no passwd entry; programs asking who they are by name get this.
+            env: Some(vec![
+                "USER=sandbox".to_string(),
+                "LOGNAME=sandbox".to_string(),
+            ]),
             working_dir: Some("/sandbox".to_string()),
             hostname: Some("sandbox".to_string()),
             network_disabled: Some(self.network == NetworkMode::None),

@@ -302,7 +302,18 @@ print("".join(caps), end="")
 "#;
     let result = py(&engine, script).await;
     let out = result.stdout;
-    assert!(out.contains("uid 1000 1000"), "{out}");
+    let uids: Vec<u32> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("uid "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split(' ')
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids[0], uids[1], "{out}");
+    assert!(
+        uids[0] > 65535,
+        "its own uid, in no host user's range: {out}"
+    );
     assert!(out.contains("rootfs 30"), "read-only root: {out}");
     assert!(out.contains("pids True"), "own pid namespace: {out}");
     assert!(!out.contains("net reachable"), "{out}");
