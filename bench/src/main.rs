@@ -353,10 +353,11 @@ async fn raw_engine_rate(
 
 /// An in-process server on loopback.
 async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
-    let engine = Engine::connect(config.engine_config()).await?;
+    let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(engine.clone(), config, "bench-key".into());
+    let state =
+        AppState::new(engine.clone(), config, "bench-key".into()).map_err(anyhow::Error::msg)?;
     tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
     Ok((Client::new(format!("http://{addr}"), "bench-key"), engine))
 }
@@ -371,10 +372,10 @@ async fn start_stoppable(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 )> {
-    let engine = Engine::connect(config.engine_config()).await?;
+    let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(engine, config, "bench-key".into());
+    let state = AppState::new(engine, config, "bench-key".into()).map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(isol8_server::serve(state, listener, async move {
         let _ = stopped.await;
@@ -535,10 +536,12 @@ async fn auth_figures() -> Result<Vec<(String, f64, f64, f64, f64)>> {
             ..ServerConfig::default()
         };
         let db = Database::open(&connection, &config.auth, &config.audit).await?;
-        let engine = Engine::connect(config.engine_config()).await?;
+        let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let state = AppState::new(engine.clone(), config, "bench-key".into()).with_database(db);
+        let state = AppState::new(engine.clone(), config, "bench-key".into())
+            .map_err(anyhow::Error::msg)?
+            .with_database(db);
         let server = tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
         let master = Client::new(base.clone(), "bench-key");
         let created = master

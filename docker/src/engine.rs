@@ -519,6 +519,7 @@ impl Engine {
     /// Starts `plan` in a sandbox and returns its events as they happen. Errors before the program
     /// starts (bad image, Docker down) are returned here; later failures arrive as events.
     pub async fn execute_stream(&self, mut plan: RunPlan) -> Result<RunEvents> {
+        plan.check_runnable()?;
         let (spec, install) = self.container_plan(&plan).await?;
         if let Some(install) = install {
             // The install is the run's first (setup-phase) step: its output streams as setup
@@ -1001,6 +1002,11 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
             }
             (None, Program::Command(_)) => (plan.argv(""), None, None),
+            // Refused by `check_runnable` before any run starts.
+            (None, Program::Remote { .. }) => {
+                let why = "remote code was not fetched".to_string();
+                return Stop::Outcome(self.failed(phase, why).await);
+            }
         };
         let mut env = plan.runtime_env();
         env.extend(plan.env.clone());

@@ -30,9 +30,9 @@ pub use images::{
     LABEL_RECIPE,
 };
 pub use kept::LABEL_EXPIRES;
-pub use limits::{format_size, parse_size, Limits};
+pub use limits::{format_size, parse_size, LimitFields, Limits};
 pub use output::OutputFilter;
-pub use plan::{check_host_pattern, confine, Program, RunPlan};
+pub use plan::{check_host_pattern, confine, PlanDefaults, Program, RunPlan};
 pub use pool::{PoolConfig, PoolStats};
 pub use run::{RunControl, RunEvents, RunSignal};
 pub use session::{

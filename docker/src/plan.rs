@@ -1,13 +1,12 @@
 //! Turning an API request into a validated run plan: runtime, program, inputs, limits.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkMode, Runtime};
 
 use crate::custom::PackageSet;
 use crate::error::{Error, Result};
-use crate::limits::{parse_size, Limits};
+use crate::limits::{LimitFields, Limits};
 
 pub const SANDBOX_DIR: &str = "/sandbox";
 const WRITABLE_ROOTS: [&str; 2] = ["/sandbox", "/tmp"];
@@ -21,6 +20,31 @@ pub enum Program {
     Code { source: String, extension: String },
     /// A shell command run with `bash -c`.
     Command(String),
+    /// Code at a URL (`codeUrl`): the server fetches it under its remote-code policy, after the
+    /// plan passed policy, and replaces this with `Code`. The engine refuses to run it.
+    Remote {
+        url: String,
+        /// The sha256 (hex) the fetched code must have.
+        hash: Option<String>,
+        /// `http:` allowed for this request (the policy decides whether it may be).
+        allow_insecure: bool,
+        extension: String,
+    },
+}
+
+/// What a plan takes where its request is silent, and the server's own network rules: the
+/// server's policy, validated once when its config is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct PlanDefaults {
+    pub limits: Limits,
+    pub network: NetworkMode,
+    /// Hostname regexes every `filtered` run may reach besides the request's own.
+    pub network_allow: Vec<String>,
+    /// Hostname regexes no `filtered` run may reach, whatever its request allows (deny wins).
+    pub network_deny: Vec<String>,
+    /// Package registry hostnames per runtime name, opened in `filtered` mode only while
+    /// packages are installed.
+    pub registry_hosts: BTreeMap<String, Vec<String>>,
 }
 
 /// A fully validated run: everything the engine needs, nothing left to check.
@@ -65,36 +89,41 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
-    /// Validates `request` and `options` against `defaults` (the limits used where the client is silent).
-    /// Policy maximums are the server's business and are checked before this.
+    /// The one validation pass: `request` and `options` parsed and checked, with `defaults` where
+    /// they are silent. The result holds everything the engine needs; policy maximums are the
+    /// server's business and are checked on it next.
     pub fn from_request(
         request: &ExecutionRequest,
         options: &ExecutionOptions,
-        defaults: &Limits,
+        defaults: &PlanDefaults,
         owner: &str,
     ) -> Result<RunPlan> {
         let invalid = |msg: String| Error::InvalidRequest(msg);
-        if request.code_url.is_some() {
-            // The server fetches remote code (under its policy) and passes it on as `code`.
-            return Err(invalid(
-                "codeUrl: remote code is fetched by the server; the engine runs only code or cmd"
-                    .into(),
-            ));
-        }
-        let program = match (&request.code, &request.cmd) {
-            (Some(_), Some(_)) => return Err(invalid("give either code or cmd, not both".into())),
-            (None, None) => return Err(invalid("nothing to run: give code or cmd".into())),
-            (Some(code), None) if code.trim().is_empty() => {
+        let program = match (&request.code, &request.cmd, &request.code_url) {
+            (_, _, Some(_)) if request.code.is_some() || request.cmd.is_some() => {
+                return Err(invalid("give exactly one of code, cmd and codeUrl".into()))
+            }
+            (None, None, Some(url)) => Program::Remote {
+                url: url.clone(),
+                hash: request.code_hash.clone(),
+                allow_insecure: request.allow_insecure_code_url == Some(true),
+                extension: code_extension(request.runtime, request.file_extension.as_deref())?,
+            },
+            (Some(_), Some(_), _) => {
+                return Err(invalid("give either code or cmd, not both".into()))
+            }
+            (None, None, _) => return Err(invalid("nothing to run: give code or cmd".into())),
+            (Some(code), None, _) if code.trim().is_empty() => {
                 return Err(invalid("nothing to run: code is empty".into()))
             }
-            (None, Some(cmd)) if cmd.trim().is_empty() => {
+            (None, Some(cmd), _) if cmd.trim().is_empty() => {
                 return Err(invalid("nothing to run: cmd is empty".into()))
             }
-            (Some(code), None) => Program::Code {
+            (Some(code), None, _) => Program::Code {
                 source: code.clone(),
                 extension: code_extension(request.runtime, request.file_extension.as_deref())?,
             },
-            (None, Some(cmd)) => Program::Command(cmd.clone()),
+            (None, Some(cmd), _) => Program::Command(cmd.clone()),
         };
 
         let workdir = match request.workdir.as_deref() {
@@ -106,7 +135,9 @@ impl RunPlan {
             })?,
         };
 
-        let limits = merge_limits(request, options, defaults)?;
+        let limits = defaults
+            .limits
+            .overlay(&LimitFields::of_request(request, options), "")?;
 
         let mut files = BTreeMap::new();
         for (path, content) in &request.files {
@@ -137,14 +168,29 @@ impl RunPlan {
         check_env("env", &request.env)?;
         check_env("secrets", &options.secrets)?;
         let packages = PackageSet::parse(request.runtime, &request.install_packages)?;
-        let network = options.network.unwrap_or_default();
-        let filter = options.network_filter.clone().unwrap_or_default();
+        let network = options.network.unwrap_or(defaults.network);
+        let mut filter = options.network_filter.clone().unwrap_or_default();
         for pattern in filter.whitelist.iter().chain(&filter.blacklist) {
             regex::Regex::new(pattern).map_err(|e| {
                 invalid(format!(
                     "networkFilter: \"{pattern}\" is not a valid regex: {e}"
                 ))
             })?;
+        }
+        let mut registry_hosts = Vec::new();
+        if network == NetworkMode::Filtered {
+            // The server's lists join the request's: its allow rules add, its deny rules win.
+            filter
+                .whitelist
+                .extend(defaults.network_allow.iter().cloned());
+            filter
+                .blacklist
+                .extend(defaults.network_deny.iter().cloned());
+            registry_hosts = defaults
+                .registry_hosts
+                .get(request.runtime.as_str())
+                .cloned()
+                .unwrap_or_default();
         }
         if network == NetworkMode::Filtered && options.persist == Some(true) {
             return Err(invalid(
@@ -177,7 +223,7 @@ impl RunPlan {
             allow_hosts: filter.whitelist,
             deny_hosts: filter.blacklist,
             log_network: options.log_network.unwrap_or(false),
-            registry_hosts: Vec::new(),
+            registry_hosts,
             owner: owner.to_string(),
             persist: options.persist.unwrap_or(false),
             persist_expires_at: None,
@@ -186,15 +232,25 @@ impl RunPlan {
         })
     }
 
+    /// Refuses a plan whose code the server has not fetched yet.
+    pub(crate) fn check_runnable(&self) -> Result<()> {
+        match &self.program {
+            Program::Remote { url, .. } => Err(Error::InvalidRequest(format!(
+                "codeUrl \"{url}\": remote code is fetched by the server; the engine runs only code or cmd"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The interpreter command line for this plan, given where the code file was put.
     pub fn argv(&self, code_path: &str) -> Vec<String> {
         let args: &[&str] = match (&self.program, self.runtime) {
             (Program::Command(cmd), _) => return vec!["bash".into(), "-c".into(), cmd.clone()],
-            (Program::Code { .. }, Runtime::Python) => &["python3"],
-            (Program::Code { .. }, Runtime::Node) => &["node"],
-            (Program::Code { .. }, Runtime::Bun) => &["bun"],
-            (Program::Code { .. }, Runtime::Deno) => &["deno", "run", "-A"],
-            (Program::Code { .. }, Runtime::Bash) => &["bash"],
+            (_, Runtime::Python) => &["python3"],
+            (_, Runtime::Node) => &["node"],
+            (_, Runtime::Bun) => &["bun"],
+            (_, Runtime::Deno) => &["deno", "run", "-A"],
+            (_, Runtime::Bash) => &["bash"],
         };
         args.iter()
             .map(|s| s.to_string())
@@ -211,37 +267,6 @@ impl RunPlan {
         }
         env
     }
-}
-
-fn merge_limits(
-    request: &ExecutionRequest,
-    options: &ExecutionOptions,
-    defaults: &Limits,
-) -> Result<Limits> {
-    let mut limits = defaults.clone();
-    if let Some(ms) = request.timeout_ms.or(options.timeout_ms) {
-        limits.timeout = Duration::from_millis(ms);
-    }
-    if let Some(m) = &options.memory_limit {
-        limits.memory_bytes = parse_size("memoryLimit", m)?;
-    }
-    if let Some(c) = options.cpu_limit {
-        limits.cpus = c;
-    }
-    if let Some(p) = options.pids_limit {
-        limits.pids = p;
-    }
-    if let Some(o) = options.max_output_size {
-        limits.max_output_bytes = o;
-    }
-    if let Some(s) = &options.sandbox_size {
-        limits.sandbox_bytes = parse_size("sandboxSize", s)?;
-    }
-    if let Some(s) = &options.tmp_size {
-        limits.tmp_bytes = parse_size("tmpSize", s)?;
-    }
-    limits.validate()?;
-    Ok(limits)
 }
 
 fn code_extension(runtime: Runtime, requested: Option<&str>) -> Result<String> {
@@ -331,7 +356,12 @@ mod tests {
     }
 
     fn plan(req: &ExecutionRequest) -> Result<RunPlan> {
-        RunPlan::from_request(req, &ExecutionOptions::default(), &Limits::default(), "k")
+        RunPlan::from_request(
+            req,
+            &ExecutionOptions::default(),
+            &PlanDefaults::default(),
+            "k",
+        )
     }
 
     #[test]
@@ -381,13 +411,68 @@ mod tests {
             memory_limit: Some("12xb".into()),
             ..Default::default()
         };
-        let err = RunPlan::from_request(&req, &opts, &Limits::default(), "k").unwrap_err();
+        let err = RunPlan::from_request(&req, &opts, &PlanDefaults::default(), "k").unwrap_err();
         assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
         let opts = ExecutionOptions {
             pids_limit: Some(0),
             ..Default::default()
         };
-        assert!(RunPlan::from_request(&req, &opts, &Limits::default(), "k").is_err());
+        assert!(RunPlan::from_request(&req, &opts, &PlanDefaults::default(), "k").is_err());
+    }
+
+    #[test]
+    fn the_servers_defaults_fill_what_the_request_leaves_out_and_its_rules_join_the_requests() {
+        let defaults = PlanDefaults {
+            limits: Limits {
+                pids: 32,
+                ..Limits::default()
+            },
+            network: NetworkMode::Filtered,
+            network_allow: vec!["^pypi\\.org$".into()],
+            network_deny: vec!["^evil\\.example$".into()],
+            registry_hosts: BTreeMap::from([(
+                "python".to_string(),
+                vec!["^files\\.pythonhosted\\.org$".to_string()],
+            )]),
+        };
+        let options = ExecutionOptions {
+            network_filter: Some(isol8_api::NetworkFilter {
+                whitelist: vec!["^example\\.com$".into()],
+                blacklist: vec![],
+            }),
+            ..Default::default()
+        };
+        let plan =
+            RunPlan::from_request(&request(Some("x"), None), &options, &defaults, "k").unwrap();
+        assert_eq!(plan.network, NetworkMode::Filtered);
+        assert_eq!(plan.limits.pids, 32);
+        assert_eq!(plan.allow_hosts, ["^example\\.com$", "^pypi\\.org$"]);
+        assert_eq!(plan.deny_hosts, ["^evil\\.example$"]);
+        assert_eq!(plan.registry_hosts, ["^files\\.pythonhosted\\.org$"]);
+        let none = ExecutionOptions {
+            network: Some(NetworkMode::None),
+            ..options
+        };
+        let plan = RunPlan::from_request(&request(Some("x"), None), &none, &defaults, "k").unwrap();
+        assert!(plan.allow_hosts.len() == 1 && plan.registry_hosts.is_empty());
+    }
+
+    #[test]
+    fn code_url_is_planned_for_the_server_to_fetch_and_excludes_code_and_cmd() {
+        let mut req = request(None, None);
+        req.code_url = Some("https://example.com/a.py".into());
+        req.code_hash = Some("ab".into());
+        assert_eq!(
+            plan(&req).unwrap().program,
+            Program::Remote {
+                url: "https://example.com/a.py".into(),
+                hash: Some("ab".into()),
+                allow_insecure: false,
+                extension: "py".into()
+            }
+        );
+        req.code = Some("print(1)".into());
+        assert!(plan(&req).unwrap_err().to_string().contains("exactly one"));
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl Engine {
         key: &SessionKey,
         mut plan: RunPlan,
     ) -> Result<RunEvents> {
+        plan.check_runnable()?;
         let mut replaced = false;
         let mut created = false;
         self.ready_session(&mut slot).await?;

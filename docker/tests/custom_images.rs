@@ -10,7 +10,7 @@ use bollard::image::RemoveImageOptions;
 use bollard::Docker;
 use common::LocalIndex;
 use isol8_api::{ExecutionOptions, ExecutionRequest, ExecutionStatus, Runtime};
-use isol8_docker::{Engine, EngineConfig, Error, ImageConfig, Limits, PackageSet, RunPlan};
+use isol8_docker::{Engine, EngineConfig, Error, ImageConfig, PackageSet, PlanDefaults, RunPlan};
 
 #[tokio::test]
 async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_superset() {
@@ -109,7 +109,7 @@ async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_supe
         let plan = RunPlan::from_request(
             &request,
             &ExecutionOptions::default(),
-            &Limits::default(),
+            &PlanDefaults::default(),
             "t",
         )
         .unwrap();
@@ -126,7 +126,7 @@ async fn packages_from_a_local_index_are_baked_in_and_found_by_exact_set_or_supe
     let plan = RunPlan::from_request(
         &request,
         &ExecutionOptions::default(),
-        &Limits::default(),
+        &PlanDefaults::default(),
         "t",
     )
     .unwrap();

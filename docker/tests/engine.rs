@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime};
-use isol8_docker::{Engine, EngineConfig, Error, Limits, PoolConfig, RunEvent, RunPlan};
+use isol8_docker::{Engine, EngineConfig, Error, PlanDefaults, PoolConfig, RunEvent, RunPlan};
 
 async fn engine(pool_size: usize) -> Engine {
     let config = EngineConfig {
@@ -34,7 +34,8 @@ fn code(runtime: Runtime, source: &str) -> ExecutionRequest {
 }
 
 fn plan(request: &ExecutionRequest, options: &ExecutionOptions) -> RunPlan {
-    RunPlan::from_request(request, options, &Limits::default(), "test-owner").expect("valid plan")
+    RunPlan::from_request(request, options, &PlanDefaults::default(), "test-owner")
+        .expect("valid plan")
 }
 
 async fn run(
@@ -389,7 +390,7 @@ async fn containers_are_never_shared_between_owners() {
             RunPlan::from_request(
                 &req,
                 &ExecutionOptions::default(),
-                &Limits::default(),
+                &PlanDefaults::default(),
                 "alice",
             )
             .unwrap(),
@@ -402,7 +403,7 @@ async fn containers_are_never_shared_between_owners() {
             RunPlan::from_request(
                 &req,
                 &ExecutionOptions::default(),
-                &Limits::default(),
+                &PlanDefaults::default(),
                 "alice",
             )
             .unwrap(),
@@ -414,7 +415,7 @@ async fn containers_are_never_shared_between_owners() {
             RunPlan::from_request(
                 &req,
                 &ExecutionOptions::default(),
-                &Limits::default(),
+                &PlanDefaults::default(),
                 "bob",
             )
             .unwrap(),
@@ -507,7 +508,7 @@ async fn bad_requests_get_clear_errors() {
             tmp_size: Some("12xb".into()),
             ..Default::default()
         },
-        &Limits::default(),
+        &PlanDefaults::default(),
         "o",
     )
     .unwrap_err();

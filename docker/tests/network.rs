@@ -5,7 +5,7 @@
 mod common;
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkFilter, NetworkMode, Runtime};
-use isol8_docker::{Engine, EngineConfig, Limits, RunPlan};
+use isol8_docker::{Engine, EngineConfig, PlanDefaults, RunPlan};
 
 /// Tries every way out and prints one line per attempt.
 const PROBE: &str = r#"
@@ -57,7 +57,8 @@ async fn probe(
         log_network: Some(true),
         ..Default::default()
     };
-    let plan = RunPlan::from_request(&request, &options, &Limits::default(), "net-test").unwrap();
+    let plan =
+        RunPlan::from_request(&request, &options, &PlanDefaults::default(), "net-test").unwrap();
     let result = engine.execute(plan).await.unwrap();
     assert_eq!(result.exit_code, 0, "{}", result.stderr);
     (result.stdout, result.network_logs.unwrap_or_default())
@@ -195,7 +196,8 @@ async fn install_run_on(
         ..Default::default()
     };
     let mut plan =
-        RunPlan::from_request(&request, &options, &Limits::default(), "install-test").unwrap();
+        RunPlan::from_request(&request, &options, &PlanDefaults::default(), "install-test")
+            .unwrap();
     plan.registry_hosts = registry.to_vec();
     engine.execute(plan).await.unwrap()
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use isol8_api::NetworkMode;
-use isol8_docker::{parse_size, EngineConfig, Limits};
+use isol8_docker::{format_size, EngineConfig, LimitFields, Limits, PlanDefaults};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -41,37 +41,42 @@ pub struct LimitsConfig {
     pub tmp_size: String,
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
+/// Written the way a config file writes them; `Limits::default()` holds the default values.
+impl From<&Limits> for LimitsConfig {
+    fn from(limits: &Limits) -> Self {
         LimitsConfig {
-            timeout_ms: 30_000,
-            memory_limit: "512m".into(),
-            cpu_limit: 1.0,
-            pids_limit: 64,
-            max_output_size: 1024 * 1024,
-            sandbox_size: "512m".into(),
-            tmp_size: "256m".into(),
+            timeout_ms: limits.timeout.as_millis() as u64,
+            memory_limit: format_size(limits.memory_bytes),
+            cpu_limit: limits.cpus,
+            pids_limit: limits.pids,
+            max_output_size: limits.max_output_bytes,
+            sandbox_size: format_size(limits.sandbox_bytes),
+            tmp_size: format_size(limits.tmp_bytes),
         }
     }
 }
 
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        (&Limits::default()).into()
+    }
+}
+
 impl LimitsConfig {
+    /// Parsed and validated; errors name the field as `{field}.memoryLimit`.
     pub fn to_limits(&self, field: &str) -> Result<Limits, String> {
-        let size = |name: &str, raw: &str| {
-            parse_size(&format!("{field}.{name}"), raw).map_err(|e| e.to_string())
+        let fields = LimitFields {
+            timeout_ms: Some(self.timeout_ms),
+            memory_limit: Some(&self.memory_limit),
+            cpu_limit: Some(self.cpu_limit),
+            pids_limit: Some(self.pids_limit),
+            max_output_size: Some(self.max_output_size),
+            sandbox_size: Some(&self.sandbox_size),
+            tmp_size: Some(&self.tmp_size),
         };
-        let limits = Limits {
-            timeout: Duration::from_millis(self.timeout_ms),
-            memory_bytes: size("memoryLimit", &self.memory_limit)?,
-            cpus: self.cpu_limit,
-            pids: self.pids_limit,
-            max_output_bytes: self.max_output_size,
-            sandbox_bytes: size("sandboxSize", &self.sandbox_size)?,
-            tmp_bytes: size("tmpSize", &self.tmp_size)?,
-            ..Limits::default()
-        };
-        limits.validate().map_err(|e| format!("{field}: {e}"))?;
-        Ok(limits)
+        Limits::default()
+            .overlay(&fields, &format!("{field}."))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -184,15 +189,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             defaults: LimitsConfig::default(),
-            maximums: LimitsConfig {
-                timeout_ms: 300_000,
-                memory_limit: "2g".into(),
-                cpu_limit: 2.0,
-                pids_limit: 256,
-                max_output_size: 16 * 1024 * 1024,
-                sandbox_size: "2g".into(),
-                tmp_size: "1g".into(),
-            },
+            maximums: (&Limits::default_maximums()).into(),
             allowed_networks: vec![NetworkMode::None, NetworkMode::Filtered],
             default_network: NetworkMode::None,
             network_allow: Vec::new(),
@@ -329,11 +326,7 @@ impl ServerConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let defaults = self.defaults.to_limits("defaults")?;
-        let max = self.maximums.to_limits("maximums")?;
-        if let Some(name) = crate::policy::exceeds(&defaults, &max) {
-            return Err(format!("defaults.{name} is above maximums.{name}"));
-        }
+        self.limits()?;
         if self.max_concurrent == 0 {
             return Err("maxConcurrent must be at least 1".into());
         }
@@ -385,12 +378,25 @@ impl ServerConfig {
         Ok(())
     }
 
-    pub fn default_limits(&self) -> Limits {
-        self.defaults.to_limits("defaults").unwrap_or_default()
+    /// The defaults and the maximums, parsed and checked against each other.
+    pub fn limits(&self) -> Result<(Limits, Limits), String> {
+        let defaults = self.defaults.to_limits("defaults")?;
+        let max = self.maximums.to_limits("maximums")?;
+        if let Some((name, _, _)) = defaults.first_above(&max) {
+            return Err(format!("defaults.{name} is above maximums.{name}"));
+        }
+        Ok((defaults, max))
     }
 
-    pub fn max_limits(&self) -> Limits {
-        self.maximums.to_limits("maximums").unwrap_or_default()
+    /// What every run plan takes where its request is silent (the defaults and the network rules).
+    pub fn plan_defaults(&self) -> Result<PlanDefaults, String> {
+        Ok(PlanDefaults {
+            limits: self.limits()?.0,
+            network: self.default_network,
+            network_allow: self.network_allow.clone(),
+            network_deny: self.network_deny.clone(),
+            registry_hosts: self.registry_hosts.clone(),
+        })
     }
 
     pub fn session_limits(&self) -> crate::sessions::SessionLimits {
@@ -404,15 +410,15 @@ impl ServerConfig {
         }
     }
 
-    pub fn engine_config(&self) -> EngineConfig {
+    pub fn engine_config(&self) -> Result<EngineConfig, String> {
         let mut engine = EngineConfig {
-            default_limits: self.default_limits(),
+            default_limits: self.limits()?.0,
             oci_runtime: self.oci_runtime.clone(),
             ..EngineConfig::default()
         };
         engine.pool.size = self.pool_size;
         engine.pool.reuse = self.reuse_containers;
-        engine
+        Ok(engine)
     }
 }
 

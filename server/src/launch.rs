@@ -143,7 +143,11 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         Err(code) => return code,
     };
     // The server starts even while Docker is down: it answers 503 until Docker is back.
-    let engine = match Engine::connect(config.engine_config()).await {
+    let engine_config = match config.engine_config() {
+        Ok(c) => c,
+        Err(e) => return err(e),
+    };
+    let engine = match Engine::connect(engine_config).await {
         Ok(e) => e,
         Err(e) => return err(format!("Docker is not running or not installed. {e}")),
     };
@@ -182,7 +186,10 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         }
         None => None,
     };
-    let mut state = AppState::new(engine, config, key).with_named_keys(keys);
+    let mut state = match AppState::new(engine, config, key) {
+        Ok(state) => state.with_named_keys(keys),
+        Err(e) => return err(e),
+    };
     if let Some(db) = database {
         state = state.with_database(db);
     }

@@ -1,70 +1,30 @@
 //! Server policy: a request may ask for less than the server's maximums, never more.
 
-use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkMode};
-use isol8_docker::{format_size, parse_size, Limits};
+use isol8_api::{ExecutionOptions, NetworkMode};
+use isol8_docker::{Limits, RunPlan};
 
 use crate::error::ApiError;
 
-/// Checks what the client asked for against the maximums; names the first limit exceeded.
+/// Checks a validated plan against the maximums and the allowed networks, and the options a
+/// sandbox never honours; names the first limit exceeded. Defaults never exceed the maximums
+/// (the config is refused at load otherwise), so what is over is what the client asked for.
 pub fn check(
-    request: &ExecutionRequest,
+    plan: &RunPlan,
     options: &ExecutionOptions,
     max: &Limits,
     allowed_networks: &[NetworkMode],
 ) -> Result<(), ApiError> {
-    let over = |name: &str, asked: String, allowed: String| {
-        Err(ApiError::policy(format!(
+    if let Some((name, asked, allowed)) = plan.limits.first_above(max) {
+        return Err(ApiError::policy(format!(
             "{name} {asked} exceeds this server's maximum of {allowed}"
-        )))
-    };
-    if let Some(ms) = request.timeout_ms.or(options.timeout_ms) {
-        if ms > max.timeout.as_millis() as u64 {
-            return over(
-                "timeoutMs",
-                ms.to_string(),
-                max.timeout.as_millis().to_string(),
-            );
-        }
-    }
-    let sizes = [
-        ("memoryLimit", &options.memory_limit, max.memory_bytes),
-        ("sandboxSize", &options.sandbox_size, max.sandbox_bytes),
-        ("tmpSize", &options.tmp_size, max.tmp_bytes),
-    ];
-    for (name, asked, allowed) in sizes {
-        if let Some(raw) = asked {
-            let bytes = parse_size(name, raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            if bytes > allowed {
-                return over(name, raw.clone(), format_size(allowed));
-            }
-        }
-    }
-    if let Some(cpu) = options.cpu_limit {
-        if cpu > max.cpus {
-            return over("cpuLimit", cpu.to_string(), max.cpus.to_string());
-        }
-    }
-    if let Some(pids) = options.pids_limit {
-        if pids > max.pids {
-            return over("pidsLimit", pids.to_string(), max.pids.to_string());
-        }
-    }
-    if let Some(out) = options.max_output_size {
-        if out > max.max_output_bytes {
-            return over(
-                "maxOutputSize",
-                out.to_string(),
-                max.max_output_bytes.to_string(),
-            );
-        }
+        )));
     }
     refuse_loosening(options)?;
-    let network = options.network.unwrap_or_default();
-    if !allowed_networks.contains(&network) {
+    if !allowed_networks.contains(&plan.network) {
         let allowed: Vec<&str> = allowed_networks.iter().map(|n| n.as_str()).collect();
         return Err(ApiError::policy(format!(
             "network mode \"{}\" is not allowed on this server (allowed: {})",
-            network.as_str(),
+            plan.network.as_str(),
             allowed.join(", ")
         )));
     }
@@ -103,43 +63,52 @@ fn refuse_loosening(options: &ExecutionOptions) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The first limit in `limits` above `max`, by its API name.
-pub fn exceeds(limits: &Limits, max: &Limits) -> Option<&'static str> {
-    [
-        ("timeoutMs", limits.timeout > max.timeout),
-        ("memoryLimit", limits.memory_bytes > max.memory_bytes),
-        ("cpuLimit", limits.cpus > max.cpus),
-        ("pidsLimit", limits.pids > max.pids),
-        (
-            "maxOutputSize",
-            limits.max_output_bytes > max.max_output_bytes,
-        ),
-        ("sandboxSize", limits.sandbox_bytes > max.sandbox_bytes),
-        ("tmpSize", limits.tmp_bytes > max.tmp_bytes),
-    ]
-    .into_iter()
-    .find(|(_, over)| *over)
-    .map(|(name, _)| name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isol8_api::ExecutionRequest;
+    use isol8_docker::PlanDefaults;
+
+    fn planned(options: &ExecutionOptions) -> RunPlan {
+        let request = ExecutionRequest {
+            code: Some("print(1)".into()),
+            ..Default::default()
+        };
+        RunPlan::from_request(&request, options, &PlanDefaults::default(), "k").unwrap()
+    }
 
     #[test]
-    fn asking_for_more_than_the_maximum_names_the_limit() {
-        let req = ExecutionRequest::default();
+    fn asking_for_more_than_the_maximum_names_the_limit_and_both_values() {
         let opts = ExecutionOptions {
             memory_limit: Some("4g".into()),
             ..Default::default()
         };
-        let max = Limits::default();
-        let err = check(&req, &opts, &max, &[NetworkMode::None]).unwrap_err();
+        let err = check(
+            &planned(&opts),
+            &opts,
+            &Limits::default(),
+            &[NetworkMode::None],
+        )
+        .unwrap_err();
         assert_eq!(err.status, 403);
-        assert!(
-            err.message.contains("memoryLimit 4g") && err.message.contains("512m"),
-            "{}",
-            err.message
+        assert_eq!(
+            err.message,
+            "memoryLimit 4g exceeds this server's maximum of 512m"
+        );
+        let opts = ExecutionOptions {
+            timeout_ms: Some(60_000),
+            ..Default::default()
+        };
+        let err = check(
+            &planned(&opts),
+            &opts,
+            &Limits::default(),
+            &[NetworkMode::None],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "timeoutMs 60000 exceeds this server's maximum of 30000"
         );
     }
 
@@ -149,20 +118,14 @@ mod tests {
             network: Some(NetworkMode::Host),
             ..Default::default()
         };
+        let plan = planned(&opts);
         let max = Limits::default();
-        assert!(check(
-            &ExecutionRequest::default(),
-            &opts,
-            &max,
-            &[NetworkMode::None]
-        )
-        .is_err());
-        assert!(check(
-            &ExecutionRequest::default(),
-            &opts,
-            &max,
-            &[NetworkMode::None, NetworkMode::Host]
-        )
-        .is_ok());
+        let err = check(&plan, &opts, &max, &[NetworkMode::None]).unwrap_err();
+        assert!(
+            err.message.contains("\"host\" is not allowed"),
+            "{}",
+            err.message
+        );
+        assert!(check(&plan, &opts, &max, &[NetworkMode::None, NetworkMode::Host]).is_ok());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use isol8_docker::{Engine, Limits};
+use isol8_docker::{Engine, Limits, PlanDefaults};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -23,7 +23,8 @@ use crate::tenants::{TenantLimits, TenantSlot, Tenants};
 pub struct AppState {
     pub engine: Engine,
     pub config: Arc<ServerConfig>,
-    pub default_limits: Limits,
+    /// The config's defaults and network rules, validated once: every plan starts from them.
+    pub plan_defaults: PlanDefaults,
     pub max_limits: Limits,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
@@ -55,21 +56,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, config: ServerConfig, api_key: String) -> Self {
+    /// Fails on a config `ServerConfig::validate` would refuse (it is parsed here once more, not
+    /// trusted to have been validated).
+    pub fn new(engine: Engine, config: ServerConfig, api_key: String) -> Result<Self, String> {
         let tenant_limits = TenantLimits::defaults(&config);
-        AppState {
+        Ok(AppState {
             engine,
-            default_limits: config.default_limits(),
-            max_limits: config.max_limits(),
+            plan_defaults: config.plan_defaults()?,
+            max_limits: config.limits()?.1,
             metrics: Arc::new(Metrics::default()),
             sessions: Arc::new(Sessions::new(config.session_limits(), false, &config)),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             waiting: Arc::new(AtomicUsize::new(0)),
             body_budget: Arc::new(Semaphore::new(config.max_body_bytes_in_flight)),
-            // Validated with the rest of the config at load; an invalid one allows nothing.
-            remote_code: RemoteCode::new(config.remote_code.clone()).unwrap_or_else(|_| {
-                RemoteCode::new(Default::default()).expect("the default is valid")
-            }),
+            remote_code: RemoteCode::new(config.remote_code.clone())?,
             config: Arc::new(config),
             api_key_digest: crate::auth::digest(&api_key),
             api_key: Arc::new(api_key),
@@ -78,7 +78,7 @@ impl AppState {
             tenants: Arc::new(Tenants::default()),
             tenant_limits,
             starting: Default::default(),
-        }
+        })
     }
 
     /// Accepts `keys` besides the master key.

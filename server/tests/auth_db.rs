@@ -191,7 +191,7 @@ impl Server {
 
     async fn with_database(config: ServerConfig, db: Database) -> Server {
         let server_id = config.server_id.clone();
-        let engine = Engine::connect(config.engine_config())
+        let engine = Engine::connect(config.engine_config().expect("a valid config"))
             .await
             .expect("engine");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -202,6 +202,7 @@ impl Server {
             tenant: "file-tenant".into(),
         }];
         let state = AppState::new(engine, config, KEY.to_string())
+            .expect("a valid config")
             .with_named_keys(keys)
             .with_database(db);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -498,7 +498,9 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     let addr = listener.local_addr().map_err(err)?;
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
-    let state = AppState::new(engine, config, key.clone()).with_local_sessions();
+    let state = AppState::new(engine, config, key.clone())
+        .map_err(err)?
+        .with_local_sessions();
     tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
     Ok(Client::new(format!("http://{addr}"), key))
 }

@@ -13,10 +13,9 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::Stream;
 use isol8_api::{
-    ErrorBody, ExecuteBody, ExecutionRequest, ExecutionResult, NetworkMode, StreamEvent,
-    StreamEventType, StreamPhase,
+    ErrorBody, ExecuteBody, ExecutionResult, StreamEvent, StreamEventType, StreamPhase,
 };
-use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
+use isol8_docker::{Engine, Program, RunEvent, RunEvents, RunPlan};
 
 use crate::auth::Caller;
 use crate::db::AuditTicket;
@@ -26,60 +25,46 @@ use crate::remote_code::CodeRequest;
 use crate::state::{AppState, Slot};
 use crate::{persist, policy};
 
+/// The run a request asks for: planned in one validation pass with the server's defaults, held
+/// to its policy, and its remote code (`codeUrl`) fetched only then.
 pub(crate) async fn plan(
     state: &AppState,
     caller: &Caller,
     body: &ExecuteBody,
 ) -> Result<RunPlan, ApiError> {
-    let mut options = body.options.clone().unwrap_or_default();
+    let options = body.options.clone().unwrap_or_default();
     let config = &state.config;
-    options.network = Some(options.network.unwrap_or(config.default_network));
-    policy::check(
-        &body.request,
-        &options,
-        &state.max_limits,
-        &config.allowed_networks,
-    )?;
-    if options.persist == Some(true) {
-        config.persist.check(caller)?;
-    }
-    let fetched;
-    let request = match &body.request.code_url {
-        None => &body.request,
-        Some(url) => {
-            if body.request.code.is_some() || body.request.cmd.is_some() {
-                return Err(ApiError::bad_request(
-                    "give exactly one of code, cmd and codeUrl",
-                ));
-            }
-            let code = state
-                .remote_code
-                .fetch(&CodeRequest {
-                    url,
-                    hash: body.request.code_hash.as_deref(),
-                    allow_insecure: body.request.allow_insecure_code_url == Some(true),
-                })
-                .await?;
-            fetched = ExecutionRequest {
-                code: Some(code),
-                code_url: None,
-                ..body.request.clone()
-            };
-            &fetched
-        }
-    };
-    let mut plan = RunPlan::from_request(request, &options, &state.default_limits, &caller.owner)?;
+    let mut plan =
+        RunPlan::from_request(&body.request, &options, &state.plan_defaults, &caller.owner)?;
+    policy::check(&plan, &options, &state.max_limits, &config.allowed_networks)?;
     if plan.persist {
+        config.persist.check(caller)?;
         plan.persist_expires_at = Some(config.persist.expires_at());
     }
-    if plan.network == NetworkMode::Filtered {
-        // The server's lists join the request's: its allow rules add, its deny rules always win.
-        plan.allow_hosts
-            .extend(config.network_allow.iter().cloned());
-        plan.deny_hosts.extend(config.network_deny.iter().cloned());
-        // Opened by the engine only while it installs packages no image holds.
-        let registries = config.registry_hosts.get(plan.runtime.as_str());
-        plan.registry_hosts = registries.into_iter().flatten().cloned().collect();
+    if let Program::Remote {
+        url,
+        hash,
+        allow_insecure,
+        extension,
+    } = &plan.program
+    {
+        let source = state
+            .remote_code
+            .fetch(&CodeRequest {
+                url,
+                hash: hash.as_deref(),
+                allow_insecure: *allow_insecure,
+            })
+            .await?;
+        if source.trim().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "codeUrl \"{url}\": the code fetched is empty"
+            )));
+        }
+        plan.program = Program::Code {
+            source,
+            extension: extension.clone(),
+        };
     }
     Ok(plan)
 }

@@ -33,7 +33,7 @@ impl Server {
         docker_host: Option<&str>,
         keys: Vec<NamedKey>,
     ) -> Server {
-        let mut engine_config = config.engine_config();
+        let mut engine_config = config.engine_config().expect("a valid config");
         engine_config.docker_host = docker_host.map(str::to_string);
         let engine = Engine::connect(engine_config).await.expect("engine");
         let instance = engine.instance_id().to_string();
@@ -41,7 +41,9 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState::new(engine, config, KEY.to_string()).with_named_keys(keys);
+        let state = AppState::new(engine, config, KEY.to_string())
+            .expect("a valid config")
+            .with_named_keys(keys);
         let task = tokio::spawn(isol8_server::serve(state, listener, async move {
             let _ = stopped.await;
         }));
