@@ -338,8 +338,8 @@ fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error
 /// too. The proxy refuses them all, whatever a run's rules say.
 #[derive(Debug, Default)]
 pub(crate) struct HostAddresses {
-    /// When they were last read, and what; a std mutex held only to copy or store.
-    cached: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// When they were last read, and what; a mutex held only to copy or store.
+    cached: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 /// How long the host's addresses are trusted before they are read again.
@@ -357,12 +357,11 @@ impl HostAddresses {
                 .filter(|(at, _)| at.elapsed() < HOST_ADDRESSES_TTL)
                 .map(|(_, a)| a.clone())
         };
-        if let Some(found) = fresh(&self.cached.lock().unwrap_or_else(|p| p.into_inner())) {
+        if let Some(found) = fresh(&self.cached.lock()) {
             return Ok(found);
         }
         let found = read_host_addresses(docker, image, instance).await?;
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), found.clone()));
+        *self.cached.lock() = Some((std::time::Instant::now(), found.clone()));
         Ok(found)
     }
 }

@@ -2,11 +2,12 @@
 //! tenants only where `persist.allowTenants`), how many one key keeps at once, and how long.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use isol8_docker::Engine;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -92,11 +93,7 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut pending = self
-            .starting
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.starting.pending.lock();
         if let Some(count) = pending.get_mut(&self.owner) {
             *count -= 1;
             if *count == 0 {
@@ -111,11 +108,7 @@ impl Drop for Admitted {
 pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
     let policy = &state.config.persist;
     let admitted = {
-        let mut pending = state
-            .starting
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = state.starting.pending.lock();
         *pending.entry(caller.owner.clone()).or_default() += 1;
         Admitted {
             starting: Arc::clone(&state.starting),
@@ -127,7 +120,6 @@ pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiErr
         .starting
         .pending
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .get(&caller.owner)
         .copied()
         .unwrap_or(1);

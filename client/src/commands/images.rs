@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use isol8_api::Runtime;
 use isol8_server::engine::{BuildProgress, Engine, PackageSet};
 use isol8_server::ServerConfig;
+use parking_lot::Mutex;
 
 use crate::err;
 use crate::output::outln;
@@ -84,7 +84,7 @@ impl Progress {
     }
 
     pub fn report(&self, event: BuildProgress) {
-        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bar = self.bar.lock();
         match event {
             BuildProgress::UpToDate { image } if self.show_up_to_date => {
                 eprintln!("[OK] {image}: up to date")
@@ -115,7 +115,7 @@ impl Progress {
 
     /// Clears a spinner left by a failed build so the error prints on a clean line.
     pub fn abandon(&self) {
-        if let Some(spinner) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(spinner) = self.bar.lock().take() {
             spinner.finish_and_clear();
         }
     }

@@ -710,7 +710,7 @@ async fn interactive<W: FnMut(&str)>(
             }
         }
     });
-    let _writer = AbortOnDrop(writer);
+    let _writer = tokio_util::task::AbortOnDropHandle::new(writer);
     let mut interrupted = false;
     loop {
         tokio::select! {
@@ -753,15 +753,6 @@ impl Interrupts {
         self.signals.recv().await;
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
