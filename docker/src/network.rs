@@ -15,12 +15,12 @@ use crate::agent::remove;
 use crate::error::{Error, Result};
 use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, SANDBOX_USER};
 
-pub const PROXY_PORT: u16 = 3128;
+pub(crate) const PROXY_PORT: u16 = 3128;
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One run's network and proxy; `teardown` removes both.
 #[derive(Debug)]
-pub struct FilteredNetwork {
+pub(crate) struct FilteredNetwork {
     pub name: String,
     proxy_id: String,
     /// The proxy's address on the internal network, for the program's `HTTP(S)_PROXY`.
@@ -30,7 +30,7 @@ pub struct FilteredNetwork {
 impl FilteredNetwork {
     /// Creates the internal network and starts the proxy with `allow`/`deny` on it. Any failure
     /// removes what was made and refuses the run: never a weaker policy.
-    pub async fn create(
+    pub(crate) async fn create(
         docker: &Docker,
         instance: &str,
         image: &str,
@@ -191,7 +191,7 @@ impl FilteredNetwork {
     }
 
     /// The environment that sends the program's HTTP and HTTPS through the proxy.
-    pub fn proxy_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn proxy_env(&self) -> Vec<(String, String)> {
         let url = format!("http://{}:{PROXY_PORT}", self.proxy_ip);
         [
             "HTTP_PROXY",
@@ -211,7 +211,7 @@ impl FilteredNetwork {
     }
 
     /// Every request the proxy logged so far.
-    pub async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
+    pub(crate) async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
         let mut stream = docker.logs::<String>(
             &self.proxy_id,
             Some(LogsOptions {
@@ -233,7 +233,7 @@ impl FilteredNetwork {
     }
 
     /// Sends each request the proxy logs from now on as a run event, until aborted.
-    pub fn follow(
+    pub(crate) fn follow(
         &self,
         docker: Docker,
         tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
@@ -244,7 +244,7 @@ impl FilteredNetwork {
     }
 
     /// Removes the proxy and the network (call after the sandbox is gone).
-    pub async fn teardown(self, docker: &Docker) {
+    pub(crate) async fn teardown(self, docker: &Docker) {
         remove(docker, &self.proxy_id).await;
         if let Err(err) = docker.remove_network(&self.name).await {
             tracing::warn!(network = %self.name, error = %err, "could not remove the run's network");

@@ -99,7 +99,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         docker: Docker,
         config: PoolConfig,
         instance: String,
@@ -122,11 +122,11 @@ impl Pool {
         }
     }
 
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
 
-    pub fn stats(&self) -> PoolStats {
+    pub(crate) fn stats(&self) -> PoolStats {
         let ready = self
             .idle
             .lock()
@@ -140,13 +140,13 @@ impl Pool {
         }
     }
 
-    pub fn set_warm(&self, specs: Vec<ContainerSpec>) {
+    pub(crate) fn set_warm(&self, specs: Vec<ContainerSpec>) {
         *self.warm.lock() = specs;
         self.wake.notify_one();
     }
 
     /// A sandbox for `owner`: one of theirs reset after an earlier run, else a fresh one, else a new one.
-    pub async fn acquire(&self, spec: &ContainerSpec, owner: &str) -> Result<Sandbox> {
+    pub(crate) async fn acquire(&self, spec: &ContainerSpec, owner: &str) -> Result<Sandbox> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
@@ -228,7 +228,7 @@ impl Pool {
     /// Gives a sandbox back after a run. It serves again only when reuse is on, the run left it
     /// `reusable`, and the reset verifies clean; it then waits in its owner's bucket. Otherwise it is
     /// destroyed. Runs in the background so the caller's answer is not delayed.
-    pub fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
+    pub(crate) fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
@@ -282,7 +282,7 @@ impl Pool {
     }
 
     /// Forgets a sandbox that its user keeps (persist): it is never reused nor removed by shutdown.
-    pub fn forget(&self, sandbox: Sandbox) {
+    pub(crate) fn forget(&self, sandbox: Sandbox) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         self.live.lock().remove(&sandbox.id);
         drop(sandbox);
@@ -301,7 +301,7 @@ impl Pool {
         self.live.lock().remove(id);
     }
 
-    pub async fn destroy(&self, sandbox: Sandbox) {
+    pub(crate) async fn destroy(&self, sandbox: Sandbox) {
         let id = sandbox.id.clone();
         sandbox.destroy(&self.docker).await;
         self.live.lock().remove(&id);
@@ -310,7 +310,7 @@ impl Pool {
     /// Starts the background task that keeps `size` fresh containers per warm spec, removes
     /// expired idle ones and, every few minutes, what crashed servers or cancelled filtered-run
     /// setups left behind. It ends when the pool closes.
-    pub fn start_replenisher(self: &Arc<Self>) {
+    pub(crate) fn start_replenisher(self: &Arc<Self>) {
         let pool = Arc::clone(self);
         self.tasks.spawn(pool.replenish());
     }
@@ -389,7 +389,7 @@ impl Pool {
     }
 
     /// Removes the idle containers kept for `owner` (its reused, reset sandboxes); returns how many.
-    pub async fn drop_owner(&self, owner: &str) -> usize {
+    pub(crate) async fn drop_owner(&self, owner: &str) -> usize {
         let taken: Vec<Sandbox> = {
             let mut idle = self.idle.lock();
             let keys: Vec<PoolKey> = idle
@@ -428,7 +428,7 @@ impl Pool {
     }
 
     /// Stops taking work and removes every container this pool created, idle or in use.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
         let idle: Vec<Sandbox> = self
@@ -538,7 +538,7 @@ impl Pool {
     /// (the instance died), so they exited, and Docker did not get to remove them; or they were
     /// created and never started. A live instance's containers are running: this is safe for several
     /// servers sharing one engine, whatever machine or container they run in. Returns how many.
-    pub async fn reclaim_orphans(&self) -> Result<usize> {
+    pub(crate) async fn reclaim_orphans(&self) -> Result<usize> {
         let containers = self.list_sandboxes(None).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

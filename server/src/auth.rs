@@ -142,7 +142,7 @@ fn identify_static(state: &AppState, token: &str) -> Option<Caller> {
     found
 }
 
-pub async fn require_key(
+pub(crate) async fn require_key(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 /// `axum::Json`, but malformed JSON, wrong types, unknown and missing fields are all 400 with a
 /// message naming what was wrong.
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where

@@ -77,7 +77,7 @@ impl PersistPolicy {
 /// Persist runs being started, per owner, not yet visible as containers; counted with the kept
 /// containers so concurrent requests cannot pass the cap together on this replica.
 #[derive(Debug, Default)]
-pub struct Starting {
+pub(crate) struct Starting {
     /// Owner to the number of its persist runs between admission and their container's creation;
     /// locked only to change a count, never across `.await`.
     pending: Mutex<HashMap<String, usize>>,
@@ -86,7 +86,7 @@ pub struct Starting {
 /// A persist run admitted under its key's cap; dropped once its container exists (or the run
 /// failed to start).
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     starting: Arc<Starting>,
     owner: String,
 }
@@ -105,7 +105,7 @@ impl Drop for Admitted {
 
 /// Admits a persist run of `caller` when its key keeps fewer than `persist.maxPerKey` containers
 /// (429 naming the limit otherwise). Hold the answer until the run's container is created.
-pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
+pub(crate) async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
     let policy = &state.config.persist;
     let admitted = {
         let mut pending = state.starting.pending.lock();
@@ -138,7 +138,7 @@ pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiErr
 }
 
 /// Background task: removes kept containers past their expiry, until aborted.
-pub async fn expire_forever(engine: Engine, policy: PersistPolicy) {
+pub(crate) async fn expire_forever(engine: Engine, policy: PersistPolicy) {
     let mut every = tokio::time::interval(policy.sweep_interval());
     loop {
         every.tick().await;

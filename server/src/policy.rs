@@ -6,7 +6,7 @@ use isol8_docker::{format_size, parse_size, Limits};
 use crate::error::ApiError;
 
 /// Checks what the client asked for against the maximums; names the first limit exceeded.
-pub fn check(
+pub(crate) fn check(
     request: &ExecutionRequest,
     options: &ExecutionOptions,
     max: &Limits,
@@ -104,7 +104,7 @@ fn refuse_loosening(options: &ExecutionOptions) -> Result<(), ApiError> {
 }
 
 /// The first limit in `limits` above `max`, by its API name.
-pub fn exceeds(limits: &Limits, max: &Limits) -> Option<&'static str> {
+pub(crate) fn exceeds(limits: &Limits, max: &Limits) -> Option<&'static str> {
     [
         ("timeoutMs", limits.timeout > max.timeout),
         ("memoryLimit", limits.memory_bytes > max.memory_bytes),

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::session_store::{SessionRecord, SessionStore};
 
 /// Where a CLI's sessions belong: every local invocation shares them, whatever its random key.
-pub const LOCAL_OWNER: &str = "local";
+pub(crate) const LOCAL_OWNER: &str = "local";
 
 /// One live session.
 #[derive(Debug)]
@@ -512,6 +512,6 @@ impl Sessions {
 }
 
 /// Removes a session's container, after the call that holds it (if any) ends.
-pub async fn close(engine: &Engine, session: &Session) {
+pub(crate) async fn close(engine: &Engine, session: &Session) {
     engine.end_session(&mut *session.slot.lock().await).await;
 }

@@ -63,14 +63,14 @@ struct Counts {
 
 /// Every tenant's counts. Tenants are added on first use and dropped when idle.
 #[derive(Debug, Default)]
-pub struct Tenants {
+pub(crate) struct Tenants {
     /// Tenant id to its counts; held only to look up or insert, never across `.await`.
     map: Mutex<HashMap<String, Arc<Tenant>>>,
 }
 
 /// A running execution of a tenant; dropping it frees the tenant's slot.
 #[derive(Debug)]
-pub struct TenantSlot {
+pub(crate) struct TenantSlot {
     tenant: Arc<Tenant>,
 }
 
@@ -103,7 +103,7 @@ impl Tenants {
 
     /// Waits until `tenant` runs fewer than `limits.max_concurrent` executions, until `deadline`;
     /// refuses at once (429) when `limits.max_queue` of its requests already wait.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         tenant_id: &str,
         limits: TenantLimits,

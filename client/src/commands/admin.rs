@@ -13,14 +13,14 @@ use crate::err;
 use crate::output::outln;
 
 #[derive(Debug, Args)]
-pub struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// Print the configuration as JSON.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     force: bool,
@@ -29,7 +29,7 @@ pub struct CleanupArgs {
     images: bool,
 }
 
-pub fn config(args: ConfigArgs) -> ExitCode {
+pub(crate) fn config(args: ConfigArgs) -> ExitCode {
     let (config, source) = match ServerConfig::load() {
         Ok(loaded) => loaded,
         Err(e) => return err(e),
@@ -53,7 +53,7 @@ pub fn config(args: ConfigArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub async fn cleanup(args: CleanupArgs) -> ExitCode {
+pub(crate) async fn cleanup(args: CleanupArgs) -> ExitCode {
     let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,

@@ -24,7 +24,7 @@ use super::run::start_embedded;
 use crate::err;
 
 #[derive(Debug, Args)]
-pub struct McpArgs {
+pub(crate) struct McpArgs {
     /// A remote isol8 server, e.g. http://host:3000 (default: an in-process one on this machine).
     #[arg(long, env = "ISOL8_HOST")]
     host: Option<String>,
@@ -37,7 +37,7 @@ pub struct McpArgs {
 /// (which stops the run). Locked only to insert, remove or abort; never across an `.await`.
 type InFlight = Arc<Mutex<HashMap<String, JoinHandle<()>>>>;
 
-pub async fn mcp(args: McpArgs) -> ExitCode {
+pub(crate) async fn mcp(args: McpArgs) -> ExitCode {
     let client = match args.host {
         Some(host) => match args.key {
             Some(key) => Client::new(host, key),

@@ -23,7 +23,7 @@ use crate::{err, output};
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").args(["file", "eval", "cmd", "url", "github", "gist"]))]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// File to run; the runtime comes from its extension unless --runtime is given. Without a
     /// file, -e, --cmd or a remote source, the code is read from standard input.
     file: Option<PathBuf>,
@@ -503,7 +503,7 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     Ok(Client::new(format!("http://{addr}"), key))
 }
 
-pub async fn run(args: RunArgs) -> ExitCode {
+pub(crate) async fn run(args: RunArgs) -> ExitCode {
     let body = match build_body(&args) {
         Ok(b) => b,
         Err(e) => return err(e),

@@ -115,7 +115,7 @@ enum ExecutionErrors {
     ),
     security(("bearer" = []))
 )]
-pub async fn execute(
+pub(crate) async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -131,7 +131,7 @@ pub async fn execute(
 
 /// The header that carries a session id where the body cannot be read for routing (ingress
 /// affinity); the body's `sessionId` wins when both are given.
-pub const SESSION_HEADER: &str = "x-isol8-session";
+pub(crate) const SESSION_HEADER: &str = "x-isol8-session";
 
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
 /// it names (created on first use). The slot is held until the run has ended, however the caller
@@ -231,7 +231,7 @@ fn hold_until_ended(slot: Slot, events: &RunEvents) {
     ),
     security(("bearer" = []))
 )]
-pub async fn execute_stream(
+pub(crate) async fn execute_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -268,7 +268,7 @@ pub async fn execute_stream(
     ),
     security(("bearer" = []))
 )]
-pub async fn stream_alias(
+pub(crate) async fn stream_alias(
     state: State<AppState>,
     caller: Extension<Caller>,
     headers: HeaderMap,

@@ -49,7 +49,7 @@ fn info(session: &Session) -> SessionInfo {
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn list_sessions(
+pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<SessionList> {
@@ -129,7 +129,7 @@ pub(crate) async fn read(
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn delete_session(
+pub(crate) async fn delete_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -149,7 +149,7 @@ pub async fn delete_session(
         (status = 404, description = "No such session", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn write_file(
+pub(crate) async fn write_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<FileWrite>,
@@ -172,7 +172,7 @@ pub async fn write_file(
         (status = 404, description = "No such session or file", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn read_file(
+pub(crate) async fn read_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<FileQuery>,
@@ -226,7 +226,7 @@ async fn detail(state: &AppState, session: &Session) -> Result<SessionDetail, Ap
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn get_session(
+pub(crate) async fn get_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -249,7 +249,7 @@ pub async fn get_session(
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn update_session(
+pub(crate) async fn update_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -281,7 +281,7 @@ pub async fn update_session(
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn export_archive(
+pub(crate) async fn export_archive(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -325,7 +325,7 @@ pub async fn export_archive(
         (status = 413, description = "Larger than maxArchiveBytes", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn import_archive(
+pub(crate) async fn import_archive(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,

@@ -37,7 +37,7 @@ const UNSUPPORTED_DATA: u16 = 1003;
     ),
     security(("bearer" = []))
 )]
-pub async fn execute_ws(
+pub(crate) async fn execute_ws(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
