@@ -7,7 +7,7 @@ use futures::{SinkExt, Stream, StreamExt};
 use isol8_api::{
     ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody,
     ExecutionResult, KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, Runtime,
-    SessionDetail, SessionList, StreamEvent,
+    SessionDetail, SessionList, StreamEvent, SESSION_HEADER,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -119,7 +119,7 @@ impl Client {
         let mut request = self.http.post(self.url(path)).json(body);
         // Also as a header, so a load balancer can route the session's calls to one replica.
         if let Some(id) = &body.session_id {
-            request = request.header("X-Isol8-Session", id);
+            request = request.header(SESSION_HEADER, id.as_str());
         }
         self.send(request, path).await
     }
@@ -197,7 +197,7 @@ impl Client {
             .http
             .post(self.url(&path))
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .header("X-Isol8-Session", id)
+            .header(SESSION_HEADER, id)
             .body(tar);
         if let Some(runtime) = runtime {
             request = request.query(&[("runtime", runtime.as_str())]);
@@ -360,7 +360,7 @@ impl Client {
             .insert(reqwest::header::AUTHORIZATION, bearer);
         if let Some(id) = &body.session_id {
             if let Ok(value) = id.parse() {
-                request.headers_mut().insert("X-Isol8-Session", value);
+                request.headers_mut().insert(SESSION_HEADER, value);
             }
         }
         let (socket, _) = match tokio_tungstenite::connect_async(request).await {

@@ -4,6 +4,7 @@ mod auth;
 mod execution;
 mod misc;
 mod session;
+mod session_id;
 mod stream;
 
 pub use auth::{
@@ -22,4 +23,5 @@ pub use session::{
     ArchiveImported, ArchiveQuery, FileContent, FileQuery, FileWrite, OkResponse, SessionDetail,
     SessionInfo, SessionList, SessionUpdate,
 };
+pub use session_id::{InvalidSessionId, SessionId, SESSION_HEADER};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

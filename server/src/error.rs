@@ -78,6 +78,12 @@ impl ApiError {
     }
 }
 
+impl From<isol8_api::InvalidSessionId> for ApiError {
+    fn from(err: isol8_api::InvalidSessionId) -> Self {
+        ApiError::bad_request(err.to_string())
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         let message = err.to_string();

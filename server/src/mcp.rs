@@ -12,7 +12,9 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use base64::Engine as _;
-use isol8_api::{ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime};
+use isol8_api::{
+    ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime, SessionId,
+};
 use isol8_docker::{Engine, RunEvent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -128,7 +130,7 @@ struct RunCode {
     #[serde(default)]
     runtime: Option<Runtime>,
     #[serde(default)]
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -146,7 +148,7 @@ struct RunCommand {
     #[serde(default)]
     runtime: Option<Runtime>,
     #[serde(default)]
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -164,7 +166,7 @@ enum Encoding {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WriteFile {
-    session_id: String,
+    session_id: SessionId,
     path: String,
     content: String,
     #[serde(default)]
@@ -174,7 +176,7 @@ struct WriteFile {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReadFile {
-    session_id: String,
+    session_id: SessionId,
     path: String,
     #[serde(default)]
     encoding: Option<Encoding>,
@@ -183,7 +185,7 @@ struct ReadFile {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CloseSession {
-    session_id: String,
+    session_id: SessionId,
 }
 
 /// The tool's arguments, or a 400 naming what is wrong (serde names the field).
@@ -585,14 +587,14 @@ fn schema(value: Value) -> Arc<JsonObject> {
 pub fn tools() -> Vec<Tool> {
     let runtime = json!({"type": "string", "enum": ["python", "node", "bun", "deno", "bash"],
         "description": "Language runtime. Default python."});
-    let session = json!({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+    let session = json!({"type": "string", "pattern": SessionId::PATTERN,
         "description": "Run in this persistent session (created on first use): variables, \
             functions, files and the working directory persist between calls. Omit for a fresh \
             sandbox that is discarded after the call."});
     let timeout = json!({"type": "integer", "minimum": 1,
         "description": "Time limit in milliseconds (default: the server's, usually 30000)."});
     let stdin = json!({"type": "string", "description": "Text for the program's standard input."});
-    let session_required = json!({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+    let session_required = json!({"type": "string", "pattern": SessionId::PATTERN,
         "description": "The session (as given to run_code)."});
     let run_hints = ToolAnnotations::new()
         .read_only(false)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use isol8_api::{CleanupCounts, Runtime};
+use isol8_api::{CleanupCounts, Runtime, SessionId};
 use isol8_docker::{Engine, SessionKey, SessionSlot, SessionState};
 use parking_lot::Mutex;
 
@@ -143,21 +143,6 @@ pub struct Adopted {
     pub removed: usize,
 }
 
-/// Checks a session id: 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
-pub fn check_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "sessionId {id:?} is not valid: use 1 to 128 letters, digits, '.', '_', '-' or ':'"
-        )))
-    }
-}
-
 impl Sessions {
     pub fn new(limits: SessionLimits, local: bool, config: &crate::config::ServerConfig) -> Self {
         Sessions {
@@ -280,11 +265,10 @@ impl Sessions {
     pub fn get_or_create(
         &self,
         owner: &str,
-        id: &str,
+        id: &SessionId,
         runtime: Runtime,
         tenant_max: Option<usize>,
     ) -> Result<Arc<Session>, ApiError> {
-        check_id(id)?;
         let owner = self.owner(owner);
         let mut map = self.map.lock();
         if let Some(session) = map.get(&(owner.clone(), id.to_string())) {

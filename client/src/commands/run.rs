@@ -12,7 +12,7 @@ use futures::StreamExt;
 use isol8::Client;
 use isol8_api::{
     BufferTag, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionStatus, FileData,
-    NetworkFilter, NetworkMode, NodeBuffer, Runtime, StreamEvent, StreamEventType,
+    NetworkFilter, NetworkMode, NodeBuffer, Runtime, SessionId, StreamEvent, StreamEventType,
 };
 use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
@@ -437,17 +437,19 @@ fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
     Ok(ExecuteBody {
         request,
         options: Some(options),
-        session_id: session_id(args),
+        session_id: session_id(args)?,
     })
 }
 
-/// The session a run names: --session-id, or a fresh name for --persistent.
-fn session_id(args: &RunArgs) -> Option<String> {
-    match (&args.session_id, args.persistent) {
-        (Some(id), _) => Some(id.clone()),
-        (None, true) => Some(format!("cli-{}", random_hex(6))),
-        (None, false) => None,
-    }
+/// The session a run names: --session-id, or a fresh name for --persistent. Checked here too,
+/// not only by the server: the id also names a file under ~/.isol8/sessions.
+fn session_id(args: &RunArgs) -> Result<Option<SessionId>, String> {
+    let id = match (&args.session_id, args.persistent) {
+        (Some(id), _) => id.clone(),
+        (None, true) => format!("cli-{}", random_hex(6)),
+        (None, false) => return Ok(None),
+    };
+    SessionId::parse(id).map(Some).map_err(|e| e.to_string())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -509,10 +511,6 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return err(e),
     };
     if let Some(id) = &body.session_id {
-        // Checked here too: the id also names a file under ~/.isol8/sessions.
-        if let Err(e) = isol8_server::check_session_id(id) {
-            return err(e);
-        }
         eprintln!("[INFO] Session ID: {id}");
     }
     // Held until this run ends (see `use_local`).

@@ -57,7 +57,7 @@ pub(crate) async fn session(args: SessionArgs) -> ExitCode {
     | SessionCommand::Export { id, .. }
     | SessionCommand::Import { id, .. } = &args.command
     {
-        if let Err(e) = isol8_server::check_session_id(id) {
+        if let Err(e) = isol8_api::SessionId::parse(id.as_str()) {
             return err(e);
         }
     }

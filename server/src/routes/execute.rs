@@ -13,8 +13,8 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::Stream;
 use isol8_api::{
-    ErrorBody, ExecuteBody, ExecutionRequest, ExecutionResult, NetworkMode, StreamEvent,
-    StreamEventType, StreamPhase,
+    ErrorBody, ExecuteBody, ExecutionRequest, ExecutionResult, NetworkMode, SessionId, StreamEvent,
+    StreamEventType, StreamPhase, SESSION_HEADER,
 };
 use isol8_docker::{Engine, RunEvent, RunEvents, RunPlan};
 
@@ -129,10 +129,6 @@ pub(crate) async fn execute(
     Ok(Json(result))
 }
 
-/// The header that carries a session id where the body cannot be read for routing (ingress
-/// affinity); the body's `sessionId` wins when both are given.
-pub(crate) const SESSION_HEADER: &str = "x-isol8-session";
-
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
 /// it names (created on first use). The slot is held until the run has ended, however the caller
 /// reads its events (or does not). `live_stdin` keeps the program's stdin open for
@@ -146,13 +142,19 @@ pub(crate) async fn start(
 ) -> Result<RunEvents, ApiError> {
     let mut plan = plan(state, caller, body).await?;
     plan.live_stdin = live_stdin;
+    // The header carries the id where the body cannot be read for routing (ingress affinity);
+    // the body's `sessionId` wins when both are given.
     let session_id = match &body.session_id {
         Some(id) => Some(id.clone()),
         None => headers
             .get(SESSION_HEADER)
-            .map(|v| v.to_str().map(str::to_string))
-            .transpose()
-            .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
+            .map(|v| {
+                let text = v.to_str().map_err(|_| {
+                    ApiError::bad_request(format!("the {SESSION_HEADER} header is not text"))
+                })?;
+                Ok::<_, ApiError>(SessionId::parse(text)?)
+            })
+            .transpose()?,
     };
     let Some(id) = session_id else {
         // Counted against the key's cap until its container exists (`execute_stream` made it).

@@ -10,7 +10,8 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use isol8_api::{
     ArchiveImported, ArchiveQuery, ErrorBody, ExecuteBody, ExecutionRequest, FileContent,
-    FileQuery, FileWrite, OkResponse, SessionDetail, SessionInfo, SessionList, SessionUpdate,
+    FileQuery, FileWrite, OkResponse, SessionDetail, SessionId, SessionInfo, SessionList,
+    SessionUpdate,
 };
 
 use crate::auth::Caller;
@@ -66,8 +67,7 @@ pub(crate) fn list(state: &AppState, caller: &Caller) -> Vec<SessionInfo> {
 
 /// Ends the caller's session `id`, if it exists; its container goes once a running call ends.
 /// Returns whether there was one.
-pub(crate) fn close(state: &AppState, caller: &Caller, id: &str) -> Result<bool, ApiError> {
-    sessions::check_id(id)?;
+pub(crate) fn close(state: &AppState, caller: &Caller, id: &SessionId) -> Result<bool, ApiError> {
     let Some(session) = state.sessions.remove(&caller.owner, id) else {
         return Ok(false);
     };
@@ -134,7 +134,7 @@ pub(crate) async fn delete_session(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    close(&state, &caller, &id)?;
+    close(&state, &caller, &SessionId::parse(id)?)?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -231,7 +231,7 @@ pub(crate) async fn get_session(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionDetail>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     let session = state.sessions.get(&caller.owner, &id)?;
     Ok(Json(detail(&state, &session).await?))
 }
@@ -255,7 +255,7 @@ pub(crate) async fn update_session(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SessionUpdate>,
 ) -> Result<Json<SessionDetail>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     let max = state.sessions.limits().max_idle_timeout.as_millis() as u64;
     if !(1000..=max).contains(&body.idle_timeout_ms) {
         return Err(ApiError::bad_request(format!(
@@ -286,6 +286,7 @@ pub(crate) async fn export_archive(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = SessionId::parse(id)?;
     let session = found(&state, &caller, &id).await?;
     session.touch();
     let mut slot = session.slot.lock().await;
@@ -332,7 +333,7 @@ pub(crate) async fn import_archive(
     Query(query): Query<ArchiveQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<ArchiveImported>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     // Checked whole before anything is created or written.
     let tar = isol8_docker::sanitize_archive(&body, state.config.max_archive_bytes)?;
     let existing = match (found(&state, &caller, &id).await, query.runtime) {
@@ -393,16 +394,15 @@ pub(crate) async fn import_archive(
 async fn found(
     state: &AppState,
     caller: &Caller,
-    id: &str,
+    id: &SessionId,
 ) -> Result<std::sync::Arc<Session>, ApiError> {
-    sessions::check_id(id)?;
     match state.sessions.get(&caller.owner, id) {
         Ok(session) => Ok(session),
         Err(err) if state.sessions.local => {
             let local = state.engine.local_sessions().await?;
             let Some((runtime, container)) = local
                 .into_iter()
-                .find(|s| s.id == id && s.running)
+                .find(|s| s.id == id.as_str() && s.running)
                 .and_then(|s| Some((s.runtime.parse().ok()?, s.container_id)))
             else {
                 return Err(err);
