@@ -5,7 +5,7 @@ use eventsource_stream::Eventsource;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, Stream, StreamExt};
 use isol8_api::{
-    ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody,
+    ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ExecuteBody,
     ExecutionResult, KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, Runtime,
     SessionDetail, SessionList, StreamEvent, SESSION_HEADER,
 };
@@ -84,7 +84,14 @@ fn ws_error(url: &str, source: tokio_tungstenite::tungstenite::Error) -> ClientE
 
 /// An error status on an HTTP answer: `ClientError::Api` from its error body.
 fn api_error(status: u16, text: &str) -> ClientError {
-    match serde_json::from_str::<ErrorBody>(text) {
+    /// `ErrorBody` with the code as text: a code this client does not know (a newer server's)
+    /// is shown as sent.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: String,
+        code: String,
+    }
+    match serde_json::from_str::<Body>(text) {
         Ok(err) => ClientError::Api {
             status,
             code: err.code,

@@ -17,7 +17,8 @@ pub use execution::{
     NetworkMode, NodeBuffer, PoolSize, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{
-    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, ErrorCode, HealthResponse,
+    ReadyResponse,
 };
 pub use session::{
     ArchiveImported, ArchiveQuery, FileContent, FileQuery, FileWrite, OkResponse, SessionDetail,

@@ -2,6 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use isol8_api::ErrorCode;
 use isol8_docker::Error as EngineError;
 
 /// An error on its way to the client. The body is written by the `error_envelope` middleware, which
@@ -10,13 +11,13 @@ use isol8_docker::Error as EngineError;
 #[error("{message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -26,26 +27,34 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn policy(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "policy_violation", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::PolicyViolation, message)
     }
 
     /// The server's own failure; the message is logged, the client gets a generic one.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
         ApiError {
             retry_after_secs: Some(retry_after_secs),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "over_capacity", message)
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::OverCapacity,
+                message,
+            )
         }
     }
 
@@ -53,27 +62,31 @@ impl ApiError {
     pub fn tenant_limit(message: impl Into<String>) -> Self {
         ApiError {
             retry_after_secs: Some(1),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "tenant_limit", message)
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TenantLimit,
+                message,
+            )
         }
     }
 
     /// The code used when a response has an error status but came from outside our handlers
     /// (unknown route, wrong method, body too large, timeouts).
-    pub fn code_for_status(status: StatusCode) -> &'static str {
+    pub fn code_for_status(status: StatusCode) -> ErrorCode {
         match status {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::REQUEST_TIMEOUT => "request_timeout",
-            StatusCode::TOO_MANY_REQUESTS => "over_capacity",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ if status.is_server_error() => "internal",
-            _ => "error",
+            StatusCode::BAD_REQUEST => ErrorCode::BadRequest,
+            StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+            StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::CONFLICT => ErrorCode::Conflict,
+            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+            StatusCode::TOO_MANY_REQUESTS => ErrorCode::OverCapacity,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+            _ if status.is_server_error() => ErrorCode::Internal,
+            _ => ErrorCode::Error,
         }
     }
 }
@@ -89,23 +102,33 @@ impl From<EngineError> for ApiError {
         let message = err.to_string();
         // Exhaustive on purpose: a new engine error must get a deliberate status.
         let (status, code) = match &err {
-            EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            EngineError::Unsupported(_) => (StatusCode::BAD_REQUEST, "unsupported"),
-            EngineError::DockerUnavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")
+            EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            EngineError::Unsupported(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
+            EngineError::DockerUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::DockerUnavailable,
+            ),
+            EngineError::Docker { .. } if err.is_docker_unavailable() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::DockerUnavailable,
+            ),
+            EngineError::Docker { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::DockerError),
+            EngineError::ImageMissing { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ImageMissing)
             }
-            EngineError::Docker { .. } if err.is_docker_unavailable() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable")
+            EngineError::ImageBuild { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::ImageBuild)
             }
-            EngineError::Docker { .. } => (StatusCode::BAD_GATEWAY, "docker_error"),
-            EngineError::ImageMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "image_missing"),
-            EngineError::ImageBuild { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "image_build"),
-            EngineError::Sandbox { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
-            EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            EngineError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_timeout"),
-            EngineError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            EngineError::Sandbox { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::SandboxFailed)
+            }
+            EngineError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+            EngineError::Timeout { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SandboxTimeout)
+            }
+            EngineError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         ApiError::new(status, code, message)
     }

@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use isol8_api::{
-    ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime, SessionId,
+    ErrorCode, ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime, SessionId,
 };
 use isol8_docker::{Engine, RunEvent};
 use rmcp::model::{
@@ -290,7 +290,7 @@ impl Tools {
             () = context.ct.cancelled() => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
-                    "cancelled",
+                    ErrorCode::Cancelled,
                     "the client cancelled the call; the run was stopped",
                 ))
             }
@@ -334,7 +334,7 @@ impl Tools {
             if started.status != ExecutionStatus::Completed {
                 return Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "sandbox_failed",
+                    ErrorCode::SandboxFailed,
                     format!(
                         "could not start session \"{}\": {}",
                         args.session_id, started.stderr

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
+use isol8_api::ErrorCode;
 use isol8_docker::Engine;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -127,7 +128,7 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted,
     if kept + pending > policy.max_per_key {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "persist_limit",
+            ErrorCode::PersistLimit,
             format!(
                 "options.persist: this key already keeps {kept} container(s), the most persist.maxPerKey ({}) allows; remove them with POST /cleanup or wait until they expire",
                 policy.max_per_key

@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use isol8_api::{
-    CreateKeyRequest, CreatedKey, ErrorBody, KeyList, KeyQuery, LoginRequest, LoginResponse,
-    RevokedKey,
+    CreateKeyRequest, CreatedKey, ErrorBody, ErrorCode, KeyList, KeyQuery, LoginRequest,
+    LoginResponse, RevokedKey,
 };
 
 use crate::db::{Database, DbError, NewKey};
@@ -50,7 +50,7 @@ impl From<DbError> for ApiError {
                 tracing::warn!(%error, "auth database failure");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "auth_unavailable",
+                    ErrorCode::AuthUnavailable,
                     "the auth database is unreachable; retry later",
                 )
             }

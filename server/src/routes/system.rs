@@ -5,8 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use isol8_api::{
-    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
-    Runtime,
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, ErrorCode, HealthResponse,
+    ReadyResponse, Runtime,
 };
 
 use isol8_docker::CleanupScope;
@@ -38,12 +38,12 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<ReadyRes
         tracing::warn!(%error, "not ready");
         let (code, message) = if error.is_docker_unavailable() {
             (
-                "docker_unavailable",
+                ErrorCode::DockerUnavailable,
                 "not ready: the Docker engine does not answer",
             )
         } else {
             (
-                "not_ready",
+                ErrorCode::NotReady,
                 "not ready: the Docker engine could not be queried",
             )
         };
@@ -59,7 +59,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<ReadyRes
     if !missing.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "image_missing",
+            ErrorCode::ImageMissing,
             format!(
                 "not ready: runtime images not built: {}; run `isol8 setup`",
                 missing.join(", ")
