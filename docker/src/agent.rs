@@ -248,7 +248,7 @@ impl Sandbox {
             .await
             .map_err(Error::docker("attach container"))?;
         let (tx, rx) = mpsc::channel(256);
-        let short = id.chars().take(12).collect::<String>();
+        let short = crate::short_id(id);
         let reader = tokio::spawn(read_agent(attach.output, tx, short));
         Ok(Sandbox {
             id: id.to_string(),
@@ -331,7 +331,7 @@ impl Sandbox {
     }
 
     pub(crate) fn short_id(&self) -> String {
-        self.id.chars().take(12).collect()
+        crate::short_id(&self.id)
     }
 
     pub(crate) fn failure(&self, message: impl Into<String>) -> Error {

@@ -6,6 +6,7 @@ mod build_output;
 mod custom;
 mod engine;
 mod error;
+mod ids;
 mod images;
 mod kept;
 mod limits;
@@ -23,6 +24,7 @@ pub use engine::{
     CleanupScope, Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent,
 };
 pub use error::{Error, Result};
+pub use ids::short_id;
 pub use images::{
     BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, HOST_CA_BUNDLES, HOST_CA_ENV,
     LABEL_RECIPE,

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Args;
-use isol8_server::engine::CleanupScope;
+use isol8_server::engine::{short_id, CleanupScope};
 use isol8_server::ServerConfig;
 
 use super::images::local_engine;
@@ -73,16 +73,11 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         return ExitCode::SUCCESS;
     }
     for c in &managed.containers {
-        outln!(
-            "container {}  {}  {}",
-            &c.id[..12.min(c.id.len())],
-            c.image,
-            c.state
-        );
+        outln!("container {}  {}  {}", short_id(&c.id), c.image, c.state);
     }
     for i in &managed.images {
         match i.tags.is_empty() {
-            true => outln!("image     {} (build intermediate)", short(&i.id)),
+            true => outln!("image     {} (build intermediate)", short_id(&i.id)),
             false => outln!("image     {}", i.tags.join(", ")),
         }
     }
@@ -131,9 +126,4 @@ fn confirm(managed: &isol8_server::engine::Managed) -> bool {
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
-}
-
-fn short(id: &str) -> &str {
-    let id = id.strip_prefix("sha256:").unwrap_or(id);
-    &id[..12.min(id.len())]
 }

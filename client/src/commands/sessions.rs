@@ -198,7 +198,7 @@ async fn local(command: SessionCommand) -> ExitCode {
                     .iter()
                     .map(|s| {
                         serde_json::json!({"id": s.id, "runtime": s.runtime,
-                            "containerId": &s.container_id[..12.min(s.container_id.len())],
+                            "containerId": isol8_server::engine::short_id(&s.container_id),
                             "running": s.running})
                     })
                     .collect();
