@@ -106,7 +106,7 @@ impl FilteredNetwork {
         }
         // The proxy listens only on the run's own network: reachable from its sandbox alone.
         let listen_subnet = listen_subnet.ok_or_else(|| {
-            Error::Unsupported("the run's network has no subnet; refusing the run".into())
+            Error::NetworkSetup("the run's network has no subnet; refusing the run".into())
         })?;
         let rules = serde_json::json!({"allow": allow, "deny": deny, "never": never,
             "neverNets": never_nets, "listenSubnet": listen_subnet})
@@ -178,7 +178,7 @@ impl FilteredNetwork {
                 .and_then(|n| n.ip_address)
                 .filter(|ip| !ip.is_empty())
                 .ok_or_else(|| {
-                    Error::Unsupported("the network proxy got no address; refusing the run".into())
+                    Error::NetworkSetup("the network proxy got no address; refusing the run".into())
                 })
         };
         match started.await {
@@ -311,7 +311,7 @@ async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
                 return Ok(());
             }
         }
-        Err(Error::Unsupported(format!(
+        Err(Error::NetworkSetup(format!(
             "the network proxy did not start; refusing the run: {}",
             seen.trim()
         )))
@@ -327,7 +327,7 @@ async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
 /// A failure to set up the policy refuses the run and says why.
 fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error {
     move |err| {
-        Error::Unsupported(format!(
+        Error::NetworkSetup(format!(
             "could not {action} for filtered networking, so the run is refused: {err}"
         ))
     }

@@ -54,8 +54,10 @@ pub enum ErrorCode {
     /// A runtime image is not built (`isol8 setup`).
     ImageMissing,
     ImageBuild,
-    /// The sandbox (or its filtered network) could not be set up or failed.
+    /// The sandbox could not be set up or failed.
     SandboxFailed,
+    /// The filtered network (its Docker network or proxy) could not be set up.
+    NetworkSetupFailed,
     SandboxTimeout,
     ShuttingDown,
     /// `GET /ready`: the engine could not be queried.
@@ -96,6 +98,7 @@ impl ErrorCode {
             ErrorCode::ImageMissing => "image_missing",
             ErrorCode::ImageBuild => "image_build",
             ErrorCode::SandboxFailed => "sandbox_failed",
+            ErrorCode::NetworkSetupFailed => "network_setup_failed",
             ErrorCode::SandboxTimeout => "sandbox_timeout",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotReady => "not_ready",
@@ -192,6 +195,7 @@ mod tests {
             ErrorCode::ImageMissing,
             ErrorCode::ImageBuild,
             ErrorCode::SandboxFailed,
+            ErrorCode::NetworkSetupFailed,
             ErrorCode::SandboxTimeout,
             ErrorCode::ShuttingDown,
             ErrorCode::NotReady,

@@ -405,11 +405,8 @@ async fn error_envelope(request: Request, next: Next) -> Response {
         }
         None => return response,
     };
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), code = error.code.as_str(), error = %error.message, "request failed");
-    }
     let body = ErrorBody {
-        error: error.message,
+        error: error.client_message(&request_id),
         code: error.code,
         request_id,
     };

@@ -92,12 +92,16 @@ impl ServerHandler for Tools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let caller = context
-            .extensions
-            .get::<Parts>()
+        let parts = context.extensions.get::<Parts>();
+        let caller = parts
             .and_then(|parts| parts.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| ErrorData::internal_error("the request carries no caller", None))?;
+        let request_id = parts
+            .and_then(|parts| parts.headers.get("x-request-id"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let args = Value::Object(request.arguments.unwrap_or_default());
         let name = request.name.as_ref();
         let answer = match name {
@@ -115,7 +119,9 @@ impl ServerHandler for Tools {
                 ))
             }
         };
-        Ok(answer.unwrap_or_else(refused).into())
+        Ok(answer
+            .unwrap_or_else(|error| refused(&error, &request_id))
+            .into())
     }
 }
 
@@ -439,16 +445,16 @@ fn with_structured(mut result: CallToolResult, structured: Value) -> CallToolRes
 
 /// A refused call (bad arguments, policy, capacity, a missing session): a tool error whose text
 /// says why, so the model can correct itself.
-fn refused(error: ApiError) -> CallToolResult {
+fn refused(error: &ApiError, request_id: &str) -> CallToolResult {
+    let message = error.client_message(request_id);
     let text = format!(
-        "refused: {} (HTTP {}, {})",
-        error.message,
+        "refused: {message} (HTTP {}, {})",
         error.status.as_u16(),
         error.code
     );
     with_structured(
         CallToolResult::error(vec![ContentBlock::text(text)]),
-        json!({"error": error.message, "code": error.code}),
+        json!({"error": message, "code": error.code}),
     )
 }
 
