@@ -386,7 +386,7 @@ async fn start_stoppable(
 
 fn session_body(id: &str, runtime: Runtime, code: &str) -> ExecuteBody {
     ExecuteBody {
-        session_id: Some(id.into()),
+        session_id: Some(id.parse().expect("a valid session id")),
         ..body(runtime, code)
     }
 }

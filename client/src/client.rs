@@ -5,9 +5,9 @@ use eventsource_stream::Eventsource;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, Stream, StreamExt};
 use isol8_api::{
-    ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ErrorBody, ExecuteBody,
+    ArchiveImported, AuditList, AuditQuery, CreateKeyRequest, CreatedKey, ExecuteBody,
     ExecutionResult, KeyList, KeyQuery, LoginRequest, LoginResponse, RevokedKey, Runtime,
-    SessionDetail, SessionList, StreamEvent,
+    SessionDetail, SessionList, StreamEvent, SESSION_HEADER,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -84,7 +84,14 @@ fn ws_error(url: &str, source: tokio_tungstenite::tungstenite::Error) -> ClientE
 
 /// An error status on an HTTP answer: `ClientError::Api` from its error body.
 fn api_error(status: u16, text: &str) -> ClientError {
-    match serde_json::from_str::<ErrorBody>(text) {
+    /// `ErrorBody` with the code as text: a code this client does not know (a newer server's)
+    /// is shown as sent.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: String,
+        code: String,
+    }
+    match serde_json::from_str::<Body>(text) {
         Ok(err) => ClientError::Api {
             status,
             code: err.code,
@@ -119,7 +126,7 @@ impl Client {
         let mut request = self.http.post(self.url(path)).json(body);
         // Also as a header, so a load balancer can route the session's calls to one replica.
         if let Some(id) = &body.session_id {
-            request = request.header("X-Isol8-Session", id);
+            request = request.header(SESSION_HEADER, id.as_str());
         }
         self.send(request, path).await
     }
@@ -197,7 +204,7 @@ impl Client {
             .http
             .post(self.url(&path))
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .header("X-Isol8-Session", id)
+            .header(SESSION_HEADER, id)
             .body(tar);
         if let Some(runtime) = runtime {
             request = request.query(&[("runtime", runtime.as_str())]);
@@ -360,7 +367,7 @@ impl Client {
             .insert(reqwest::header::AUTHORIZATION, bearer);
         if let Some(id) = &body.session_id {
             if let Ok(value) = id.parse() {
-                request.headers_mut().insert("X-Isol8-Session", value);
+                request.headers_mut().insert(SESSION_HEADER, value);
             }
         }
         let (socket, _) = match tokio_tungstenite::connect_async(request).await {

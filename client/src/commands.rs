@@ -1,10 +1,10 @@
 //! The `isol8` subcommands, one module per area.
 
-pub mod admin;
-pub mod audit;
-pub mod images;
-pub mod keys;
-pub mod login;
-pub mod mcp;
-pub mod run;
-pub mod sessions;
+pub(crate) mod admin;
+pub(crate) mod audit;
+pub(crate) mod images;
+pub(crate) mod keys;
+pub(crate) mod login;
+pub(crate) mod mcp;
+pub(crate) mod run;
+pub(crate) mod sessions;

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Write};
 
 /// Writes `bytes` to stdout and flushes. A closed pipe exits with status 0; other write errors
 /// (a full disk behind a redirect) are reported once and exit with status 1.
-pub fn write_stdout(bytes: &[u8]) {
+pub(crate) fn write_stdout(bytes: &[u8]) {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         if e.kind() == ErrorKind::BrokenPipe {

@@ -183,7 +183,7 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Creates, attaches and starts a container for `spec`, and waits for its agent.
     /// On any failure the container is removed before the error is returned.
-    pub async fn start(
+    pub(crate) async fn start(
         docker: &Docker,
         spec: &ContainerSpec,
         instance: &str,
@@ -265,7 +265,7 @@ impl Sandbox {
             .await
             .map_err(Error::docker("attach container"))?;
         let (tx, rx) = mpsc::channel(256);
-        let short = id.chars().take(12).collect::<String>();
+        let short = crate::short_id(id);
         let reader = tokio::spawn(read_agent(attach.output, tx, short));
         Ok(Sandbox {
             id: id.to_string(),
@@ -290,7 +290,7 @@ impl Sandbox {
     }
 
     /// Writes or reads one file through the agent (paths confined to /sandbox by the agent too).
-    pub async fn file_op(&mut self, request: &AgentRequest<'_>) -> Result<Vec<u8>> {
+    pub(crate) async fn file_op(&mut self, request: &AgentRequest<'_>) -> Result<Vec<u8>> {
         self.send(request).await?;
         loop {
             match tokio::time::timeout(READY_TIMEOUT, self.next_event()).await {
@@ -321,7 +321,7 @@ impl Sandbox {
     /// process) and checks that its agent answers.
     /// Output the agent sends first (the end of a call its earlier holder did not live to read)
     /// is skipped.
-    pub async fn adopt(
+    pub(crate) async fn adopt(
         docker: &Docker,
         id: &str,
         spec: ContainerSpec,
@@ -349,22 +349,22 @@ impl Sandbox {
     }
 
     /// Whether the container's output ended (it exited or was removed).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         self.reader.is_finished()
     }
 
-    pub fn short_id(&self) -> String {
-        self.id.chars().take(12).collect()
+    pub(crate) fn short_id(&self) -> String {
+        crate::short_id(&self.id)
     }
 
-    pub fn failure(&self, message: impl Into<String>) -> Error {
+    pub(crate) fn failure(&self, message: impl Into<String>) -> Error {
         Error::Sandbox {
             container: self.short_id(),
             message: message.into(),
         }
     }
 
-    pub async fn send(&mut self, request: &AgentRequest<'_>) -> Result<()> {
+    pub(crate) async fn send(&mut self, request: &AgentRequest<'_>) -> Result<()> {
         let mut line = serde_json::to_vec(request).map_err(|e| self.failure(e.to_string()))?;
         line.push(b'\n');
         self.input
@@ -378,12 +378,12 @@ impl Sandbox {
     }
 
     /// The next agent event; `None` when the container is gone.
-    pub async fn next_event(&mut self) -> Option<AgentEvent> {
+    pub(crate) async fn next_event(&mut self) -> Option<AgentEvent> {
         self.events.recv().await
     }
 
     /// Kills everything, wipes the writable places and checks that the agent reports them clean.
-    pub async fn reset(&mut self, within: Duration) -> Result<()> {
+    pub(crate) async fn reset(&mut self, within: Duration) -> Result<()> {
         self.send(&AgentRequest::Reset).await?;
         let wait = async {
             while let Some(event) = self.next_event().await {
@@ -408,7 +408,7 @@ impl Sandbox {
     }
 
     /// Removes the container (force) and stops reading from it.
-    pub async fn destroy(self, docker: &Docker) {
+    pub(crate) async fn destroy(self, docker: &Docker) {
         self.reader.abort();
         remove(docker, &self.id).await;
     }

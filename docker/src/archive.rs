@@ -298,7 +298,7 @@ async fn exec_python(
     } = started
     else {
         return Err(Error::Sandbox {
-            container: container.chars().take(12).collect(),
+            container: crate::short_id(container),
             message: format!("{what}: exec did not attach"),
         });
     };
@@ -407,7 +407,7 @@ pub(crate) async fn usage(docker: &Docker, container: &str) -> Result<u64> {
         .trim()
         .parse()
         .map_err(|_| Error::Sandbox {
-            container: container.chars().take(12).collect(),
+            container: crate::short_id(container),
             message: "measuring /sandbox gave no number".into(),
         })
 }

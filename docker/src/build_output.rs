@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 /// Lines of a failing step's output kept in the error: enough to see pip's or apt's last words.
-pub const TAIL_LINES: usize = 20;
+pub(crate) const TAIL_LINES: usize = 20;
 
 /// The longest step text shown (a custom image's RUN line is a long JSON array).
 const STEP_CHARS: usize = 120;
@@ -28,7 +28,7 @@ static URL_HOST: LazyLock<Regex> =
 
 /// Text with every ANSI escape removed and carriage-return progress redraws collapsed to their
 /// last state.
-pub fn strip_ansi(text: &str) -> String {
+pub(crate) fn strip_ansi(text: &str) -> String {
     let plain = ANSI.replace_all(text, "");
     plain
         .split('\n')
@@ -39,7 +39,7 @@ pub fn strip_ansi(text: &str) -> String {
 
 /// The output lines a person needs from one line of Docker's build stream: Docker's bookkeeping
 /// (` ---> 1a2b…`, `Removing intermediate container …`) and blank lines are dropped.
-pub fn output_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn output_lines(text: &str) -> impl Iterator<Item = String> + '_ {
     text.lines().filter_map(|line| {
         let line = strip_ansi(line);
         let trimmed = line.trim_end();
@@ -52,14 +52,14 @@ pub fn output_lines(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The last `n` lines of `text`, escapes stripped.
-pub fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let clean = strip_ansi(text);
     let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `Step 3/4 : RUN apt-get …` → `3/4 RUN apt-get …`, shortened to a line.
-pub fn step_label(step: &str) -> String {
+pub(crate) fn step_label(step: &str) -> String {
     let step = strip_ansi(step);
     let step = step.trim();
     let short = match step.strip_prefix("Step ").and_then(|s| s.split_once(" : ")) {
@@ -75,7 +75,7 @@ pub fn step_label(step: &str) -> String {
 }
 
 /// Docker's error for a failed step without the step's command repeated in it.
-pub fn failure_message(message: &str) -> String {
+pub(crate) fn failure_message(message: &str) -> String {
     let message = strip_ansi(message);
     match NON_ZERO.captures(&message) {
         Some(code) => format!("the command exited with code {}", &code[1]),
@@ -85,7 +85,7 @@ pub fn failure_message(message: &str) -> String {
 
 /// What a failed build's output says went wrong, when it is a known cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+pub(crate) enum Cause {
     /// A server's TLS certificate was not trusted (a TLS-inspecting proxy, a private index).
     Tls,
     /// A name did not resolve or a host could not be reached.
@@ -133,7 +133,7 @@ const NETWORK: &[&str] = &[
 impl Cause {
     /// The first known cause in `text` (a full disk wins, then TLS, then the network) and the line
     /// that showed it.
-    pub fn find(text: &str) -> Option<(Cause, &str)> {
+    pub(crate) fn find(text: &str) -> Option<(Cause, &str)> {
         let lines: Vec<&str> = text.lines().collect();
         for (cause, needles) in [
             (Cause::DiskFull, DISK_FULL),
@@ -168,7 +168,7 @@ fn host_in(text: &str) -> Option<String> {
 
 /// One line saying what failed and what fixes it, for a build whose `message` and `output` show a
 /// known cause. `trusted` lists the CA files the images trust now.
-pub fn hint(message: &str, output: &str, trusted: &[String]) -> Option<String> {
+pub(crate) fn hint(message: &str, output: &str, trusted: &[String]) -> Option<String> {
     let text = format!("{}\n{}", strip_ansi(output), strip_ansi(message));
     let (cause, line) = Cause::find(&text)?;
     // The host is named on the failing line, or on another line of the output (pip names it in
@@ -198,7 +198,7 @@ pub fn hint(message: &str, output: &str, trusted: &[String]) -> Option<String> {
 }
 
 /// The part of a build error after its first line: the output's last lines, indented, then the hint.
-pub fn render(output: &str, hint: Option<&str>) -> String {
+pub(crate) fn render(output: &str, hint: Option<&str>) -> String {
     let mut text = String::new();
     for line in output.lines() {
         text.push_str("\n  | ");

@@ -122,7 +122,7 @@ impl PackageSet {
 /// The Dockerfile that installs `packages` on top of the runtime image `BASE`, as root, placing them
 /// where the sandbox user's interpreter finds them. Package names go in as separate exec-form
 /// arguments, never through a shell line.
-pub fn custom_dockerfile(runtime: Runtime, packages: &PackageSet) -> String {
+pub(crate) fn custom_dockerfile(runtime: Runtime, packages: &PackageSet) -> String {
     let names: Vec<&str> = packages.names().collect();
     let quoted = |args: &[&str]| serde_json::to_string(args).expect("strings serialize");
     let script = |body: &str, program: &str| {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::DerefMut;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -13,8 +13,10 @@ use isol8_api::{
     CleanupCounts, CleanupResponse, ExecutionResult, ExecutionStatus, NetworkMode, Runtime,
     StreamPhase,
 };
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant as Deadline;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::agent::{AgentEvent, AgentRequest, AgentUsage, Sandbox};
 use crate::custom::{default_custom_tag, PackageSet};
@@ -293,7 +295,7 @@ impl Engine {
                 .ensure_runtime(*runtime, force, progress)
                 .await?;
             // Resolved again on next use: a default custom image (`setup --python …`) may win.
-            lock(&self.resolved).remove(runtime);
+            self.resolved.lock().remove(runtime);
             out.insert(*runtime, tag);
         }
         self.refresh_warm_set().await;
@@ -319,7 +321,7 @@ impl Engine {
             .await?;
         if let Some(default_tag) = default_tag {
             self.images.tag(&tag, &default_tag).await?;
-            lock(&self.resolved).insert(runtime, default_tag);
+            self.resolved.lock().insert(runtime, default_tag);
             self.refresh_warm_set().await;
         }
         Ok(tag)
@@ -342,7 +344,7 @@ impl Engine {
     }
 
     async fn runtime_image(&self, runtime: Runtime) -> Result<String> {
-        if let Some(tag) = lock(&self.resolved).get(&runtime) {
+        if let Some(tag) = self.resolved.lock().get(&runtime) {
             return Ok(tag.clone());
         }
         let tag = match self.images.find_default_custom(runtime).await? {
@@ -356,7 +358,7 @@ impl Engine {
                     })?
             }
         };
-        lock(&self.resolved).insert(runtime, tag.clone());
+        self.resolved.lock().insert(runtime, tag.clone());
         Ok(tag)
     }
 
@@ -733,7 +735,7 @@ impl Engine {
                     removal => counts.count(&image.id, removal.map(drop)),
                 }
             }
-            lock(&self.resolved).clear();
+            self.resolved.lock().clear();
             self.refresh_warm_set().await;
             response.ok &= counts.failed == 0;
             response.images = Some(counts);
@@ -750,15 +752,6 @@ impl Engine {
     /// Stops taking runs and removes every container this engine created.
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
-    }
-}
-
-/// Aborts a background task when dropped (the network-log follower ends with its run).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -843,15 +836,15 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
     pub(crate) async fn drive(&mut self) -> bool {
         let started = Instant::now();
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // With logNetwork, each proxied request is also an event, as it happens.
-        let _network_events = match (&self.network, self.plan.log_network) {
-            (Some(network), true) => Some(AbortOnDrop(tokio::spawn(network.follow(
-                self.docker.clone(),
-                self.tx.clone(),
-                self.masked_values(),
-            )))),
-            _ => None,
-        };
+        // With logNetwork, each proxied request is also an event, as it happens; the follower
+        // task is aborted when the run ends (the handle is dropped).
+        let _network_events =
+            match (&self.network, self.plan.log_network) {
+                (Some(network), true) => Some(AbortOnDropHandle::new(tokio::spawn(
+                    network.follow(self.docker.clone(), self.tx.clone(), self.masked_values()),
+                ))),
+                _ => None,
+            };
         let mut outcome = None;
         if self.session_replaced {
             let message = "the session's container was replaced; state from earlier calls is gone";
@@ -1316,10 +1309,4 @@ async fn connect_docker(host: Option<&str>) -> Result<(Docker, String)> {
         }
     };
     Ok((docker, address))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

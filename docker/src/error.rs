@@ -17,6 +17,10 @@ pub enum Error {
     /// The request is well-formed but asks for something this engine cannot do safely.
     #[error("{0}")]
     Unsupported(String),
+    /// The filtered network (its Docker network or proxy) could not be set up, so the run is
+    /// refused: the server's failure, not the request's.
+    #[error("{0}")]
+    NetworkSetup(String),
     /// The Docker Engine cannot be reached at all.
     #[error("Docker is not reachable at {address}: {reason}")]
     DockerUnavailable { address: String, reason: String },

@@ -69,7 +69,7 @@ pub struct ImageConfig {
 }
 
 /// Build variables naming package indexes, read from the environment by [`ImageConfig::default`].
-pub const PACKAGE_INDEX_VARS: [&str; 3] =
+pub(crate) const PACKAGE_INDEX_VARS: [&str; 3] =
     ["PIP_INDEX_URL", "PIP_TRUSTED_HOST", "npm_config_registry"];
 
 /// Environment variable listing extra CA certificate files (separated by `,` or `:`).

@@ -7,6 +7,7 @@ mod custom;
 mod engine;
 mod error;
 mod host;
+mod ids;
 mod images;
 mod kept;
 mod limits;
@@ -25,6 +26,7 @@ pub use engine::{
     CleanupScope, Engine, EngineConfig, Managed, ManagedContainer, ManagedImage, RunEvent,
 };
 pub use error::{Error, Result};
+pub use ids::short_id;
 pub use images::{
     BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, HOST_CA_BUNDLES, HOST_CA_ENV,
     LABEL_RECIPE,

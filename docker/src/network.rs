@@ -15,12 +15,12 @@ use crate::agent::remove;
 use crate::error::{Error, Result};
 use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
-pub const PROXY_PORT: u16 = 3128;
+pub(crate) const PROXY_PORT: u16 = 3128;
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One run's network and proxy; `teardown` removes both.
 #[derive(Debug)]
-pub struct FilteredNetwork {
+pub(crate) struct FilteredNetwork {
     pub name: String,
     proxy_id: String,
     /// The proxy's address on the internal network, for the program's `HTTP(S)_PROXY`.
@@ -30,7 +30,7 @@ pub struct FilteredNetwork {
 impl FilteredNetwork {
     /// Creates the internal network and starts the proxy with `allow`/`deny` on it. Any failure
     /// removes what was made and refuses the run: never a weaker policy.
-    pub async fn create(
+    pub(crate) async fn create(
         docker: &Docker,
         instance: &str,
         image: &str,
@@ -114,7 +114,7 @@ impl FilteredNetwork {
         }
         // The proxy listens only on the run's own network: reachable from its sandbox alone.
         let listen_subnet = listen_subnet.ok_or_else(|| {
-            Error::Unsupported("the run's network has no subnet; refusing the run".into())
+            Error::NetworkSetup("the run's network has no subnet; refusing the run".into())
         })?;
         let rules = serde_json::json!({"allow": allow, "deny": deny, "never": never,
             "neverNets": never_nets, "listenSubnet": listen_subnet})
@@ -186,7 +186,7 @@ impl FilteredNetwork {
                 .and_then(|n| n.ip_address)
                 .filter(|ip| !ip.is_empty())
                 .ok_or_else(|| {
-                    Error::Unsupported("the network proxy got no address; refusing the run".into())
+                    Error::NetworkSetup("the network proxy got no address; refusing the run".into())
                 })
         };
         match started.await {
@@ -199,7 +199,7 @@ impl FilteredNetwork {
     }
 
     /// The environment that sends the program's HTTP and HTTPS through the proxy.
-    pub fn proxy_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn proxy_env(&self) -> Vec<(String, String)> {
         let url = format!("http://{}:{PROXY_PORT}", self.proxy_ip);
         [
             "HTTP_PROXY",
@@ -219,7 +219,7 @@ impl FilteredNetwork {
     }
 
     /// Every request the proxy logged so far.
-    pub async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
+    pub(crate) async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
         let mut stream = docker.logs::<String>(
             &self.proxy_id,
             Some(LogsOptions {
@@ -241,7 +241,7 @@ impl FilteredNetwork {
     }
 
     /// Sends each request the proxy logs from now on as a run event, until aborted.
-    pub fn follow(
+    pub(crate) fn follow(
         &self,
         docker: Docker,
         tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
@@ -252,7 +252,7 @@ impl FilteredNetwork {
     }
 
     /// Removes the proxy and the network (call after the sandbox is gone).
-    pub async fn teardown(self, docker: &Docker) {
+    pub(crate) async fn teardown(self, docker: &Docker) {
         remove(docker, &self.proxy_id).await;
         if let Err(err) = docker.remove_network(&self.name).await {
             tracing::warn!(network = %self.name, error = %err, "could not remove the run's network");
@@ -319,7 +319,7 @@ async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
                 return Ok(());
             }
         }
-        Err(Error::Unsupported(format!(
+        Err(Error::NetworkSetup(format!(
             "the network proxy did not start; refusing the run: {}",
             seen.trim()
         )))
@@ -335,7 +335,7 @@ async fn wait_ready(docker: &Docker, id: &str) -> Result<()> {
 /// A failure to set up the policy refuses the run and says why.
 fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error {
     move |err| {
-        Error::Unsupported(format!(
+        Error::NetworkSetup(format!(
             "could not {action} for filtered networking, so the run is refused: {err}"
         ))
     }
@@ -346,8 +346,8 @@ fn refused(action: &'static str) -> impl FnOnce(bollard::errors::Error) -> Error
 /// too. The proxy refuses them all, whatever a run's rules say.
 #[derive(Debug, Default)]
 pub(crate) struct HostAddresses {
-    /// When they were last read, and what; a std mutex held only to copy or store.
-    cached: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// When they were last read, and what; a mutex held only to copy or store.
+    cached: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 /// How long the host's addresses are trusted before they are read again.
@@ -366,12 +366,11 @@ impl HostAddresses {
                 .filter(|(at, _)| at.elapsed() < HOST_ADDRESSES_TTL)
                 .map(|(_, a)| a.clone())
         };
-        if let Some(found) = fresh(&self.cached.lock().unwrap_or_else(|p| p.into_inner())) {
+        if let Some(found) = fresh(&self.cached.lock()) {
             return Ok(found);
         }
         let found = read_host_addresses(docker, image, instance, service_uid).await?;
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), found.clone()));
+        *self.cached.lock() = Some((std::time::Instant::now(), found.clone()));
         Ok(found)
     }
 }

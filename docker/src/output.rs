@@ -12,7 +12,7 @@ pub struct OutputFilter {
     utf8_tail: Vec<u8>,
 }
 
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 impl OutputFilter {
     /// `text` with every value in `secrets` masked, as a whole (not a stream).

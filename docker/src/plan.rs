@@ -8,7 +8,7 @@ use crate::custom::PackageSet;
 use crate::error::{Error, Result};
 use crate::limits::{LimitFields, Limits};
 
-pub const SANDBOX_DIR: &str = "/sandbox";
+pub(crate) const SANDBOX_DIR: &str = "/sandbox";
 const WRITABLE_ROOTS: [&str; 2] = ["/sandbox", "/tmp"];
 /// Files one run may ask back (`outputPaths`); their total size is capped by the limits.
 const MAX_OUTPUT_PATHS: usize = 64;

@@ -3,11 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::container::ListContainersOptions;
 use bollard::Docker;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
@@ -104,7 +105,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         docker: Docker,
         config: PoolConfig,
         instance: String,
@@ -129,12 +130,14 @@ impl Pool {
         }
     }
 
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
 
-    pub fn stats(&self) -> PoolStats {
-        let ready = lock(&self.idle)
+    pub(crate) fn stats(&self) -> PoolStats {
+        let ready = self
+            .idle
+            .lock()
             .values()
             .flatten()
             .filter(|i| !i.sandbox.is_gone())
@@ -145,13 +148,13 @@ impl Pool {
         }
     }
 
-    pub fn set_warm(&self, specs: Vec<ContainerSpec>) {
-        *lock(&self.warm) = specs;
+    pub(crate) fn set_warm(&self, specs: Vec<ContainerSpec>) {
+        *self.warm.lock() = specs;
         self.wake.notify_one();
     }
 
     /// A sandbox for `owner`: one of theirs reset after an earlier run, else a fresh one, else a new one.
-    pub async fn acquire(&self, spec: &ContainerSpec, owner: &str) -> Result<Sandbox> {
+    pub(crate) async fn acquire(&self, spec: &ContainerSpec, owner: &str) -> Result<Sandbox> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
@@ -167,7 +170,7 @@ impl Pool {
             tokio::pin!(returned);
             returned.as_mut().enable();
             let (found, resetting) = {
-                let mut idle = lock(&self.idle);
+                let mut idle = self.idle.lock();
                 let mut take = |key: &PoolKey| loop {
                     let found = idle.get_mut(key).and_then(Vec::pop)?;
                     if !found.sandbox.is_gone() {
@@ -178,7 +181,7 @@ impl Pool {
                 match take(&own) {
                     Some(found) => (Some((found, false)), false),
                     None => {
-                        let resetting = lock(&self.resetting).get(&own).copied().unwrap_or(0) > 0;
+                        let resetting = self.resetting.lock().get(&own).copied().unwrap_or(0) > 0;
                         let fresh = PoolKey {
                             spec: spec.clone(),
                             owner: None,
@@ -227,7 +230,7 @@ impl Pool {
         )
         .await
         .inspect_err(|_| self.uids.release(uid))?;
-        lock(&self.live).insert(sandbox.id.clone());
+        self.live.lock().insert(sandbox.id.clone());
         if self.closed.load(Ordering::SeqCst) {
             self.destroy(sandbox).await;
             return Err(Error::ShuttingDown);
@@ -238,7 +241,7 @@ impl Pool {
     /// Gives a sandbox back after a run. It serves again only when reuse is on, the run left it
     /// `reusable`, and the reset verifies clean; it then waits in its owner's bucket. Otherwise it is
     /// destroyed. Runs in the background so the caller's answer is not delayed.
-    pub fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
+    pub(crate) fn release(self: &Arc<Self>, mut sandbox: Sandbox, owner: String, reusable: bool) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
@@ -251,10 +254,10 @@ impl Pool {
                 spec: sandbox.spec.clone(),
                 owner: Some(owner),
             };
-            *lock(&pool.resetting).entry(key.clone()).or_default() += 1;
+            *pool.resetting.lock().entry(key.clone()).or_default() += 1;
             let reset = sandbox.reset(RESET_TIMEOUT).await;
             let done_resetting = || {
-                let mut resetting = lock(&pool.resetting);
+                let mut resetting = pool.resetting.lock();
                 if let Some(n) = resetting.get_mut(&key) {
                     *n -= 1;
                     if *n == 0 {
@@ -270,7 +273,7 @@ impl Pool {
                 return;
             }
             let overflow = {
-                let mut idle = lock(&pool.idle);
+                let mut idle = pool.idle.lock();
                 let bucket = idle.entry(key.clone()).or_default();
                 let overflow = if bucket.len() < pool.config.max_idle_per_owner {
                     bucket.push(Idle {
@@ -292,9 +295,9 @@ impl Pool {
     }
 
     /// Forgets a sandbox that its user keeps (persist): it is never reused nor removed by shutdown.
-    pub fn forget(&self, sandbox: Sandbox) {
+    pub(crate) fn forget(&self, sandbox: Sandbox) {
         self.busy.fetch_sub(1, Ordering::Relaxed);
-        lock(&self.live).remove(&sandbox.id);
+        self.live.lock().remove(&sandbox.id);
         drop(sandbox);
     }
 
@@ -308,13 +311,13 @@ impl Pool {
 
     /// Stops tracking a container this pool created, so shutdown leaves it (CLI sessions).
     pub(crate) fn untrack(&self, id: &str) {
-        lock(&self.live).remove(id);
+        self.live.lock().remove(id);
     }
 
-    pub async fn destroy(&self, sandbox: Sandbox) {
+    pub(crate) async fn destroy(&self, sandbox: Sandbox) {
         let (id, uid) = (sandbox.id.clone(), sandbox.uid);
         sandbox.destroy(&self.docker).await;
-        lock(&self.live).remove(&id);
+        self.live.lock().remove(&id);
         self.uids.release(uid);
     }
 
@@ -338,7 +341,7 @@ impl Pool {
     /// Starts the background task that keeps `size` fresh containers per warm spec, removes
     /// expired idle ones and, every few minutes, what crashed servers or cancelled filtered-run
     /// setups left behind. It ends when the pool closes.
-    pub fn start_replenisher(self: &Arc<Self>) {
+    pub(crate) fn start_replenisher(self: &Arc<Self>) {
         let pool = Arc::clone(self);
         self.tasks.spawn(pool.replenish());
     }
@@ -360,8 +363,8 @@ impl Pool {
             // Every missing fresh container, up to a few at once: starting them one after another
             // would cap strict mode (a fresh container per run) at one container start at a time.
             let missing: Vec<ContainerSpec> = {
-                let warm = lock(&self.warm).clone();
-                let idle = lock(&self.idle);
+                let warm = self.warm.lock().clone();
+                let idle = self.idle.lock();
                 warm.into_iter()
                     .flat_map(|spec| {
                         let key = PoolKey {
@@ -385,7 +388,7 @@ impl Pool {
                             spec: spec.clone(),
                             owner: None,
                         };
-                        lock(&self.idle).entry(key).or_default().push(Idle {
+                        self.idle.lock().entry(key).or_default().push(Idle {
                             sandbox,
                             since: Instant::now(),
                         });
@@ -417,9 +420,9 @@ impl Pool {
     }
 
     /// Removes the idle containers kept for `owner` (its reused, reset sandboxes); returns how many.
-    pub async fn drop_owner(&self, owner: &str) -> usize {
+    pub(crate) async fn drop_owner(&self, owner: &str) -> usize {
         let taken: Vec<Sandbox> = {
-            let mut idle = lock(&self.idle);
+            let mut idle = self.idle.lock();
             let keys: Vec<PoolKey> = idle
                 .keys()
                 .filter(|k| k.owner.as_deref() == Some(owner))
@@ -441,7 +444,7 @@ impl Pool {
     /// Idle containers that died (killed from outside, the engine restarted) or, kept for an owner,
     /// idled past `idle_ttl`: taken out for removal, so the replenisher counts only live ones.
     fn take_stale(&self) -> Vec<Sandbox> {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         let mut out = Vec::new();
         for (key, bucket) in idle.iter_mut() {
             let kept_for_owner = key.owner.is_some();
@@ -456,10 +459,12 @@ impl Pool {
     }
 
     /// Stops taking work and removes every container this pool created, idle or in use.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
-        let idle: Vec<Sandbox> = lock(&self.idle)
+        let idle: Vec<Sandbox> = self
+            .idle
+            .lock()
             .drain()
             .flat_map(|(_, bucket)| bucket.into_iter().map(|i| i.sandbox))
             .collect();
@@ -468,7 +473,7 @@ impl Pool {
         }
         // Containers still in use go first: their runs then end at once, and so do the tasks
         // driving them (and tearing down filtered networks), which are waited for next.
-        let live: Vec<String> = lock(&self.live).drain().collect();
+        let live: Vec<String> = self.live.lock().drain().collect();
         for id in live {
             remove(&self.docker, &id).await;
         }
@@ -564,7 +569,7 @@ impl Pool {
     /// (the instance died), so they exited, and Docker did not get to remove them; or they were
     /// created and never started. A live instance's containers are running: this is safe for several
     /// servers sharing one engine, whatever machine or container they run in. Returns how many.
-    pub async fn reclaim_orphans(&self) -> Result<usize> {
+    pub(crate) async fn reclaim_orphans(&self) -> Result<usize> {
         let containers = self.list_sandboxes(None).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -630,11 +635,4 @@ impl Pool {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave the maps inconsistent (single inserts/removes).
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -84,7 +84,7 @@ impl SessionState {
     pub fn container_id(&self) -> Option<String> {
         match (&self.sandbox, &self.pending) {
             (Some(sandbox), _) => Some(sandbox.container_id()),
-            (None, Some(id)) => Some(id.chars().take(12).collect()),
+            (None, Some(id)) => Some(crate::short_id(id)),
             (None, None) => None,
         }
     }
@@ -269,7 +269,7 @@ impl Engine {
                     state.sandbox = Some(session);
                 }
                 Err(error) => {
-                    tracing::warn!(container = %&id[..12.min(id.len())], %error, "could not adopt a session's container; removing it");
+                    tracing::warn!(container = %crate::short_id(&id), %error, "could not adopt a session's container; removing it");
                     remove(self.docker(), &id).await;
                     state.lost = true;
                 }
@@ -458,12 +458,12 @@ impl Engine {
             .get(LABEL_RUNTIME)
             .and_then(|r| r.parse().ok())
             .ok_or_else(|| Error::Sandbox {
-                container: id.chars().take(12).collect(),
+                container: crate::short_id(id),
                 message: "its runtime label is missing".into(),
             })?;
         if !running {
             return Err(Error::Sandbox {
-                container: id.chars().take(12).collect(),
+                container: crate::short_id(id),
                 message: "it is not running".into(),
             });
         }

@@ -15,9 +15,9 @@ pub const LABEL_INSTANCE: &str = "isol8.instance";
 pub const LABEL_RUNTIME: &str = "isol8.runtime";
 pub const LABEL_KIND: &str = "isol8.kind";
 /// Label naming the session a session container serves.
-pub const LABEL_SESSION: &str = "isol8.session";
+pub(crate) const LABEL_SESSION: &str = "isol8.session";
 /// Label holding the identity (hash) of the API key a session belongs to.
-pub const LABEL_OWNER: &str = "isol8.owner";
+pub(crate) const LABEL_OWNER: &str = "isol8.owner";
 /// Label naming the server identity (`serverId`) a server session belongs to: a server restarted
 /// with the same identity adopts the sessions carrying it (the instance label is per process).
 pub const LABEL_SERVER: &str = "isol8.server";
@@ -54,10 +54,10 @@ const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/ag
 /// isol8's seccomp profile (`docker/seccomp.json`): what Docker's default allows a container without
 /// capabilities, minus ptrace, process_vm_*, io_uring, modify_ldt, prlimit64 on other processes and
 /// 32-bit ABIs. Built into the binary so no deployment can run a sandbox without it.
-pub const SECCOMP_PROFILE: &str = include_str!("../seccomp.json");
+pub(crate) const SECCOMP_PROFILE: &str = include_str!("../seccomp.json");
 
 /// The `security_opt` of every container isol8 runs code in (sandboxes and filtered-mode proxies).
-pub fn security_options() -> Vec<String> {
+pub(crate) fn security_options() -> Vec<String> {
     vec![
         "no-new-privileges:true".to_string(),
         format!("seccomp={SECCOMP_PROFILE}"),

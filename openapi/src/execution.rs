@@ -7,6 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::SessionId;
+
 /// A language runtime a sandbox can run.
 #[derive(
     Debug,
@@ -421,8 +423,8 @@ pub struct ExecuteBody {
     /// Run in this session (created on first use): its container and interpreter state persist
     /// between calls. The `X-Isol8-Session` header may carry it instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
-    pub session_id: Option<String>,
+    #[schema(inline)]
+    pub session_id: Option<SessionId>,
 }
 
 /// One request a `filtered` sandbox made through isol8's proxy (the reference's shape, plus `reason`).

@@ -4,6 +4,7 @@ mod auth;
 mod execution;
 mod misc;
 mod session;
+mod session_id;
 mod stream;
 
 pub use auth::{
@@ -16,10 +17,12 @@ pub use execution::{
     NetworkMode, NodeBuffer, PoolSize, PoolStrategy, ResourceUsage, Runtime, SecurityOptions,
 };
 pub use misc::{
-    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, ErrorCode, HealthResponse,
+    ReadyResponse,
 };
 pub use session::{
     ArchiveImported, ArchiveQuery, FileContent, FileQuery, FileWrite, OkResponse, SessionDetail,
     SessionInfo, SessionList, SessionUpdate,
 };
+pub use session_id::{InvalidSessionId, SessionId, SESSION_HEADER};
 pub use stream::{StreamEvent, StreamEventType, StreamPhase};

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::Runtime;
+use crate::{Runtime, SessionId};
 
 /// One of the caller's sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -36,8 +36,8 @@ pub struct SessionList {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"sessionId": "agent-7", "path": "/sandbox/data.csv", "content": "YSxiCjEsMgo="}))]
 pub struct FileWrite {
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
-    pub session_id: String,
+    #[schema(inline)]
+    pub session_id: SessionId,
     /// Inside `/sandbox` (absolute, or relative to it); parent folders are created.
     #[schema(pattern = "^[^\\u0000]*\\S[^\\u0000]*$")]
     pub path: String,
@@ -51,8 +51,8 @@ pub struct FileWrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FileQuery {
-    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
-    pub session_id: String,
+    #[param(inline)]
+    pub session_id: SessionId,
     /// Inside `/sandbox`.
     #[param(pattern = "^[^\\u0000]*\\S[^\\u0000]*$")]
     pub path: String,

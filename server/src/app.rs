@@ -9,7 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use isol8_api::ErrorBody;
+use isol8_api::{ErrorBody, ErrorCode};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -151,7 +151,7 @@ pub fn app(state: AppState) -> Router {
         // MCP over Streamable HTTP; behind the key layer below like every other route.
         .route_service("/mcp", crate::mcp::service(state.clone()))
         .route_layer(middleware::from_fn(metrics::expose_matched_path))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             read_body_in_time,
@@ -217,7 +217,7 @@ async fn limit_body(State(state): State<AppState>, request: Request, next: Next)
 fn too_large(limit: usize, field: &str) -> Response {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than {field} ({limit} bytes)"),
     )
     .into_response()
@@ -273,7 +273,7 @@ async fn read_body_in_time(
         Err(_) => {
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!("the request body did not arrive within {limit} ms"),
             )
             .into_response()
@@ -339,7 +339,7 @@ impl BodyBudget {
             retry_after_secs: Some(1),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "body_budget_exhausted",
+                ErrorCode::BodyBudgetExhausted,
                 format!(
                     "the server is already receiving {} bytes of request bodies (maxBodyBytesInFlight); retry later",
                     self.total
@@ -405,12 +405,9 @@ async fn error_envelope(request: Request, next: Next) -> Response {
         }
         None => return response,
     };
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), code = error.code, error = %error.message, "request failed");
-    }
     let body = ErrorBody {
-        error: error.message,
-        code: error.code.to_string(),
+        error: error.client_message(&request_id),
+        code: error.code,
         request_id,
     };
     let (mut parts, _) = response.into_parts();

@@ -6,6 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use isol8_api::ErrorCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -102,7 +103,7 @@ async fn identify(state: &AppState, token: &str) -> Result<Option<Caller>, ApiEr
             tracing::warn!(%error, "auth database lookup failed");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "auth_unavailable",
+                ErrorCode::AuthUnavailable,
                 "the auth database is unreachable; retry later",
             ))
         }
@@ -142,7 +143,7 @@ fn identify_static(state: &AppState, token: &str) -> Option<Caller> {
     found
 }
 
-pub async fn require_key(
+pub(crate) async fn require_key(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
@@ -153,7 +154,7 @@ pub async fn require_key(
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "Missing Authorization header; send Authorization: Bearer <key>",
         )
         .into_response();
@@ -166,15 +167,19 @@ pub async fn require_key(
     let caller = match identify(&state, token).await {
         Ok(Some(caller)) => caller,
         Ok(None) => {
-            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Invalid API key")
-                .into_response()
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "Invalid API key",
+            )
+            .into_response()
         }
         Err(error) => return error.into_response(),
     };
     if !caller.master && master_only(request.uri().path()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "Master key required for this operation",
         )
         .into_response();

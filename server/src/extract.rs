@@ -3,6 +3,7 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use isol8_api::ErrorCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -10,7 +11,7 @@ use crate::error::ApiError;
 /// `axum::Json`, but malformed JSON, wrong types, unknown and missing fields are all 400 with a
 /// message naming what was wrong.
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -25,7 +26,7 @@ where
             Err(rejection) => Err(match &rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "send the body as JSON with Content-Type: application/json",
                 ),
                 _ => ApiError::bad_request(rejection.body_text()),

@@ -27,7 +27,6 @@ pub use db::{
 pub use error::ApiError;
 pub use persist::PersistPolicy;
 pub use remote_code::RemoteCodePolicy;
-pub use sessions::check_id as check_session_id;
 pub use state::AppState;
 
 /// The engine the server runs on, re-exported for the embedding CLI (image builds, local runs).

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use base64::Engine as _;
-use isol8_api::{ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime};
+use isol8_api::{
+    ErrorCode, ExecuteBody, ExecutionRequest, ExecutionResult, ExecutionStatus, Runtime, SessionId,
+};
 use isol8_docker::{Engine, RunEvent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -90,12 +92,16 @@ impl ServerHandler for Tools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let caller = context
-            .extensions
-            .get::<Parts>()
+        let parts = context.extensions.get::<Parts>();
+        let caller = parts
             .and_then(|parts| parts.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| ErrorData::internal_error("the request carries no caller", None))?;
+        let request_id = parts
+            .and_then(|parts| parts.headers.get("x-request-id"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let args = Value::Object(request.arguments.unwrap_or_default());
         let name = request.name.as_ref();
         let answer = match name {
@@ -113,7 +119,9 @@ impl ServerHandler for Tools {
                 ))
             }
         };
-        Ok(answer.unwrap_or_else(refused).into())
+        Ok(answer
+            .unwrap_or_else(|error| refused(&error, &request_id))
+            .into())
     }
 }
 
@@ -128,7 +136,7 @@ struct RunCode {
     #[serde(default)]
     runtime: Option<Runtime>,
     #[serde(default)]
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -146,7 +154,7 @@ struct RunCommand {
     #[serde(default)]
     runtime: Option<Runtime>,
     #[serde(default)]
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     #[serde(default)]
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -164,7 +172,7 @@ enum Encoding {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WriteFile {
-    session_id: String,
+    session_id: SessionId,
     path: String,
     content: String,
     #[serde(default)]
@@ -174,7 +182,7 @@ struct WriteFile {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReadFile {
-    session_id: String,
+    session_id: SessionId,
     path: String,
     #[serde(default)]
     encoding: Option<Encoding>,
@@ -183,7 +191,7 @@ struct ReadFile {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CloseSession {
-    session_id: String,
+    session_id: SessionId,
 }
 
 /// The tool's arguments, or a 400 naming what is wrong (serde names the field).
@@ -288,7 +296,7 @@ impl Tools {
             () = context.ct.cancelled() => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
-                    "cancelled",
+                    ErrorCode::Cancelled,
                     "the client cancelled the call; the run was stopped",
                 ))
             }
@@ -332,7 +340,7 @@ impl Tools {
             if started.status != ExecutionStatus::Completed {
                 return Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "sandbox_failed",
+                    ErrorCode::SandboxFailed,
                     format!(
                         "could not start session \"{}\": {}",
                         args.session_id, started.stderr
@@ -437,16 +445,16 @@ fn with_structured(mut result: CallToolResult, structured: Value) -> CallToolRes
 
 /// A refused call (bad arguments, policy, capacity, a missing session): a tool error whose text
 /// says why, so the model can correct itself.
-fn refused(error: ApiError) -> CallToolResult {
+fn refused(error: &ApiError, request_id: &str) -> CallToolResult {
+    let message = error.client_message(request_id);
     let text = format!(
-        "refused: {} (HTTP {}, {})",
-        error.message,
+        "refused: {message} (HTTP {}, {})",
         error.status.as_u16(),
         error.code
     );
     with_structured(
         CallToolResult::error(vec![ContentBlock::text(text)]),
-        json!({"error": error.message, "code": error.code}),
+        json!({"error": message, "code": error.code}),
     )
 }
 
@@ -585,14 +593,14 @@ fn schema(value: Value) -> Arc<JsonObject> {
 pub fn tools() -> Vec<Tool> {
     let runtime = json!({"type": "string", "enum": ["python", "node", "bun", "deno", "bash"],
         "description": "Language runtime. Default python."});
-    let session = json!({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+    let session = json!({"type": "string", "pattern": SessionId::PATTERN,
         "description": "Run in this persistent session (created on first use): variables, \
             functions, files and the working directory persist between calls. Omit for a fresh \
             sandbox that is discarded after the call."});
     let timeout = json!({"type": "integer", "minimum": 1,
         "description": "Time limit in milliseconds (default: the server's, usually 30000)."});
     let stdin = json!({"type": "string", "description": "Text for the program's standard input."});
-    let session_required = json!({"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+    let session_required = json!({"type": "string", "pattern": SessionId::PATTERN,
         "description": "The session (as given to run_code)."});
     let run_hints = ToolAnnotations::new()
         .read_only(false)

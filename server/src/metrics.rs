@@ -162,7 +162,7 @@ fn method_label(method: &Method) -> &'static str {
 /// Counts every response by the route that matched it (`unmatched` for unknown paths and for
 /// requests refused before routing) and a method from a fixed set: every label takes one of a
 /// bounded set of values, so scanners and unauthenticated clients cannot blow up the label set.
-pub async fn count_requests(
+pub(crate) async fn count_requests(
     State(state): State<AppState>,
     request: Request,
     next: Next,
@@ -187,7 +187,7 @@ pub async fn count_requests(
 }
 
 /// Hands the matched route to [`count_requests`], which runs outside routing and cannot see it.
-pub async fn expose_matched_path(request: Request, next: Next) -> Response {
+pub(crate) async fn expose_matched_path(request: Request, next: Next) -> Response {
     let path = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
     if let Some(path) = path {

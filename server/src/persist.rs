@@ -2,11 +2,13 @@
 //! tenants only where `persist.allowTenants`), how many one key keeps at once, and how long.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
+use isol8_api::ErrorCode;
 use isol8_docker::Engine;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -76,7 +78,7 @@ impl PersistPolicy {
 /// Persist runs being started, per owner, not yet visible as containers; counted with the kept
 /// containers so concurrent requests cannot pass the cap together on this replica.
 #[derive(Debug, Default)]
-pub struct Starting {
+pub(crate) struct Starting {
     /// Owner to the number of its persist runs between admission and their container's creation;
     /// locked only to change a count, never across `.await`.
     pending: Mutex<HashMap<String, usize>>,
@@ -85,18 +87,14 @@ pub struct Starting {
 /// A persist run admitted under its key's cap; dropped once its container exists (or the run
 /// failed to start).
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     starting: Arc<Starting>,
     owner: String,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut pending = self
-            .starting
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.starting.pending.lock();
         if let Some(count) = pending.get_mut(&self.owner) {
             *count -= 1;
             if *count == 0 {
@@ -108,14 +106,10 @@ impl Drop for Admitted {
 
 /// Admits a persist run of `caller` when its key keeps fewer than `persist.maxPerKey` containers
 /// (429 naming the limit otherwise). Hold the answer until the run's container is created.
-pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
+pub(crate) async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
     let policy = &state.config.persist;
     let admitted = {
-        let mut pending = state
-            .starting
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = state.starting.pending.lock();
         *pending.entry(caller.owner.clone()).or_default() += 1;
         Admitted {
             starting: Arc::clone(&state.starting),
@@ -127,7 +121,6 @@ pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiErr
         .starting
         .pending
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .get(&caller.owner)
         .copied()
         .unwrap_or(1);
@@ -135,7 +128,7 @@ pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiErr
     if kept + pending > policy.max_per_key {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "persist_limit",
+            ErrorCode::PersistLimit,
             format!(
                 "options.persist: this key already keeps {kept} container(s), the most persist.maxPerKey ({}) allows; remove them with POST /cleanup or wait until they expire",
                 policy.max_per_key
@@ -146,7 +139,7 @@ pub async fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiErr
 }
 
 /// Background task: removes kept containers past their expiry, until aborted.
-pub async fn expire_forever(engine: Engine, policy: PersistPolicy) {
+pub(crate) async fn expire_forever(engine: Engine, policy: PersistPolicy) {
     let mut every = tokio::time::interval(policy.sweep_interval());
     loop {
         every.tick().await;

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 /// Checks a validated plan against the maximums and the allowed networks, and the options a
 /// sandbox never honours; names the first limit exceeded. Defaults never exceed the maximums
 /// (the config is refused at load otherwise), so what is over is what the client asked for.
-pub fn check(
+pub(crate) fn check(
     plan: &RunPlan,
     options: &ExecutionOptions,
     max: &Limits,

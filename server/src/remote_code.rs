@@ -90,7 +90,7 @@ fn named_address(pattern: &str) -> Option<IpAddr> {
 
 /// Addresses anyone on the internet could reach: not loopback, private, link-local (cloud
 /// metadata), shared, documentation, multicast, reserved or unspecified.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();

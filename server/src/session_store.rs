@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::ServerConfig;
 
 /// Checks a `serverId`: 1 to 64 letters, digits, `.`, `_` or `-` (it becomes a label value).
-pub fn check_server_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_server_id(id: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&id.len())
         && id
             .chars()

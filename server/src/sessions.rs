@@ -8,18 +8,19 @@
 //! small fields (last use, idle timeout, secrets) sit behind std mutexes held for one update.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use isol8_api::{CleanupCounts, Runtime};
+use isol8_api::{CleanupCounts, Runtime, SessionId};
 use isol8_docker::{Engine, SessionKey, SessionSlot, SessionState};
+use parking_lot::Mutex;
 
 use crate::error::ApiError;
 use crate::session_store::{SessionRecord, SessionStore};
 
 /// Where a CLI's sessions belong: every local invocation shares them, whatever its random key.
-pub const LOCAL_OWNER: &str = "local";
+pub(crate) const LOCAL_OWNER: &str = "local";
 
 /// One live session.
 #[derive(Debug)]
@@ -38,15 +39,15 @@ pub struct Session {
 
 impl Session {
     pub fn touch(&self) {
-        *lock(&self.last_used) = (Utc::now(), Instant::now());
+        *self.last_used.lock() = (Utc::now(), Instant::now());
     }
 
     pub fn idle_timeout(&self) -> Duration {
-        *lock(&self.idle_timeout)
+        *self.idle_timeout.lock()
     }
 
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        *lock(&self.idle_timeout) = timeout;
+        *self.idle_timeout.lock() = timeout;
     }
 
     /// When it expires if it stays idle.
@@ -63,7 +64,7 @@ impl Session {
         &self,
         new: &BTreeMap<String, String>,
     ) -> (BTreeMap<String, String>, Vec<String>) {
-        let mut secrets = lock(&self.secrets);
+        let mut secrets = self.secrets.lock();
         secrets.1.extend(new.values().cloned());
         secrets.0.extend(new.clone());
         (secrets.0.clone(), secrets.1.iter().cloned().collect())
@@ -71,7 +72,7 @@ impl Session {
 
     /// What the next server process needs to adopt it.
     pub fn record(&self) -> SessionRecord {
-        let (secrets, secret_values) = lock(&self.secrets).clone();
+        let (secrets, secret_values) = self.secrets.lock().clone();
         SessionRecord {
             id: self.id.clone(),
             owner: self.owner.clone(),
@@ -85,11 +86,11 @@ impl Session {
     }
 
     pub fn last_used(&self) -> DateTime<Utc> {
-        lock(&self.last_used).0
+        self.last_used.lock().0
     }
 
     fn idle_for(&self) -> Duration {
-        lock(&self.last_used).1.elapsed()
+        self.last_used.lock().1.elapsed()
     }
 
     /// A call holds the session's lock.
@@ -142,21 +143,6 @@ pub struct Adopted {
     pub removed: usize,
 }
 
-/// Checks a session id: 1 to 128 letters, digits, `.`, `_`, `-` or `:`.
-pub fn check_id(id: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "sessionId {id:?} is not valid: use 1 to 128 letters, digits, '.', '_', '-' or ':'"
-        )))
-    }
-}
-
 impl Sessions {
     pub fn new(limits: SessionLimits, local: bool, config: &crate::config::ServerConfig) -> Self {
         Sessions {
@@ -186,7 +172,9 @@ impl Sessions {
 
     /// Whether `get_or_create` would make a new session for this id.
     pub fn exists(&self, owner: &str, id: &str) -> bool {
-        lock(&self.map).contains_key(&(self.owner(owner), id.to_string()))
+        self.map
+            .lock()
+            .contains_key(&(self.owner(owner), id.to_string()))
     }
 
     /// Saves the session's record (server mode), for the next process to adopt it.
@@ -227,7 +215,7 @@ impl Sessions {
                 continue;
             }
             let key = (record.owner.clone(), record.id.clone());
-            let mut map = lock(&self.map);
+            let mut map = self.map.lock();
             if map.contains_key(&key) || map.len() >= self.limits.max_total {
                 drop(map);
                 doomed.push(container.container_id.clone());
@@ -258,7 +246,11 @@ impl Sessions {
         }
         // Records whose container is gone (removed by hand, `isol8 cleanup`) are dropped.
         for record in self.store().all() {
-            if !lock(&self.map).contains_key(&(record.owner.clone(), record.id.clone())) {
+            if !self
+                .map
+                .lock()
+                .contains_key(&(record.owner.clone(), record.id.clone()))
+            {
                 self.store().remove(&record.owner, &record.id);
             }
         }
@@ -273,13 +265,12 @@ impl Sessions {
     pub fn get_or_create(
         &self,
         owner: &str,
-        id: &str,
+        id: &SessionId,
         runtime: Runtime,
         tenant_max: Option<usize>,
     ) -> Result<Arc<Session>, ApiError> {
-        check_id(id)?;
         let owner = self.owner(owner);
-        let mut map = lock(&self.map);
+        let mut map = self.map.lock();
         if let Some(session) = map.get(&(owner.clone(), id.to_string())) {
             return Ok(Arc::clone(session));
         }
@@ -324,7 +315,8 @@ impl Sessions {
 
     /// The caller's session `id`, or 404.
     pub fn get(&self, owner: &str, id: &str) -> Result<Arc<Session>, ApiError> {
-        lock(&self.map)
+        self.map
+            .lock()
             .get(&(self.owner(owner), id.to_string()))
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("no session \"{id}\"")))
@@ -332,7 +324,7 @@ impl Sessions {
 
     pub fn remove(&self, owner: &str, id: &str) -> Option<Arc<Session>> {
         let owner = self.owner(owner);
-        let removed = lock(&self.map).remove(&(owner.clone(), id.to_string()));
+        let removed = self.map.lock().remove(&(owner.clone(), id.to_string()));
         if removed.is_some() && !self.local {
             self.store().remove(&owner, id);
         }
@@ -342,7 +334,9 @@ impl Sessions {
     /// The caller's sessions, oldest first.
     pub fn list(&self, owner: &str) -> Vec<Arc<Session>> {
         let owner = self.owner(owner);
-        let mut mine: Vec<Arc<Session>> = lock(&self.map)
+        let mut mine: Vec<Arc<Session>> = self
+            .map
+            .lock()
             .values()
             .filter(|s| s.owner == owner)
             .cloned()
@@ -352,12 +346,12 @@ impl Sessions {
     }
 
     pub fn count(&self) -> usize {
-        lock(&self.map).len()
+        self.map.lock().len()
     }
 
     /// Takes out every session idle past the timeout and not in a call.
     fn take_expired(&self) -> Vec<Arc<Session>> {
-        let mut map = lock(&self.map);
+        let mut map = self.map.lock();
         let expired: Vec<(String, String)> = map
             .iter()
             .filter(|(_, s)| s.idle_for() >= s.idle_timeout() && !s.busy())
@@ -369,7 +363,7 @@ impl Sessions {
     /// Takes out every session of `owner` (its cleanup).
     fn take_owner(&self, owner: &str) -> Vec<Arc<Session>> {
         let owner = self.owner(owner);
-        let mut map = lock(&self.map);
+        let mut map = self.map.lock();
         let keys: Vec<(String, String)> =
             map.keys().filter(|(o, _)| *o == owner).cloned().collect();
         keys.iter().filter_map(|k| map.remove(k)).collect()
@@ -412,7 +406,7 @@ impl Sessions {
 
     /// Takes out every session (shutdown).
     fn take_all(&self) -> Vec<Arc<Session>> {
-        lock(&self.map).drain().map(|(_, s)| s).collect()
+        self.map.lock().drain().map(|(_, s)| s).collect()
     }
 
     fn owner(&self, owner: &str) -> String {
@@ -448,7 +442,9 @@ impl Sessions {
 
     /// Freezes the containers of sessions idle at least `after` and not in a call.
     async fn freeze_idle(&self, engine: &Engine, after: Duration) {
-        let idle: Vec<Arc<Session>> = lock(&self.map)
+        let idle: Vec<Arc<Session>> = self
+            .map
+            .lock()
             .values()
             .filter(|s| s.idle_for() >= after)
             .cloned()
@@ -481,7 +477,7 @@ impl Sessions {
         if self.local {
             return;
         }
-        let sessions: Vec<Arc<Session>> = lock(&self.map).values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = self.map.lock().values().cloned().collect();
         let freeze = sessions.iter().map(|session| async move {
             let wait = Duration::from_secs(30);
             match tokio::time::timeout(wait, session.slot.lock()).await {
@@ -495,18 +491,11 @@ impl Sessions {
             self.persist(session);
         });
         futures::future::join_all(freeze).await;
-        lock(&self.map).clear();
+        self.map.lock().clear();
     }
 }
 
 /// Removes a session's container, after the call that holds it (if any) ends.
-pub async fn close(engine: &Engine, session: &Session) {
+pub(crate) async fn close(engine: &Engine, session: &Session) {
     engine.end_session(&mut *session.slot.lock().await).await;
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single map or timestamp update: a panic cannot leave them torn.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

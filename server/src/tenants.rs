@@ -2,9 +2,10 @@
 //! replica, so one tenant cannot take every slot (sessions are counted by `Sessions`, by owner).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use isol8_api::KeyLimits;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -62,20 +63,20 @@ struct Counts {
 
 /// Every tenant's counts. Tenants are added on first use and dropped when idle.
 #[derive(Debug, Default)]
-pub struct Tenants {
+pub(crate) struct Tenants {
     /// Tenant id to its counts; held only to look up or insert, never across `.await`.
     map: Mutex<HashMap<String, Arc<Tenant>>>,
 }
 
 /// A running execution of a tenant; dropping it frees the tenant's slot.
 #[derive(Debug)]
-pub struct TenantSlot {
+pub(crate) struct TenantSlot {
     tenant: Arc<Tenant>,
 }
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
-        lock(&self.tenant.counts).running -= 1;
+        self.tenant.counts.lock().running -= 1;
         self.tenant.freed.notify_waiters();
     }
 }
@@ -85,13 +86,13 @@ struct Waiting<'a>(&'a Tenant);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(&self.0.counts).waiting -= 1;
+        self.0.counts.lock().waiting -= 1;
     }
 }
 
 impl Tenants {
     fn tenant(&self, id: &str) -> Arc<Tenant> {
-        let mut map = lock(&self.map);
+        let mut map = self.map.lock();
         // Tenants with nothing running or waiting are forgotten, so the map stays as small as
         // the set of active tenants.
         if map.len() > 1024 {
@@ -102,7 +103,7 @@ impl Tenants {
 
     /// Waits until `tenant` runs fewer than `limits.max_concurrent` executions, until `deadline`;
     /// refuses at once (429) when `limits.max_queue` of its requests already wait.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         tenant_id: &str,
         limits: TenantLimits,
@@ -110,7 +111,7 @@ impl Tenants {
     ) -> Result<TenantSlot, ApiError> {
         let tenant = self.tenant(tenant_id);
         {
-            let mut counts = lock(&tenant.counts);
+            let mut counts = tenant.counts.lock();
             if counts.running < limits.max_concurrent {
                 counts.running += 1;
                 return Ok(TenantSlot {
@@ -133,7 +134,7 @@ impl Tenants {
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
-                let mut counts = lock(&tenant.counts);
+                let mut counts = tenant.counts.lock();
                 if counts.running < limits.max_concurrent {
                     counts.running += 1;
                     drop(counts);
@@ -152,11 +153,4 @@ impl Tenants {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section is a counter or map update: a panic cannot leave them torn.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

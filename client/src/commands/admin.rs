@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Args;
-use isol8_server::engine::CleanupScope;
+use isol8_server::engine::{short_id, CleanupScope};
 use isol8_server::ServerConfig;
 
 use super::images::local_engine;
@@ -13,14 +13,14 @@ use crate::err;
 use crate::output::outln;
 
 #[derive(Debug, Args)]
-pub struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// Print the configuration as JSON.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     force: bool,
@@ -29,7 +29,7 @@ pub struct CleanupArgs {
     images: bool,
 }
 
-pub fn config(args: ConfigArgs) -> ExitCode {
+pub(crate) fn config(args: ConfigArgs) -> ExitCode {
     let (config, source) = match ServerConfig::load() {
         Ok(loaded) => loaded,
         Err(e) => return err(e),
@@ -53,7 +53,7 @@ pub fn config(args: ConfigArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub async fn cleanup(args: CleanupArgs) -> ExitCode {
+pub(crate) async fn cleanup(args: CleanupArgs) -> ExitCode {
     let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,
@@ -73,16 +73,11 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         return ExitCode::SUCCESS;
     }
     for c in &managed.containers {
-        outln!(
-            "container {}  {}  {}",
-            &c.id[..12.min(c.id.len())],
-            c.image,
-            c.state
-        );
+        outln!("container {}  {}  {}", short_id(&c.id), c.image, c.state);
     }
     for i in &managed.images {
         match i.tags.is_empty() {
-            true => outln!("image     {} (build intermediate)", short(&i.id)),
+            true => outln!("image     {} (build intermediate)", short_id(&i.id)),
             false => outln!("image     {}", i.tags.join(", ")),
         }
     }
@@ -131,9 +126,4 @@ fn confirm(managed: &isol8_server::engine::Managed) -> bool {
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes")
-}
-
-fn short(id: &str) -> &str {
-    let id = id.strip_prefix("sha256:").unwrap_or(id);
-    &id[..12.min(id.len())]
 }

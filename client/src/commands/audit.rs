@@ -9,7 +9,7 @@ use super::keys::{client, print_json, print_table};
 use crate::err;
 
 #[derive(Debug, Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// The isol8 server.
     #[arg(long, env = "ISOL8_HOST")]
     host: Option<String>,
@@ -30,7 +30,7 @@ pub struct AuditArgs {
     json: bool,
 }
 
-pub async fn audit(args: AuditArgs) -> ExitCode {
+pub(crate) async fn audit(args: AuditArgs) -> ExitCode {
     let client = match client(args.host, args.key) {
         Ok(c) => c,
         Err(e) => return err(e),

@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,12 +10,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use isol8_api::Runtime;
 use isol8_server::engine::{BuildProgress, Engine, PackageSet};
 use isol8_server::ServerConfig;
+use parking_lot::Mutex;
 
 use crate::err;
 use crate::output::outln;
 
 #[derive(Debug, Args)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     /// Rebuild even when an image from the same recipe exists.
     #[arg(long)]
     force: bool,
@@ -42,7 +42,7 @@ pub struct SetupArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// Runtime the image is based on.
     #[arg(long)]
     base: Runtime,
@@ -59,7 +59,7 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ImagesArgs {
+pub(crate) struct ImagesArgs {
     /// Print the list as JSON (one object per image: tags, runtime, packages, sizeBytes,
     /// created, current).
     #[arg(long)]
@@ -67,7 +67,7 @@ pub struct ImagesArgs {
 }
 
 /// Shows build progress: a spinner per image on a terminal, plain lines otherwise.
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Mutex<Option<ProgressBar>>,
     interactive: bool,
     show_up_to_date: bool,
@@ -75,7 +75,7 @@ pub struct Progress {
 
 impl Progress {
     /// `show_up_to_date`: also list images that needed no build (setup does; a run stays quiet).
-    pub fn new(show_up_to_date: bool) -> Progress {
+    pub(crate) fn new(show_up_to_date: bool) -> Progress {
         Progress {
             bar: Mutex::new(None),
             interactive: std::io::stderr().is_terminal(),
@@ -83,8 +83,8 @@ impl Progress {
         }
     }
 
-    pub fn report(&self, event: BuildProgress) {
-        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn report(&self, event: BuildProgress) {
+        let mut bar = self.bar.lock();
         match event {
             BuildProgress::UpToDate { image } if self.show_up_to_date => {
                 eprintln!("[OK] {image}: up to date")
@@ -114,15 +114,15 @@ impl Progress {
     }
 
     /// Clears a spinner left by a failed build so the error prints on a clean line.
-    pub fn abandon(&self) {
-        if let Some(spinner) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    pub(crate) fn abandon(&self) {
+        if let Some(spinner) = self.bar.lock().take() {
             spinner.finish_and_clear();
         }
     }
 }
 
 /// Connects to the local Docker engine, or says how to get one running.
-pub async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
+pub(crate) async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
     let docker_down = |e: isol8_server::engine::Error| {
         err(format!(
             "Docker is not running or not installed. {e}\n      Start the Docker daemon (e.g. `sudo dockerd &`) or set DOCKER_HOST."
@@ -137,7 +137,7 @@ pub async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
 
 /// An engine on the local Docker for one command (build, cleanup, sessions): the user's config,
 /// no warm pool.
-pub async fn local_engine() -> Result<Engine, ExitCode> {
+pub(crate) async fn local_engine() -> Result<Engine, ExitCode> {
     let config = ServerConfig {
         pool_size: 0,
         ..ServerConfig::load_user().map_err(err)?.0
@@ -145,7 +145,7 @@ pub async fn local_engine() -> Result<Engine, ExitCode> {
     connect_engine(&config).await
 }
 
-pub async fn setup(args: SetupArgs) -> ExitCode {
+pub(crate) async fn setup(args: SetupArgs) -> ExitCode {
     let runtimes = if args.runtimes.is_empty() {
         Runtime::ALL.to_vec()
     } else {
@@ -197,7 +197,7 @@ pub async fn setup(args: SetupArgs) -> ExitCode {
     }
 }
 
-pub async fn build(args: BuildArgs) -> ExitCode {
+pub(crate) async fn build(args: BuildArgs) -> ExitCode {
     let packages = match PackageSet::parse(args.base, &args.install) {
         Ok(set) if set.is_empty() => {
             return err("No packages specified. Use --install <package>.");
@@ -240,7 +240,7 @@ pub async fn build(args: BuildArgs) -> ExitCode {
     }
 }
 
-pub async fn list(args: ImagesArgs) -> ExitCode {
+pub(crate) async fn list(args: ImagesArgs) -> ExitCode {
     let engine = match local_engine().await {
         Ok(e) => e,
         Err(code) => return code,

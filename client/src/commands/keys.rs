@@ -10,7 +10,7 @@ use super::login::resolve_key;
 use crate::err;
 
 #[derive(Debug, Args)]
-pub struct KeysArgs {
+pub(crate) struct KeysArgs {
     #[command(subcommand)]
     command: KeysCommand,
     /// The isol8 server.
@@ -60,13 +60,13 @@ enum KeysCommand {
 }
 
 /// A client of `--host` with its key resolved.
-pub fn client(host: Option<String>, key: Option<String>) -> Result<Client, String> {
+pub(crate) fn client(host: Option<String>, key: Option<String>) -> Result<Client, String> {
     let host = host.ok_or("--host is required (or set ISOL8_HOST)")?;
     let key = resolve_key(&host, key)?;
     Ok(Client::new(host, key))
 }
 
-pub async fn keys(args: KeysArgs) -> ExitCode {
+pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
     let client = match client(args.host, args.key) {
         Ok(c) => c,
         Err(e) => return err(e),
@@ -156,7 +156,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
     }
 }
 
-pub fn print_json(value: &impl serde::Serialize) -> ExitCode {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> ExitCode {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
             println!("{text}");
@@ -167,7 +167,7 @@ pub fn print_json(value: &impl serde::Serialize) -> ExitCode {
 }
 
 /// Left-aligned columns, two spaces apart.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

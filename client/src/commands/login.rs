@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::err;
 
 #[derive(Debug, Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// The isol8 server, e.g. https://sandbox.example.com.
     #[arg(long)]
     host: String,
@@ -55,7 +55,7 @@ fn same_host(a: &str, b: &str) -> bool {
 
 /// The key for `host`: the flag (clap fills it from `ISOL8_API_KEY` when the flag is absent),
 /// else the token `isol8 login` stored for that host, with a warning when it has expired.
-pub fn resolve_key(host: &str, flag: Option<String>) -> Result<String, String> {
+pub(crate) fn resolve_key(host: &str, flag: Option<String>) -> Result<String, String> {
     if let Some(key) = flag.filter(|k| !k.is_empty()) {
         return Ok(key);
     }
@@ -80,7 +80,7 @@ pub fn resolve_key(host: &str, flag: Option<String>) -> Result<String, String> {
     Ok(stored.token)
 }
 
-pub async fn login(args: LoginArgs) -> ExitCode {
+pub(crate) async fn login(args: LoginArgs) -> ExitCode {
     let Some(key) = args.key.filter(|k| !k.is_empty()) else {
         return err("The master key is required. Use --key or set ISOL8_API_KEY.");
     };
@@ -140,7 +140,7 @@ fn store(credentials: &Credentials) -> std::io::Result<()> {
     std::fs::rename(&temporary, &path)
 }
 
-pub fn logout() -> ExitCode {
+pub(crate) fn logout() -> ExitCode {
     let Some(path) = credentials_path() else {
         return err("HOME is not set");
     };

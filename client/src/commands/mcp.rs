@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Args;
 use futures::StreamExt;
 use isol8::Client;
 use isol8_api::Runtime;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -23,7 +24,7 @@ use super::run::start_embedded;
 use crate::err;
 
 #[derive(Debug, Args)]
-pub struct McpArgs {
+pub(crate) struct McpArgs {
     /// A remote isol8 server, e.g. http://host:3000 (default: an in-process one on this machine).
     #[arg(long, env = "ISOL8_HOST")]
     host: Option<String>,
@@ -36,7 +37,7 @@ pub struct McpArgs {
 /// (which stops the run). Locked only to insert, remove or abort; never across an `.await`.
 type InFlight = Arc<Mutex<HashMap<String, JoinHandle<()>>>>;
 
-pub async fn mcp(args: McpArgs) -> ExitCode {
+pub(crate) async fn mcp(args: McpArgs) -> ExitCode {
     let client = match args.host {
         Some(host) => match args.key {
             Some(key) => Client::new(host, key),
@@ -84,7 +85,7 @@ pub async fn mcp(args: McpArgs) -> ExitCode {
         };
         if message["method"] == "notifications/cancelled" {
             let id = message["params"]["requestId"].to_string();
-            if let Some(call) = lock(&in_flight).remove(&id) {
+            if let Some(call) = in_flight.lock().remove(&id) {
                 call.abort();
             }
         }
@@ -93,7 +94,7 @@ pub async fn mcp(args: McpArgs) -> ExitCode {
             .filter(|_| message.get("method").is_some());
         let key = id.map(Value::to_string);
         // Held while spawning, so a quick call cannot remove itself before it is inserted.
-        let mut calls = lock(&in_flight);
+        let mut calls = in_flight.lock();
         let task = tokio::spawn(relay(
             client.clone(),
             line,
@@ -107,7 +108,7 @@ pub async fn mcp(args: McpArgs) -> ExitCode {
         drop(calls);
     }
     // stdin closed: the agent is done. Answers still on their way are not waited for.
-    for (_, call) in lock(&in_flight).drain() {
+    for (_, call) in in_flight.lock().drain() {
         call.abort();
     }
     drop(out);
@@ -139,18 +140,11 @@ async fn relay(
         Err(e) => Some(e.to_string()),
     };
     if let Some(id) = &id {
-        lock(&in_flight).remove(&id.to_string());
+        in_flight.lock().remove(&id.to_string());
         if let Some(message) = failure {
             let answer = json!({"jsonrpc": "2.0", "id": id,
                 "error": {"code": -32603, "message": message}});
             let _ = out.send(answer.to_string()).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section is one map operation: a panic cannot leave the map torn.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

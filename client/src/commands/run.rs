@@ -12,7 +12,7 @@ use futures::StreamExt;
 use isol8::Client;
 use isol8_api::{
     BufferTag, ExecuteBody, ExecutionOptions, ExecutionRequest, ExecutionStatus, FileData,
-    NetworkFilter, NetworkMode, NodeBuffer, Runtime, StreamEvent, StreamEventType,
+    NetworkFilter, NetworkMode, NodeBuffer, Runtime, SessionId, StreamEvent, StreamEventType,
 };
 use isol8_server::{AppState, ServerConfig};
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::{err, output};
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").args(["file", "eval", "cmd", "url", "github", "gist"]))]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// File to run; the runtime comes from its extension unless --runtime is given. Without a
     /// file, -e, --cmd or a remote source, the code is read from standard input.
     file: Option<PathBuf>,
@@ -437,17 +437,19 @@ fn build_body(args: &RunArgs) -> Result<ExecuteBody, String> {
     Ok(ExecuteBody {
         request,
         options: Some(options),
-        session_id: session_id(args),
+        session_id: session_id(args)?,
     })
 }
 
-/// The session a run names: --session-id, or a fresh name for --persistent.
-fn session_id(args: &RunArgs) -> Option<String> {
-    match (&args.session_id, args.persistent) {
-        (Some(id), _) => Some(id.clone()),
-        (None, true) => Some(format!("cli-{}", random_hex(6))),
-        (None, false) => None,
-    }
+/// The session a run names: --session-id, or a fresh name for --persistent. Checked here too,
+/// not only by the server: the id also names a file under ~/.isol8/sessions.
+fn session_id(args: &RunArgs) -> Result<Option<SessionId>, String> {
+    let id = match (&args.session_id, args.persistent) {
+        (Some(id), _) => id.clone(),
+        (None, true) => format!("cli-{}", random_hex(6)),
+        (None, false) => return Ok(None),
+    };
+    SessionId::parse(id).map(Some).map_err(|e| e.to_string())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -505,16 +507,12 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     Ok(Client::new(format!("http://{addr}"), key))
 }
 
-pub async fn run(args: RunArgs) -> ExitCode {
+pub(crate) async fn run(args: RunArgs) -> ExitCode {
     let body = match build_body(&args) {
         Ok(b) => b,
         Err(e) => return err(e),
     };
     if let Some(id) = &body.session_id {
-        // Checked here too: the id also names a file under ~/.isol8/sessions.
-        if let Err(e) = isol8_server::check_session_id(id) {
-            return err(e);
-        }
         eprintln!("[INFO] Session ID: {id}");
     }
     // Held until this run ends (see `use_local`).
@@ -712,7 +710,7 @@ async fn interactive<W: FnMut(&str)>(
             }
         }
     });
-    let _writer = AbortOnDrop(writer);
+    let _writer = tokio_util::task::AbortOnDropHandle::new(writer);
     let mut interrupted = false;
     loop {
         tokio::select! {
@@ -755,15 +753,6 @@ impl Interrupts {
         self.signals.recv().await;
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -14,7 +14,7 @@ use crate::err;
 use crate::output::outln;
 
 #[derive(Debug, Args)]
-pub struct SessionArgs {
+pub(crate) struct SessionArgs {
     #[command(subcommand)]
     command: SessionCommand,
     /// A remote isol8 server [default: the sessions of this machine's CLI].
@@ -52,12 +52,12 @@ enum SessionCommand {
     },
 }
 
-pub async fn session(args: SessionArgs) -> ExitCode {
+pub(crate) async fn session(args: SessionArgs) -> ExitCode {
     if let SessionCommand::Stop { id }
     | SessionCommand::Export { id, .. }
     | SessionCommand::Import { id, .. } = &args.command
     {
-        if let Err(e) = isol8_server::check_session_id(id) {
+        if let Err(e) = isol8_api::SessionId::parse(id.as_str()) {
             return err(e);
         }
     }
@@ -198,7 +198,7 @@ async fn local(command: SessionCommand) -> ExitCode {
                     .iter()
                     .map(|s| {
                         serde_json::json!({"id": s.id, "runtime": s.runtime,
-                            "containerId": &s.container_id[..12.min(s.container_id.len())],
+                            "containerId": isol8_server::engine::short_id(&s.container_id),
                             "running": s.running})
                     })
                     .collect();
@@ -253,7 +253,7 @@ fn marker(id: &str) -> Option<PathBuf> {
 /// exclusive lock until dropped, so two `isol8 run --session-id` processes take turns instead of
 /// talking to the session's agent at once (each process has its own server, so the server's
 /// per-session lock cannot order them).
-pub fn use_local(id: &str) -> Option<std::fs::File> {
+pub(crate) fn use_local(id: &str) -> Option<std::fs::File> {
     let path = marker(id)?;
     std::fs::create_dir_all(path.parent()?).ok()?;
     let file = std::fs::OpenOptions::new()
@@ -274,7 +274,7 @@ fn forget_local(id: &str) {
 }
 
 /// Removes CLI sessions not used for `idle` (by their marker's age; no marker counts as idle).
-pub async fn expire_local(engine: &Engine, idle: Duration) {
+pub(crate) async fn expire_local(engine: &Engine, idle: Duration) {
     let Ok(sessions) = engine.local_sessions().await else {
         return;
     };

@@ -8,7 +8,7 @@ use bollard::Docker;
 use isol8_docker::{Engine, EngineConfig, PoolConfig, LABEL_MANAGED};
 
 /// An engine with no warm pool (each test makes the containers it needs), on `config`.
-pub async fn engine_without_pool(config: EngineConfig) -> Engine {
+pub(crate) async fn engine_without_pool(config: EngineConfig) -> Engine {
     Engine::connect(EngineConfig {
         pool: PoolConfig {
             size: 0,
@@ -53,14 +53,14 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8000), http.server.SimpleHTTPRequest
 
 /// A python process serving HTTP on port 8000 in a labelled container of ours on Docker's default
 /// bridge (the "outside" of network tests; no traffic leaves the machine). `remove` ends it.
-pub struct Served {
+pub(crate) struct Served {
     docker: Docker,
     id: String,
     pub host: String,
 }
 
 impl Served {
-    pub async fn start(docker: &Docker, image: &str, args: &[&str]) -> Served {
+    pub(crate) async fn start(docker: &Docker, image: &str, args: &[&str]) -> Served {
         let mut cmd = vec!["python3".to_string()];
         cmd.extend(args.iter().map(|a| a.to_string()));
         let config = Config {
@@ -96,7 +96,7 @@ impl Served {
         }
     }
 
-    pub async fn remove(self) {
+    pub(crate) async fn remove(self) {
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -106,14 +106,14 @@ impl Served {
 }
 
 /// A package index (two wheels it makes itself) served from a container of ours.
-pub struct LocalIndex {
+pub(crate) struct LocalIndex {
     served: Served,
     pub url: String,
     pub host: String,
 }
 
 impl LocalIndex {
-    pub async fn start(docker: &Docker, image: &str) -> LocalIndex {
+    pub(crate) async fn start(docker: &Docker, image: &str) -> LocalIndex {
         let served = Served::start(docker, image, &["-c", INDEX_SERVER]).await;
         LocalIndex {
             url: format!("http://{}:8000/simple", served.host),
@@ -122,7 +122,7 @@ impl LocalIndex {
         }
     }
 
-    pub async fn remove(self) {
+    pub(crate) async fn remove(self) {
         self.served.remove().await;
     }
 }

@@ -18,7 +18,7 @@ const MASTER_TENANT: &str = "master";
 /// What an execution's audit row needs from its request, taken before the run starts (so the
 /// request itself need not be kept while it runs). Does nothing when there is no audit trail.
 #[derive(Debug)]
-pub struct AuditTicket(Option<Box<Pending>>);
+pub(crate) struct AuditTicket(Option<Box<Pending>>);
 
 #[derive(Debug)]
 struct Pending {
@@ -32,7 +32,7 @@ struct Pending {
 
 impl AuditTicket {
     /// The ticket of `body`, run by `caller`.
-    pub fn new(state: &AppState, caller: &Caller, body: &ExecuteBody) -> AuditTicket {
+    pub(crate) fn new(state: &AppState, caller: &Caller, body: &ExecuteBody) -> AuditTicket {
         let Some(db) = state.database.as_ref().filter(|db| db.audit.enabled) else {
             return AuditTicket(None);
         };
@@ -60,7 +60,7 @@ impl AuditTicket {
 
     /// Writes the row of the finished run. A database failure is logged, not returned: the
     /// caller already has its result.
-    pub async fn record(&self, result: &ExecutionResult) {
+    pub(crate) async fn record(&self, result: &ExecutionResult) {
         let Some(pending) = &self.0 else {
             return;
         };

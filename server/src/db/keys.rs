@@ -11,7 +11,7 @@ use sqlx::Row;
 use super::store::{now_ms, Database, DbError};
 
 /// What every database key starts with.
-pub const KEY_PREFIX: &str = "isol8_";
+pub(super) const KEY_PREFIX: &str = "isol8_";
 
 /// `lastUsedAt` is written at most this often per key, so a busy key costs no write per request.
 const LAST_USED_PRECISION_MS: i64 = 60_000;
@@ -34,7 +34,7 @@ pub struct NewKey {
 }
 
 /// A database key has this exact shape; anything else is not looked up.
-pub fn looks_like_key(token: &str) -> bool {
+pub(super) fn looks_like_key(token: &str) -> bool {
     token.len() == KEY_PREFIX.len() + 64
         && token.starts_with(KEY_PREFIX)
         && token[KEY_PREFIX.len()..]
@@ -53,7 +53,7 @@ pub(super) fn rfc3339(ms: i64) -> String {
 }
 
 /// Checks a tenant id: 1 to 64 letters, digits, `.`, `_` or `-` (it names sessions and containers).
-pub fn check_tenant(tenant: &str) -> Result<(), String> {
+pub(super) fn check_tenant(tenant: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&tenant.len())
         && tenant
             .chars()

@@ -5,7 +5,7 @@ mod config;
 mod keys;
 mod store;
 
-pub use audit::AuditTicket;
+pub(crate) use audit::AuditTicket;
 pub use config::{AuditConfig, AuthConfig, TenantLimitsConfig};
-pub use keys::NewKey;
+pub(crate) use keys::NewKey;
 pub use store::{Backend, Database, DbError, SCHEMA_VERSION};

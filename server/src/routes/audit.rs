@@ -19,7 +19,7 @@ use crate::state::AppState;
         (status = 503, description = "The auth database is unreachable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn audit(
+pub(crate) async fn audit(
     State(state): State<AppState>,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<AuditList>, ApiError> {

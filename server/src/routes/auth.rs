@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use isol8_api::{
-    CreateKeyRequest, CreatedKey, ErrorBody, KeyList, KeyQuery, LoginRequest, LoginResponse,
-    RevokedKey,
+    CreateKeyRequest, CreatedKey, ErrorBody, ErrorCode, KeyList, KeyQuery, LoginRequest,
+    LoginResponse, RevokedKey,
 };
 
 use crate::db::{Database, DbError, NewKey};
@@ -50,7 +50,7 @@ impl From<DbError> for ApiError {
                 tracing::warn!(%error, "auth database failure");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "auth_unavailable",
+                    ErrorCode::AuthUnavailable,
                     "the auth database is unreachable; retry later",
                 )
             }
@@ -66,7 +66,7 @@ impl From<DbError> for ApiError {
         AuthErrors,
     ),
     security(("bearer" = [])))]
-pub async fn create_key(
+pub(crate) async fn create_key(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
@@ -87,7 +87,7 @@ pub async fn create_key(
     params(KeyQuery),
     responses((status = 200, description = "The keys", body = KeyList), AuthErrors),
     security(("bearer" = [])))]
-pub async fn list_keys(
+pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Query(query): Query<KeyQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
@@ -106,7 +106,7 @@ pub async fn list_keys(
         AuthErrors,
     ),
     security(("bearer" = [])))]
-pub async fn revoke_key(
+pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<RevokedKey>, ApiError> {
@@ -122,7 +122,7 @@ pub async fn revoke_key(
     request_body = LoginRequest,
     responses((status = 200, description = "A fresh key, shown this once", body = LoginResponse), AuthErrors),
     security(("bearer" = [])))]
-pub async fn login(
+pub(crate) async fn login(
     State(state): State<AppState>,
     raw: axum::body::Bytes,
 ) -> Result<Json<LoginResponse>, ApiError> {

@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use futures::Stream;
 use isol8_api::{
-    ErrorBody, ExecuteBody, ExecutionResult, StreamEvent, StreamEventType, StreamPhase,
+    ErrorBody, ExecuteBody, ExecutionResult, SessionId, StreamEvent, StreamEventType, StreamPhase,
+    SESSION_HEADER,
 };
 use isol8_docker::{Engine, Program, RunEvent, RunEvents, RunPlan};
 
@@ -100,7 +101,7 @@ enum ExecutionErrors {
     ),
     security(("bearer" = []))
 )]
-pub async fn execute(
+pub(crate) async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -113,10 +114,6 @@ pub async fn execute(
     audit.record(&result).await;
     Ok(Json(result))
 }
-
-/// The header that carries a session id where the body cannot be read for routing (ingress
-/// affinity); the body's `sessionId` wins when both are given.
-pub const SESSION_HEADER: &str = "x-isol8-session";
 
 /// Validates the call, takes an execution slot and starts it: in a fresh sandbox, or in the session
 /// it names (created on first use). The slot is held until the run has ended, however the caller
@@ -131,13 +128,19 @@ pub(crate) async fn start(
 ) -> Result<RunEvents, ApiError> {
     let mut plan = plan(state, caller, body).await?;
     plan.live_stdin = live_stdin;
+    // The header carries the id where the body cannot be read for routing (ingress affinity);
+    // the body's `sessionId` wins when both are given.
     let session_id = match &body.session_id {
         Some(id) => Some(id.clone()),
         None => headers
             .get(SESSION_HEADER)
-            .map(|v| v.to_str().map(str::to_string))
-            .transpose()
-            .map_err(|_| ApiError::bad_request("the X-Isol8-Session header is not text"))?,
+            .map(|v| {
+                let text = v.to_str().map_err(|_| {
+                    ApiError::bad_request(format!("the {SESSION_HEADER} header is not text"))
+                })?;
+                Ok::<_, ApiError>(SessionId::parse(text)?)
+            })
+            .transpose()?,
     };
     let Some(id) = session_id else {
         // Counted against the key's cap until its container exists (`execute_stream` made it).
@@ -216,7 +219,7 @@ fn hold_until_ended(slot: Slot, events: &RunEvents) {
     ),
     security(("bearer" = []))
 )]
-pub async fn execute_stream(
+pub(crate) async fn execute_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -253,7 +256,7 @@ pub async fn execute_stream(
     ),
     security(("bearer" = []))
 )]
-pub async fn stream_alias(
+pub(crate) async fn stream_alias(
     state: State<AppState>,
     caller: Extension<Caller>,
     headers: HeaderMap,

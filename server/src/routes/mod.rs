@@ -1,8 +1,8 @@
 //! HTTP routes; each handler extracts, validates, calls the engine once and maps the result.
 
-pub mod audit;
-pub mod auth;
-pub mod execute;
-pub mod sessions;
-pub mod system;
-pub mod ws;
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod execute;
+pub(crate) mod sessions;
+pub(crate) mod system;
+pub(crate) mod ws;

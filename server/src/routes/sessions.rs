@@ -10,7 +10,8 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use isol8_api::{
     ArchiveImported, ArchiveQuery, ErrorBody, ExecuteBody, ExecutionRequest, FileContent,
-    FileQuery, FileWrite, OkResponse, SessionDetail, SessionInfo, SessionList, SessionUpdate,
+    FileQuery, FileWrite, OkResponse, SessionDetail, SessionId, SessionInfo, SessionList,
+    SessionUpdate,
 };
 
 use crate::auth::Caller;
@@ -49,7 +50,7 @@ fn info(session: &Session) -> SessionInfo {
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn list_sessions(
+pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<SessionList> {
@@ -66,8 +67,7 @@ pub(crate) fn list(state: &AppState, caller: &Caller) -> Vec<SessionInfo> {
 
 /// Ends the caller's session `id`, if it exists; its container goes once a running call ends.
 /// Returns whether there was one.
-pub(crate) fn close(state: &AppState, caller: &Caller, id: &str) -> Result<bool, ApiError> {
-    sessions::check_id(id)?;
+pub(crate) fn close(state: &AppState, caller: &Caller, id: &SessionId) -> Result<bool, ApiError> {
     let Some(session) = state.sessions.remove(&caller.owner, id) else {
         return Ok(false);
     };
@@ -129,12 +129,12 @@ pub(crate) async fn read(
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn delete_session(
+pub(crate) async fn delete_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<OkResponse>, ApiError> {
-    close(&state, &caller, &id)?;
+    close(&state, &caller, &SessionId::parse(id)?)?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -149,7 +149,7 @@ pub async fn delete_session(
         (status = 404, description = "No such session", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn write_file(
+pub(crate) async fn write_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<FileWrite>,
@@ -172,7 +172,7 @@ pub async fn write_file(
         (status = 404, description = "No such session or file", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn read_file(
+pub(crate) async fn read_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<FileQuery>,
@@ -226,12 +226,12 @@ async fn detail(state: &AppState, session: &Session) -> Result<SessionDetail, Ap
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn get_session(
+pub(crate) async fn get_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionDetail>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     let session = state.sessions.get(&caller.owner, &id)?;
     Ok(Json(detail(&state, &session).await?))
 }
@@ -249,13 +249,13 @@ pub async fn get_session(
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn update_session(
+pub(crate) async fn update_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SessionUpdate>,
 ) -> Result<Json<SessionDetail>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     let max = state.sessions.limits().max_idle_timeout.as_millis() as u64;
     if !(1000..=max).contains(&body.idle_timeout_ms) {
         return Err(ApiError::bad_request(format!(
@@ -281,11 +281,12 @@ pub async fn update_session(
         (status = 404, description = "No such session (of this key)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn export_archive(
+pub(crate) async fn export_archive(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = SessionId::parse(id)?;
     let session = found(&state, &caller, &id).await?;
     session.touch();
     let mut slot = session.slot.lock().await;
@@ -325,14 +326,14 @@ pub async fn export_archive(
         (status = 413, description = "Larger than maxArchiveBytes", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn import_archive(
+pub(crate) async fn import_archive(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<ArchiveQuery>,
     body: axum::body::Bytes,
 ) -> Result<Json<ArchiveImported>, ApiError> {
-    sessions::check_id(&id)?;
+    let id = SessionId::parse(id)?;
     // Checked whole before anything is created or written.
     let tar = isol8_docker::sanitize_archive(&body, state.config.max_archive_bytes)?;
     let existing = match (found(&state, &caller, &id).await, query.runtime) {
@@ -393,16 +394,15 @@ pub async fn import_archive(
 async fn found(
     state: &AppState,
     caller: &Caller,
-    id: &str,
+    id: &SessionId,
 ) -> Result<std::sync::Arc<Session>, ApiError> {
-    sessions::check_id(id)?;
     match state.sessions.get(&caller.owner, id) {
         Ok(session) => Ok(session),
         Err(err) if state.sessions.local => {
             let local = state.engine.local_sessions().await?;
             let Some((runtime, container)) = local
                 .into_iter()
-                .find(|s| s.id == id && s.running)
+                .find(|s| s.id == id.as_str() && s.running)
                 .and_then(|s| Some((s.runtime.parse().ok()?, s.container_id)))
             else {
                 return Err(err);

@@ -5,8 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use isol8_api::{
-    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, HealthResponse, ReadyResponse,
-    Runtime,
+    CleanupCounts, CleanupRequest, CleanupResponse, ErrorBody, ErrorCode, HealthResponse,
+    ReadyResponse, Runtime,
 };
 
 use isol8_docker::CleanupScope;
@@ -18,7 +18,7 @@ use crate::state::AppState;
 /// Liveness: the process answers. No key needed.
 #[utoipa::path(get, path = "/health", tag = "system",
     responses((status = 200, description = "The server is up", body = HealthResponse)))]
-pub async fn health() -> Json<HealthResponse> {
+pub(crate) async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -33,17 +33,17 @@ pub async fn health() -> Json<HealthResponse> {
         (status = 200, description = "Ready to run code", body = ReadyResponse),
         (status = 503, description = "Docker unreachable or images missing", body = ErrorBody),
     ))]
-pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>, ApiError> {
+pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>, ApiError> {
     let not_ready = |error: isol8_docker::Error| {
         tracing::warn!(%error, "not ready");
         let (code, message) = if error.is_docker_unavailable() {
             (
-                "docker_unavailable",
+                ErrorCode::DockerUnavailable,
                 "not ready: the Docker engine does not answer",
             )
         } else {
             (
-                "not_ready",
+                ErrorCode::NotReady,
                 "not ready: the Docker engine could not be queried",
             )
         };
@@ -59,7 +59,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>,
     if !missing.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "image_missing",
+            ErrorCode::ImageMissing,
             format!(
                 "not ready: runtime images not built: {}; run `isol8 setup`",
                 missing.join(", ")
@@ -87,7 +87,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyResponse>,
         (status = 503, description = "Docker unreachable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn cleanup(
+pub(crate) async fn cleanup(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
@@ -147,7 +147,7 @@ pub async fn cleanup(
         (status = 403, description = "Wrong key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state
         .metrics
         .render(state.engine.pool_stats(), state.sessions.count());

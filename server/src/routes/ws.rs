@@ -37,7 +37,7 @@ const UNSUPPORTED_DATA: u16 = 1003;
     ),
     security(("bearer" = []))
 )]
-pub async fn execute_ws(
+pub(crate) async fn execute_ws(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -123,7 +123,11 @@ async fn serve_socket(state: AppState, caller: Caller, headers: HeaderMap, mut s
     let mut events = match start(&state, &caller, &headers, &body, true).await {
         Ok(events) => events,
         Err(err) => {
-            send_error(&mut socket, &err.message).await;
+            let request_id = headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            send_error(&mut socket, &err.client_message(request_id)).await;
             close(&mut socket, NORMAL, "Execution complete").await;
             return;
         }

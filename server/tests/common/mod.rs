@@ -6,9 +6,9 @@ use isol8_server::{AppState, NamedKey, ServerConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-pub const KEY: &str = "test-key-0123456789";
+pub(crate) const KEY: &str = "test-key-0123456789";
 
-pub struct Server {
+pub(crate) struct Server {
     pub base: String,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -19,16 +19,16 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: ServerConfig) -> Server {
+    pub(crate) async fn start(config: ServerConfig) -> Server {
         Self::start_with(config, None).await
     }
 
-    pub async fn start_with(config: ServerConfig, docker_host: Option<&str>) -> Server {
+    pub(crate) async fn start_with(config: ServerConfig, docker_host: Option<&str>) -> Server {
         Self::start_full(config, docker_host, Vec::new()).await
     }
 
     /// A server with `keys` accepted besides `KEY`.
-    pub async fn start_full(
+    pub(crate) async fn start_full(
         config: ServerConfig,
         docker_host: Option<&str>,
         keys: Vec<NamedKey>,
@@ -57,11 +57,11 @@ impl Server {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
             .bearer_auth(KEY)
@@ -72,14 +72,14 @@ impl Server {
     }
 
     /// Stops the server and removes the sessions it leaves (frozen, for a next process).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shut_down().await;
         // Dropping `self` removes its sessions.
     }
 
     /// Stops the server as an operator would: its sessions stay, frozen, for the next server
     /// with its identity.
-    pub async fn stop_keeping_sessions(mut self) {
+    pub(crate) async fn stop_keeping_sessions(mut self) {
         self.shut_down().await;
         self.server_id = None;
     }
@@ -100,7 +100,7 @@ impl Drop for Server {
 }
 
 /// Removes the session containers labelled with the server identity `id` (a test's own).
-pub fn remove_sessions_of(id: &str) {
+pub(crate) fn remove_sessions_of(id: &str) {
     let out = std::process::Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label=isol8.server={id}")])
         .output()
@@ -119,7 +119,7 @@ pub fn remove_sessions_of(id: &str) {
 
 /// A test server's config: no warm pool, and an identity and data folder of its own, so test
 /// servers running at once never adopt each other's sessions.
-pub fn config() -> ServerConfig {
+pub(crate) fn config() -> ServerConfig {
     let id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     ServerConfig {
         pool_size: 0,
@@ -129,7 +129,7 @@ pub fn config() -> ServerConfig {
     }
 }
 
-pub async fn error_body(response: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn error_body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let id = response
         .headers()
