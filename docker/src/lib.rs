@@ -1,4 +1,18 @@
 //! isol8-docker: the sandbox engine on the Docker Engine API.
+//!
+//! # Layout
+//!
+//! - A request becomes a run: `plan` (the one validation pass: `RunPlan`, with `limits`), then
+//!   `engine` (`Engine`: connect, run, stream) with `engine/resolve` (which image),
+//!   `engine/drive` (one run, start to result) and `engine/cleanup` (listing, cleanup, the orphan
+//!   janitor). `run` is the caller's handle on a run in progress; `output` masks and decodes it.
+//! - Containers: `spec` (the hardened container), `uids` (each sandbox's own uid), `host` (what
+//!   the Docker host is), `pool` (warm sandboxes and their reset), `agent` (one container and the
+//!   protocol to its agent), `network` (filtered mode's network and proxy), `session` (sessions'
+//!   containers), `kept` (`persist`), `archive` (workspace snapshots), `ids` (short ids).
+//! - Images: `images` (runtime images, bootstrapped), `custom` (images with packages),
+//!   `build_output` (build logs a person can read).
+//! - `error`: the crate's one error type.
 
 mod agent;
 mod archive;

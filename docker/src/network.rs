@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
 pub(crate) const PROXY_PORT: u16 = 3128;
+/// Every filtered run's network is named this plus a random suffix.
+pub(crate) const NETWORK_PREFIX: &str = "isol8-net-";
+/// `isol8.kind` of a filtered run's network, of its proxy and of the host-address probe.
+pub(crate) const KIND_NETWORK: &str = "filtered-network";
+pub(crate) const KIND_PROXY: &str = "proxy";
+const KIND_PROBE: &str = "probe";
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One run's network and proxy; `teardown` removes both.
@@ -40,13 +46,13 @@ impl FilteredNetwork {
         service_uid: u32,
     ) -> Result<FilteredNetwork> {
         let name = format!(
-            "isol8-net-{}",
+            "{NETWORK_PREFIX}{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let labels = HashMap::from([
             (LABEL_MANAGED, "true"),
             (LABEL_INSTANCE, instance),
-            (LABEL_KIND, "filtered-network"),
+            (LABEL_KIND, KIND_NETWORK),
         ]);
         // No address for the host on this bridge: the proxy is the only thing the sandbox can reach.
         let options = HashMap::from([("com.docker.network.bridge.inhibit_ipv4", "true")]);
@@ -134,7 +140,7 @@ impl FilteredNetwork {
             labels: Some(HashMap::from([
                 (LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_INSTANCE.to_string(), instance.to_string()),
-                (LABEL_KIND.to_string(), "proxy".to_string()),
+                (LABEL_KIND.to_string(), KIND_PROXY.to_string()),
             ])),
             host_config: Some(HostConfig {
                 // The way out: Docker's default bridge. The sandbox's side is connected below.
@@ -389,7 +395,7 @@ async fn read_host_addresses(
         labels: Some(HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), instance.to_string()),
-            (LABEL_KIND.to_string(), "probe".to_string()),
+            (LABEL_KIND.to_string(), KIND_PROBE.to_string()),
         ])),
         host_config: Some(HostConfig {
             network_mode: Some("host".into()),

@@ -1,12 +1,11 @@
-//! The warm pool: started sandboxes ready to run, reuse after a verified reset (same owner only),
-//! cleanup of what a crashed instance left behind.
+//! The warm pool: started sandboxes ready to run, and their reuse after a verified reset (same
+//! owner only). What a crashed instance left behind is the janitor's (`engine::cleanup`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::container::ListContainersOptions;
 use bollard::Docker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -15,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::{remove, Sandbox};
 use crate::error::{Error, Result};
 use crate::host::DockerHost;
-use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
+use crate::spec::{ContainerKind, ContainerSpec, LABEL_KIND};
 use crate::uids::{service_uid, uid_range, SandboxUids};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -356,7 +355,7 @@ impl Pool {
             // A server runs for weeks: orphans are not left until its next start.
             if last_sweep.elapsed() > ORPHAN_SWEEP_EVERY {
                 last_sweep = Instant::now();
-                if let Err(error) = self.reclaim_orphans().await {
+                if let Err(error) = crate::engine::reclaim_orphans(&self.docker).await {
                     tracing::warn!(%error, "could not sweep orphaned containers");
                 }
             }
@@ -486,7 +485,9 @@ impl Pool {
         }
         // Anything still labelled with this instance (a create that raced shutdown) goes too,
         // but sessions: they outlive the process, for the next one to adopt.
-        if let Ok(left) = self.list_sandboxes(Some(&self.instance)).await {
+        if let Ok(left) =
+            crate::engine::dies_with_instance(&self.docker, Some(&self.instance)).await
+        {
             let session = |c: &bollard::models::ContainerSummary| {
                 c.labels
                     .as_ref()
@@ -500,138 +501,6 @@ impl Pool {
                 .filter_map(|c| c.id)
             {
                 remove(&self.docker, &id).await;
-            }
-        }
-    }
-
-    /// Sandbox, proxy and server-session containers (the kinds orphan reclaim looks at), of
-    /// `instance` or of every instance.
-    async fn list_sandboxes(
-        &self,
-        instance: Option<&str>,
-    ) -> Result<Vec<bollard::models::ContainerSummary>> {
-        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
-        if let Some(instance) = instance {
-            labels.push(format!("{LABEL_INSTANCE}={instance}"));
-        }
-        let all = self
-            .docker
-            .list_containers(Some(ListContainersOptions::<String> {
-                all: true,
-                filters: HashMap::from([("label".to_string(), labels)]),
-                ..Default::default()
-            }))
-            .await
-            .map_err(Error::docker("list containers"))?;
-        let dies_with_instance = |c: &bollard::models::ContainerSummary| {
-            let kind = c.labels.as_ref().and_then(|l| l.get(LABEL_KIND));
-            [
-                ContainerKind::Sandbox.as_str(),
-                ContainerKind::Session.as_str(),
-                "proxy",
-            ]
-            .iter()
-            .any(|k| kind.map(String::as_str) == Some(*k))
-        };
-        Ok(all.into_iter().filter(dies_with_instance).collect())
-    }
-
-    async fn remove_orphan_proxy(&self, id: &str) -> usize {
-        let Ok(inspect) = self.docker.inspect_container(id, None).await else {
-            return 0;
-        };
-        let networks: Vec<String> = inspect
-            .network_settings
-            .and_then(|n| n.networks)
-            .map(|n| {
-                n.into_keys()
-                    .filter(|k| k.starts_with("isol8-net-"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for name in &networks {
-            // An error means we cannot tell: leave it.
-            let Ok(network) = self.docker.inspect_network::<String>(name, None).await else {
-                return 0;
-            };
-            if network.containers.map_or(0, |c| c.len()) > 1 {
-                return 0;
-            }
-        }
-        remove(&self.docker, id).await;
-        for name in networks {
-            let _ = self.docker.remove_network(&name).await;
-        }
-        1
-    }
-
-    /// Removes sandbox and session containers that no live instance holds: their connection closed
-    /// (the instance died), so they exited, and Docker did not get to remove them; or they were
-    /// created and never started. A live instance's containers are running: this is safe for several
-    /// servers sharing one engine, whatever machine or container they run in. Returns how many.
-    pub(crate) async fn reclaim_orphans(&self) -> Result<usize> {
-        let containers = self.list_sandboxes(None).await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let mut removed = 0;
-        for container in containers {
-            let state = container.state.as_deref().unwrap_or_default();
-            let is_proxy = container
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_KIND))
-                .is_some_and(|k| k == "proxy");
-            // A filtered run's proxy outlives a crashed server: it is an orphan when no sandbox
-            // shares its network any more.
-            // (A young proxy may be waiting for its sandbox to be created: leave it.)
-            let young = now - container.created.unwrap_or(now) < 60;
-            if is_proxy && state == "running" && !young {
-                if let Some(id) = container.id.as_deref() {
-                    removed += self.remove_orphan_proxy(id).await;
-                }
-                continue;
-            }
-            if is_proxy && state == "running" {
-                continue;
-            }
-            let stale_create = state == "created" && now - container.created.unwrap_or(now) > 60;
-            if !(matches!(state, "exited" | "dead") || stale_create) {
-                continue;
-            }
-            if let Some(id) = container.id {
-                remove(&self.docker, &id).await;
-                removed += 1;
-            }
-        }
-        self.remove_empty_networks().await;
-        Ok(removed)
-    }
-
-    /// Filtered-run networks left with no container (their run's teardown never came), older than a
-    /// minute so a run being set up right now keeps its own.
-    async fn remove_empty_networks(&self) {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_KIND}=filtered-network")],
-        )]);
-        let options = bollard::network::ListNetworksOptions { filters };
-        let Ok(networks) = self.docker.list_networks(Some(options)).await else {
-            return;
-        };
-        let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
-        for network in networks {
-            let old = network
-                .created
-                .as_deref()
-                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-                .is_some_and(|c| c < minute_ago);
-            let Some(name) = network.name else { continue };
-            let Ok(detail) = self.docker.inspect_network::<String>(&name, None).await else {
-                continue;
-            };
-            if old && detail.containers.is_none_or(|c| c.is_empty()) {
-                let _ = self.docker.remove_network(&name).await;
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::limits::Limits;
 
 /// Label on every container and image isol8 creates; cleanup touches nothing without it.
 pub const LABEL_MANAGED: &str = "isol8.managed";
-/// Label naming the engine instance that created a container (see `Pool::reclaim_orphans`).
+/// Label naming the engine instance that created a container (see `engine::reclaim_orphans`).
 pub const LABEL_INSTANCE: &str = "isol8.instance";
 pub const LABEL_RUNTIME: &str = "isol8.runtime";
 pub const LABEL_KIND: &str = "isol8.kind";

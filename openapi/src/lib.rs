@@ -1,4 +1,10 @@
 //! isol8 wire types: the JSON bodies of the HTTP API (serde + utoipa schemas), shared by server and client.
+//!
+//! # Layout
+//!
+//! `execution` (requests, options, results), `stream` (stream events), `session` and
+//! `session_id` (sessions, files, archives; the session id rule and header), `auth` (keys,
+//! login, audit), `misc` (health, readiness, cleanup, the error body and its codes).
 
 mod auth;
 mod execution;

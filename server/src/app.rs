@@ -1,6 +1,6 @@
-//! The axum application: router, OpenAPI document, middleware stack, and `serve` with graceful shutdown.
+//! The axum application: the route table and the middleware stack (the document is `openapi`, the
+//! accept loop `serve`).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +10,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use isol8_api::{ErrorBody, ErrorCode};
-use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,27 +24,8 @@ use crate::state::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "isol8", description = "Run untrusted code in locked-down sandboxes"),
-    modifiers(&BearerAuth),
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-    }
-}
-
-fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+pub(crate) fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::ready))
         .routes(routes!(execute::execute))
@@ -70,81 +48,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::audit))
 }
 
-/// The OpenAPI document of the routes `app` serves, with the rules utoipa's attributes cannot state.
-pub fn openapi() -> serde_json::Value {
-    let (_, mut api) = api_router().split_for_parts();
-    api.info.version = env!("CARGO_PKG_VERSION").to_string();
-    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serializes");
-    refine_openapi(&mut doc);
-    doc
-}
-
-/// Adds what the derive cannot say: exactly one of `code`/`cmd`/`codeUrl`, variable-name rules, the shape of
-/// an SSE event (an `event` name and JSON `data`, as OpenAPI 3.1 tools read event streams), and the
-/// 413/415 answers every JSON body can get.
-fn refine_openapi(doc: &mut serde_json::Value) {
-    use serde_json::json;
-    let env_names = json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"});
-    let schemas = &mut doc["components"]["schemas"];
-    // Exactly one of code, cmd and codeUrl, as a string (an explicit null counts as absent).
-    schemas["ExecutionRequest"]["oneOf"] = json!([
-        {"required": ["code"], "properties": {"code": {"type": "string"}}},
-        {"required": ["cmd"], "properties": {"cmd": {"type": "string"}}},
-        {"required": ["codeUrl"], "properties": {"codeUrl": {"type": "string"}}}
-    ]);
-    let env_values = json!({"type": "string", "pattern": "^[^\\u0000]*$"});
-    schemas["ExecutionRequest"]["properties"]["files"]["propertyNames"] =
-        json!({"pattern": "^[^\\u0000]*\\S[^\\u0000]*$"});
-    for (schema, field) in [("ExecutionRequest", "env"), ("ExecutionOptions", "secrets")] {
-        let map = &mut schemas[schema]["properties"][field];
-        map["propertyNames"] = env_names.clone();
-        map["additionalProperties"] = env_values.clone();
-    }
-    let sse_frame = json!({
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"$ref": "#/components/schemas/StreamEventType"},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": {"$ref": "#/components/schemas/StreamEvent"}
-            }
-        }
-    });
-    let error = |description: &str| {
-        json!({"description": description,
-               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
-    };
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return;
-    };
-    for operation in paths
-        .values_mut()
-        .filter_map(|p| p.as_object_mut())
-        .flat_map(|p| p.values_mut())
-    {
-        if let Some(stream) = operation.pointer_mut("/responses/200/content/text~1event-stream") {
-            stream["schema"] = sse_frame.clone();
-        }
-        if operation.get("requestBody").is_some() {
-            let responses = &mut operation["responses"];
-            for (status, description) in [
-                ("408", "Body not sent within requestReadTimeoutMs"),
-                ("413", "Body too large"),
-                ("415", "Body is not JSON"),
-            ] {
-                if responses.get(status).is_none() {
-                    responses[status] = error(description);
-                }
-            }
-        }
-    }
-}
-
 /// The whole HTTP application over `state`.
 pub fn app(state: AppState) -> Router {
-    let spec = openapi();
+    let spec = crate::openapi::openapi();
     let (router, _) = api_router().split_for_parts();
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json(spec) }))
@@ -417,143 +323,4 @@ async fn error_envelope(request: Request, next: Next) -> Response {
         HeaderValue::from_static("application/json"),
     );
     (parts, Json(body)).into_response()
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, gives running
-/// executions `shutdownGraceMs` to finish, kills the rest and removes every container it created.
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let engine = state.engine.clone();
-    let grace = Duration::from_millis(state.config.shutdown_grace_ms);
-    // Signalled once when shutdown begins; the grace timer waits on it.
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    let reaper_engine = engine.clone();
-    // Background task: after the grace period, kill what still runs so open streams end.
-    let reaper = tokio::spawn(async move {
-        if begun_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-            tracing::info!("grace period over; stopping remaining executions");
-            reaper_engine.shutdown().await;
-        }
-    });
-    let sessions = Arc::clone(&state.sessions);
-    // Before the first request: the sessions an earlier process of this server left.
-    match sessions.adopt(&engine).await {
-        Ok(done) if done == Default::default() => {}
-        Ok(done) => tracing::info!(
-            adopted = done.adopted,
-            expired = done.expired,
-            removed = done.removed,
-            "sessions of an earlier process of this server"
-        ),
-        Err(error) => tracing::warn!(%error, "could not look for this server's earlier sessions"),
-    }
-    // Background task: expires idle sessions and freezes quiet ones; aborted at shutdown.
-    let expiry = tokio::spawn(Arc::clone(&sessions).expire_idle(engine.clone()));
-    // Background task: removes kept (`persist`) containers past their `persist.maxAgeMs`.
-    let kept_expiry = tokio::spawn(crate::persist::expire_forever(
-        engine.clone(),
-        state.config.persist.clone(),
-    ));
-    // Background task: deletes long-expired keys and audit rows past their retention.
-    let sweeper = state
-        .database
-        .clone()
-        .map(|db| tokio::spawn(db.sweep_forever()));
-    let limits = ConnectionLimits {
-        header_read_timeout: Duration::from_millis(state.config.request_read_timeout_ms),
-        max_connections: state.config.max_connections,
-    };
-    serve_connections(listener, app(state), limits, async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections");
-        let _ = begun_tx.send(());
-    })
-    .await;
-    reaper.abort();
-    expiry.abort();
-    kept_expiry.abort();
-    if let Some(sweeper) = sweeper {
-        sweeper.abort();
-    }
-    sessions.close_all(&engine).await;
-    engine.shutdown().await;
-}
-
-/// What one client may hold: a slow or silent client is cut off after `header_read_timeout`, and
-/// at most `max_connections` are served at once.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    header_read_timeout: Duration,
-    max_connections: usize,
-}
-
-/// The accept loop (`axum::serve` gives hyper no timer, so it has no header-read timeout and any
-/// number of idle connections stay open forever). Each connection is its own task; on `shutdown`
-/// the listener closes, idle connections are closed, and this returns once in-flight requests end.
-async fn serve_connections(
-    listener: TcpListener,
-    app: Router,
-    limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    // Every connection task, so shutdown can wait for them; `stop` asks each to finish its
-    // in-flight request and close (hyper's graceful shutdown of one connection).
-    let connections_running = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        // Waiting for a free connection slot before accepting leaves further clients in the
-        // kernel's backlog rather than serving them with no bound.
-        let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
-            |request: Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
-        ));
-        // With upgrades: `GET /execute/ws` switches the connection to the WebSocket protocol.
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let stop = stop.clone();
-        connections_running.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = ended {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    stop.cancel();
-    connections_running.close();
-    connections_running.wait().await;
 }
