@@ -1,6 +1,7 @@
 //! The `isol8` command line: argument parsing and dispatch to the commands.
 
 mod commands;
+mod error;
 mod output;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use commands::login::{self, LoginArgs};
 use commands::mcp::{self, McpArgs};
 use commands::run::{self, RunArgs};
 use commands::sessions::{self, SessionArgs};
+use error::{fail, CliError};
 use isol8_server::launch::{self, ServeArgs};
 
 /// `isol8 --help`'s closing lines.
@@ -183,16 +185,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => return err(format!("cannot start: {e}")),
+        Err(e) => return fail(format!("cannot start: {e}")).report(),
     };
     // `serve` starts logging once it has read the config (which picks the log format).
     if !matches!(cli.command, Command::Serve(_)) {
         init_cli_logging(cli.debug);
     }
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
-            Command::Serve(args) => launch::serve(args, cli.debug).await,
+            Command::Serve(args) => Ok(launch::serve(args, cli.debug).await),
             Command::Setup(args) => images::setup(args).await,
             Command::Build(args) => images::build(args).await,
             Command::Images(args) => images::list(args).await,
@@ -209,10 +211,12 @@ fn main() -> ExitCode {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "isol8", &mut script);
                 output::write_stdout(&script);
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
         }
-    })
+    });
+    // Every command's failure is printed here, once.
+    outcome.unwrap_or_else(CliError::report)
 }
 
 /// The CLI is quiet unless asked: warnings only, `--debug` for everything.
@@ -225,11 +229,6 @@ fn init_cli_logging(debug: bool) {
         )
         .with_writer(std::io::stderr)
         .init();
-}
-
-fn err(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("[ERR] {message}");
-    ExitCode::FAILURE
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Black-box tests of the built `isol8` binary: local runs through the embedded server, and remote
 //! runs against a real `isol8 serve`.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use isol8_e2e::{spawn_listening, Listening};
 
 fn isol8(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_isol8"))
@@ -184,27 +185,16 @@ fn bad_input_gets_clear_errors() {
 
 #[test]
 fn remote_runs_against_a_real_serve_with_and_without_the_right_key() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = Command::new(env!("CARGO_BIN_EXE_isol8"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("ISOL8_API_KEY", "remote-key")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let mut listening = false;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("listening on") {
-            listening = true;
-            break;
-        }
-    }
-    assert!(listening, "server did not start");
-    let host = format!("http://127.0.0.1:{port}");
+    let Listening {
+        child: mut server,
+        base: host,
+        ..
+    } = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .env("ISOL8_API_KEY", "remote-key"),
+        Duration::from_secs(60),
+    );
     let ok = isol8(&[
         "run",
         "--host",
@@ -416,36 +406,18 @@ fn completions_and_serve_update_answer() {
     );
 }
 
-/// Starts `isol8 serve` with `env`, waits for its "listening on" line and returns it with the child.
-fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isol8"))
-        .arg("serve")
-        .args(args)
-        .env_remove("ISOL8_PORT")
-        .env_remove("PORT")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read its stderr for its whole life (a closed pipe would make its next line fail); hand back
-    // the lines up to "listening on".
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
-        let done = line.contains("listening on");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    (child, seen)
+/// Starts `isol8 serve` with `env` and waits for its "listening on" line (see `spawn_listening`).
+fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Listening {
+    spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .arg("serve")
+            .args(args)
+            .env_remove("ISOL8_PORT")
+            .env_remove("PORT")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+    )
 }
 
 fn stop(mut child: std::process::Child) {
@@ -460,7 +432,9 @@ fn stop(mut child: std::process::Child) {
 fn serve_port_comes_from_flag_then_isol8_port_then_port_and_a_busy_one_falls_back() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port().to_string();
-    let (child, lines) = spawn_serve(
+    let Listening {
+        child, said: lines, ..
+    } = spawn_serve(
         &["--bind", "127.0.0.1", "--port", &busy_port],
         &[("ISOL8_API_KEY", "k")],
     );
@@ -480,7 +454,9 @@ fn serve_port_comes_from_flag_then_isol8_port_then_port_and_a_busy_one_falls_bac
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port().to_string()
     };
-    let (child, lines) = spawn_serve(
+    let Listening {
+        child, said: lines, ..
+    } = spawn_serve(
         &["--bind", "127.0.0.1"],
         &[
             ("ISOL8_API_KEY", "k"),
@@ -517,27 +493,20 @@ fn serve_port_comes_from_flag_then_isol8_port_then_port_and_a_busy_one_falls_bac
 
 #[test]
 fn json_logs_carry_request_ids_and_never_code_secrets_or_keys() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    let mut server = Command::new(env!("CARGO_BIN_EXE_isol8"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port])
-        .env("ISOL8_API_KEY", "log-test-key-123")
-        .env("ISOL8_LOG_FORMAT", "json")
-        .env("ISOL8_LOG", "debug")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr_pipe = server.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stderr_pipe)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let host = format!("http://127.0.0.1:{port}");
+    let Listening {
+        child: server,
+        base: host,
+        said,
+        rest,
+    } = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .env("ISOL8_API_KEY", "log-test-key-123")
+            .env("ISOL8_LOG_FORMAT", "json")
+            .env("ISOL8_LOG", "debug")
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+    );
     let mut ran = None;
     for _ in 0..50 {
         let out = isol8(&[
@@ -566,7 +535,8 @@ fn json_logs_carry_request_ids_and_never_code_secrets_or_keys() {
         "code-marker-abc\n"
     );
     stop(server);
-    let lines = reader.join().unwrap();
+    // Its stderr ended with it: every line it wrote.
+    let lines: Vec<String> = said.into_iter().chain(rest.iter()).collect();
     let json: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -653,18 +623,17 @@ fn cli_sessions_continue_across_processes_and_can_be_listed_and_stopped() {
 
 #[test]
 fn a_killed_server_leaves_no_sandbox_or_session_containers() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    let (server, _) = spawn_serve(
-        &["--bind", "127.0.0.1", "--port", &port],
+    let Listening {
+        child: server,
+        base: host,
+        ..
+    } = spawn_serve(
+        &["--bind", "127.0.0.1", "--port", "0"],
         &[
             ("ISOL8_API_KEY", "crash-key-0123456789"),
             ("ISOL8_POOL_SIZE", "1"),
         ],
     );
-    let host = format!("http://127.0.0.1:{port}");
     let out = isol8(&[
         "run",
         "--host",

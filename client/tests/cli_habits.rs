@@ -462,36 +462,17 @@ fn help_reads_like_a_synopsis_with_defaults_and_three_examples() {
     }
 }
 
-/// Starts `isol8 serve` with only a key (every other setting its default) on a free port.
+/// Starts `isol8 serve` with only a key (every other setting its default) on a port of its own.
 fn default_serve(key: &str) -> (std::process::Child, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = isol8_cmd(&["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("ISOL8_API_KEY", key)
-        .env("HOME", std::env::temp_dir())
-        .env_remove("ISOL8_CONFIG")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        if line.contains("listening on") {
-            return (child, format!("http://127.0.0.1:{port}"));
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the server did not start");
+    let server = isol8_e2e::spawn_listening(
+        isol8_cmd(&["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .env("ISOL8_API_KEY", key)
+            .env("HOME", std::env::temp_dir())
+            .env_remove("ISOL8_CONFIG")
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+    );
+    (server.child, server.base)
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! and against a remote `isol8 serve`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -153,37 +152,18 @@ fn a_second_ctrl_c_exits_the_cli() {
     assert!(stderr.contains("interrupted"), "{stderr}");
 }
 
-/// Starts `isol8 serve` on a free loopback port with `key`.
+/// Starts `isol8 serve` on a loopback port of its own with `key`.
 fn serve(key: &str) -> (Child, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isol8"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("ISOL8_API_KEY", key)
-        .env("HOME", std::env::temp_dir())
-        .env_remove("ISOL8_CONFIG")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    while let Ok(line) = rx.recv_timeout(WAIT) {
-        if line.contains("listening on") {
-            return (child, format!("http://127.0.0.1:{port}"));
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the server did not start");
+    let server = isol8_e2e::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .env("ISOL8_API_KEY", key)
+            .env("HOME", std::env::temp_dir())
+            .env_remove("ISOL8_CONFIG")
+            .stdin(Stdio::null()),
+        WAIT,
+    );
+    (server.child, server.base)
 }
 
 #[test]

@@ -1,9 +1,8 @@
 //! `isol8 login`, `logout`, `keys` and `audit` against a real `isol8 serve --auth-db`, and the key
 //! resolution every remote command shares (`--key`, `ISOL8_API_KEY`, stored credentials).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 const MASTER: &str = "login-test-master-key-0123";
@@ -23,38 +22,22 @@ impl Drop for Serve {
 }
 
 fn serve(home: &Path) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let db = home.join("server/auth.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isol8"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--auth-db")
-        .arg(&db)
-        .env("ISOL8_API_KEY", MASTER)
-        .env("ISOL8_POOL_SIZE", "0")
-        .env("HOME", home)
-        .env_remove("ISOL8_CONFIG")
-        .current_dir(home)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut listening = false;
-    for line in lines.by_ref() {
-        if line.unwrap().contains("listening on") {
-            listening = true;
-            break;
-        }
-    }
-    assert!(listening, "the server did not start");
-    // Drained until the server exits, so its later lines never meet a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let server = isol8_e2e::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8"))
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .arg("--auth-db")
+            .arg(&db)
+            .env("ISOL8_API_KEY", MASTER)
+            .env("ISOL8_POOL_SIZE", "0")
+            .env("HOME", home)
+            .env_remove("ISOL8_CONFIG")
+            .current_dir(home),
+        Duration::from_secs(60),
+    );
     Serve {
-        child,
-        host: format!("http://127.0.0.1:{port}"),
+        child: server.child,
+        host: server.base,
     }
 }
 

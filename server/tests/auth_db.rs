@@ -834,28 +834,31 @@ async fn the_schema_migrates_from_empty_and_from_the_previous_version(empty: &st
 async fn no_key_reaches_the_log(connection: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
-    let port = free_port();
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isol8-server"))
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--auth-db",
-            connection,
-        ])
-        .env("ISOL8_API_KEY", KEY)
-        .env("ISOL8_LOG", "debug")
-        .env("ISOL8_POOL_SIZE", "0")
-        .env("HOME", dir.path())
-        .env_remove("ISOL8_CONFIG")
-        .current_dir(dir.path())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let isol8_e2e::Listening {
+        mut child,
+        base,
+        said,
+        rest,
+    } = isol8_e2e::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_isol8-server"))
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--auth-db",
+                connection,
+            ])
+            .env("ISOL8_API_KEY", KEY)
+            .env("ISOL8_LOG", "debug")
+            .env("ISOL8_POOL_SIZE", "0")
+            .env("HOME", dir.path())
+            .env_remove("ISOL8_CONFIG")
+            .current_dir(dir.path())
+            .stdout(log),
+        Duration::from_secs(20),
+    );
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while http.get(format!("{base}/health")).send().await.is_err() {
@@ -920,7 +923,12 @@ async fn no_key_reaches_the_log(connection: &str) {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    // Everything it wrote: stdout in the file, then stderr (which ended with it).
+    let mut text = std::fs::read_to_string(&log_path).unwrap();
+    for line in said.into_iter().chain(rest.iter()) {
+        text.push_str(&line);
+        text.push('\n');
+    }
     assert!(
         text.contains("API key created"),
         "the log was captured: {text}"

@@ -2,6 +2,7 @@
 //! share. The engine, server and CLI tests live beside their crates (`docker/tests`,
 //! `server/tests`, `client/tests`).
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +23,61 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port free right now.
+/// A server process that said where it listens (`spawn_listening`).
+#[derive(Debug)]
+pub struct Listening {
+    pub child: Child,
+    /// From its "listening on" line: `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its stderr lines up to and with that one.
+    pub said: Vec<String>,
+    /// Its later stderr lines, as they come (dropping this is fine: they are then discarded).
+    pub rest: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts a server process (`isol8 serve`, `isol8-server`; the caller passes `--port 0`) and
+/// waits up to `wait` for its "listening on" line: its base URL comes from that line, so no port
+/// is picked before the server binds it (a port found free can be taken by then, and the server
+/// would fall back to another). Its stderr is read for the rest of its life, so its later lines
+/// never meet a closed pipe. A server that ends or stays silent is killed, and the test fails
+/// with what it said.
+pub fn spawn_listening(command: &mut Command, wait: Duration) -> Listening {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // The reader thread: forwards each line until the process closes its stderr (sends to a
+    // dropped receiver fail, and it reads on).
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let base = line
+            .split_once("listening on ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_string);
+        seen.push(line);
+        if let Some(base) = base {
+            return Listening {
+                child,
+                base,
+                said: seen,
+                rest: lines_rx,
+            };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server did not say where it listens; it said: {seen:#?}");
+}
+
+/// A loopback port free right now (for processes that cannot be asked for port 0, like nginx).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -97,7 +152,6 @@ pub fn remove_sessions_of(id: &str) {
 
 impl Server {
     pub async fn start(env: &[(&str, &str)]) -> Server {
-        let port = free_port();
         let given = |name: &str| {
             env.iter()
                 .find(|(k, _)| *k == name)
@@ -108,21 +162,21 @@ impl Server {
         let data_dir = given("ISOL8_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("isol8-e2e").join(&server_id));
-        let child = Command::new(binary("isol8-server"))
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .env("ISOL8_API_KEY", KEY)
-            .env("ISOL8_POOL_SIZE", "1")
-            .env("ISOL8_SERVER_ID", &server_id)
-            .env("ISOL8_DATA_DIR", &data_dir)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("isol8-server starts");
-        let child = Killed(child);
-        let base = format!("http://127.0.0.1:{port}");
+        let Listening { child, base, .. } = spawn_listening(
+            Command::new(binary("isol8-server"))
+                .args(["--bind", "127.0.0.1", "--port", "0"])
+                .env("ISOL8_API_KEY", KEY)
+                .env("ISOL8_POOL_SIZE", "1")
+                .env("ISOL8_SERVER_ID", &server_id)
+                .env("ISOL8_DATA_DIR", &data_dir)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+            Duration::from_secs(60),
+        );
+        let mut child = Killed(child);
         let http = reqwest::Client::new();
+        // Bound, it takes requests once it has opened its key store and adopted its sessions.
         let deadline = Instant::now() + Duration::from_secs(30);
         let instance = loop {
             if let Ok(r) = http.get(format!("{base}/health")).send().await {
@@ -131,7 +185,11 @@ impl Server {
                     .unwrap()
                     .to_string();
             }
-            assert!(Instant::now() < deadline, "isol8-server did not start");
+            let ended = matches!(child.0.try_wait(), Ok(Some(_)));
+            assert!(
+                !ended && Instant::now() < deadline,
+                "isol8-server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         Server {

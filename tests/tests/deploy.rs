@@ -3,13 +3,12 @@
 //! configured like the Kubernetes ingress. Uses the binaries `cargo build` made (the test command
 //! builds them first).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use isol8_e2e::{binary, free_port, Killed};
+use isol8_e2e::{binary, free_port, spawn_listening, Killed};
 use serde_json::{json, Value};
 
 const KEY: &str = "deploy-test-key-0123456789";
@@ -189,32 +188,19 @@ async fn the_server_image_built_from_host_binaries_runs_code_through_the_host_en
     );
 }
 
-/// `isol8 serve` on a free loopback port; returns the child and its base URL once it listens.
+/// `isol8 serve` on a loopback port of its choosing; returns the child and its address
+/// (`127.0.0.1:PORT`) once it listens.
 fn replica() -> (Killed, String) {
-    let port = free_port();
-    let mut child = Command::new(binary("isol8"))
-        .args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string()])
-        .env("ISOL8_API_KEY", KEY)
-        .env("ISOL8_POOL_SIZE", "1")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Keep reading its stderr for its whole life: a closed pipe would make its next line fail.
-    let stderr = child.stderr.take().unwrap();
-    let (listening, ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening on") {
-                let _ = listening.send(());
-            }
-        }
-    });
-    let child = Killed(child);
-    ready
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the replica started");
-    (child, format!("127.0.0.1:{port}"))
+    let server = spawn_listening(
+        Command::new(binary("isol8"))
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .env("ISOL8_API_KEY", KEY)
+            .env("ISOL8_POOL_SIZE", "1")
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+    );
+    let address = server.base.trim_start_matches("http://").to_string();
+    (Killed(server.child), address)
 }
 
 /// nginx configured like the ingress: no buffering, long timeouts, hashing on the session header

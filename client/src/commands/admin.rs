@@ -9,7 +9,7 @@ use isol8_server::engine::{short_id, CleanupScope};
 use isol8_server::ServerConfig;
 
 use super::images::local_engine;
-use crate::err;
+use crate::error::{fail, CliError, CliResult};
 use crate::output::outln;
 
 #[derive(Debug, Args)]
@@ -29,18 +29,18 @@ pub(crate) struct CleanupArgs {
     images: bool,
 }
 
-pub(crate) fn config(args: ConfigArgs) -> ExitCode {
+pub(crate) fn config(args: ConfigArgs) -> CliResult {
     let (config, source) = match ServerConfig::load() {
         Ok(loaded) => loaded,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     let text = match serde_json::to_string_pretty(&config) {
         Ok(t) => t,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     if args.json {
         outln!("{text}");
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
     match source {
         Some(path) => outln!("Config file: {}", path.display()),
@@ -50,27 +50,24 @@ pub(crate) fn config(args: ConfigArgs) -> ExitCode {
         "(ISOL8_... environment variables override single fields; see server/config.schema.json)\n"
     );
     outln!("{text}");
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn cleanup(args: CleanupArgs) -> ExitCode {
-    let engine = match local_engine().await {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+pub(crate) async fn cleanup(args: CleanupArgs) -> CliResult {
+    let engine = local_engine().await?;
     let outcome = remove_managed(&engine, &args).await;
     engine.shutdown().await;
     outcome
 }
 
-async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArgs) -> ExitCode {
+async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArgs) -> CliResult {
     let managed = match engine.list_managed(CleanupScope::Engine, args.images).await {
         Ok(m) => m,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     if managed.containers.is_empty() && managed.images.is_empty() {
         eprintln!("[OK] Nothing of isol8's to remove.");
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
     for c in &managed.containers {
         outln!("container {}  {}  {}", short_id(&c.id), c.image, c.state);
@@ -83,11 +80,11 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
     }
     if !args.force && !confirm(&managed) {
         eprintln!("[INFO] Nothing removed.");
-        return ExitCode::FAILURE;
+        return Err(CliError::Exit(ExitCode::FAILURE));
     }
     let response = match engine.cleanup(CleanupScope::Engine, args.images).await {
         Ok(r) => r,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     let mut report = format!("Removed {} container(s)", response.containers.removed);
     if let Some(images) = &response.images {
@@ -104,10 +101,12 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
     }
     if errors.is_empty() {
         eprintln!("[OK] {report}.");
-        ExitCode::SUCCESS
+        Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("[ERR] {report}; {} could not be removed.", errors.len());
-        ExitCode::FAILURE
+        Err(fail(format!(
+            "{report}; {} could not be removed.",
+            errors.len()
+        )))
     }
 }
 

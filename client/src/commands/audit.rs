@@ -6,7 +6,7 @@ use clap::Args;
 use isol8_api::AuditQuery;
 
 use super::keys::{client, print_json, print_table};
-use crate::err;
+use crate::error::{fail, CliResult};
 
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
@@ -30,10 +30,10 @@ pub(crate) struct AuditArgs {
     json: bool,
 }
 
-pub(crate) async fn audit(args: AuditArgs) -> ExitCode {
+pub(crate) async fn audit(args: AuditArgs) -> CliResult {
     let client = match client(args.host, args.key) {
         Ok(c) => c,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     let query = AuditQuery {
         tenant_id: args.tenant,
@@ -44,7 +44,7 @@ pub(crate) async fn audit(args: AuditArgs) -> ExitCode {
         Ok(list) if args.json => print_json(&list),
         Ok(list) if list.entries.is_empty() => {
             eprintln!("[INFO] No audit entries.");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Ok(list) => {
             let rows: Vec<Vec<String>> = list
@@ -71,8 +71,8 @@ pub(crate) async fn audit(args: AuditArgs) -> ExitCode {
                 ],
                 &rows,
             );
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(e),
+        Err(e) => Err(fail(e)),
     }
 }

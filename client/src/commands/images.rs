@@ -12,7 +12,7 @@ use isol8_server::engine::{BuildProgress, Engine, PackageSet};
 use isol8_server::ServerConfig;
 use parking_lot::Mutex;
 
-use crate::err;
+use crate::error::{fail, CliError, CliResult};
 use crate::output::outln;
 
 #[derive(Debug, Args)]
@@ -122,9 +122,9 @@ impl Progress {
 }
 
 /// Connects to the local Docker engine, or says how to get one running.
-pub(crate) async fn connect_engine(config: &ServerConfig) -> Result<Engine, ExitCode> {
+pub(crate) async fn connect_engine(config: &ServerConfig) -> Result<Engine, CliError> {
     let docker_down = |e: isol8_server::engine::Error| {
-        err(format!(
+        fail(format!(
             "Docker is not running or not installed. {e}\n      Start the Docker daemon (e.g. `sudo dockerd &`) or set DOCKER_HOST."
         ))
     };
@@ -137,15 +137,15 @@ pub(crate) async fn connect_engine(config: &ServerConfig) -> Result<Engine, Exit
 
 /// An engine on the local Docker for one command (build, cleanup, sessions): the user's config,
 /// no warm pool.
-pub(crate) async fn local_engine() -> Result<Engine, ExitCode> {
+pub(crate) async fn local_engine() -> Result<Engine, CliError> {
     let config = ServerConfig {
         pool_size: 0,
-        ..ServerConfig::load_user().map_err(err)?.0
+        ..ServerConfig::load_user().map_err(fail)?.0
     };
     connect_engine(&config).await
 }
 
-pub(crate) async fn setup(args: SetupArgs) -> ExitCode {
+pub(crate) async fn setup(args: SetupArgs) -> CliResult {
     let runtimes = if args.runtimes.is_empty() {
         Runtime::ALL.to_vec()
     } else {
@@ -163,13 +163,10 @@ pub(crate) async fn setup(args: SetupArgs) -> ExitCode {
         match PackageSet::parse(runtime, &names) {
             Ok(set) if !set.is_empty() => baked.push((runtime, set)),
             Ok(_) => {}
-            Err(e) => return err(e),
+            Err(e) => return Err(fail(e)),
         }
     }
-    let engine = match local_engine().await {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let engine = local_engine().await?;
     let progress = Progress::new(true);
     let report = |p| progress.report(p);
     let result = async {
@@ -191,24 +188,21 @@ pub(crate) async fn setup(args: SetupArgs) -> ExitCode {
                 eprintln!("[OK] {runtime}: {tag}");
             }
             eprintln!("\n[DONE] Setup complete!");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(e),
+        Err(e) => Err(fail(e)),
     }
 }
 
-pub(crate) async fn build(args: BuildArgs) -> ExitCode {
+pub(crate) async fn build(args: BuildArgs) -> CliResult {
     let packages = match PackageSet::parse(args.base, &args.install) {
         Ok(set) if set.is_empty() => {
-            return err("No packages specified. Use --install <package>.");
+            return Err(fail("No packages specified. Use --install <package>."));
         }
         Ok(set) => set,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
-    let engine = match local_engine().await {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let engine = local_engine().await?;
     let progress = Progress::new(true);
     let result = engine
         .build_custom_image(
@@ -234,33 +228,30 @@ pub(crate) async fn build(args: BuildArgs) -> ExitCode {
             if let Some(alias) = args.tag {
                 eprintln!("       Alias:    {alias}");
             }
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(e),
+        Err(e) => Err(fail(e)),
     }
 }
 
-pub(crate) async fn list(args: ImagesArgs) -> ExitCode {
-    let engine = match local_engine().await {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+pub(crate) async fn list(args: ImagesArgs) -> CliResult {
+    let engine = local_engine().await?;
     let images = engine.custom_images().await;
     engine.shutdown().await;
     let images = match images {
         Ok(i) => i,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     if args.json {
         match serde_json::to_string_pretty(&images) {
             Ok(text) => outln!("{text}"),
-            Err(e) => return err(e),
+            Err(e) => return Err(fail(e)),
         }
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
     if images.is_empty() {
         eprintln!("[INFO] No custom isol8 images. Make one with `isol8 build --base python --install numpy`.");
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -303,7 +294,7 @@ pub(crate) async fn list(args: ImagesArgs) -> ExitCode {
             .collect();
         outln!("{}", cells.join("  ").trim_end());
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Bytes as Docker prints them (decimal units).

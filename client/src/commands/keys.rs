@@ -7,7 +7,7 @@ use isol8::Client;
 use isol8_api::{CreateKeyRequest, KeyLimits, KeyQuery};
 
 use super::login::resolve_key;
-use crate::err;
+use crate::error::{fail, CliResult};
 
 #[derive(Debug, Args)]
 pub(crate) struct KeysArgs {
@@ -66,10 +66,10 @@ pub(crate) fn client(host: Option<String>, key: Option<String>) -> Result<Client
     Ok(Client::new(host, key))
 }
 
-pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
+pub(crate) async fn keys(args: KeysArgs) -> CliResult {
     let client = match client(args.host, args.key) {
         Ok(c) => c,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     match args.command {
         KeysCommand::Create {
@@ -100,9 +100,9 @@ pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
                         "[OK] Key {} ({}) for tenant {}, expires {}. It is shown only this once.",
                         created.id, created.name, created.tenant_id, created.expires_at
                     );
-                    ExitCode::SUCCESS
+                    Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => err(e),
+                Err(e) => Err(fail(e)),
             }
         }
         KeysCommand::List { tenant, json } => {
@@ -110,7 +110,7 @@ pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
                 Ok(list) if json => print_json(&list),
                 Ok(list) if list.keys.is_empty() => {
                     eprintln!("[INFO] No keys.");
-                    ExitCode::SUCCESS
+                    Ok(ExitCode::SUCCESS)
                 }
                 Ok(list) => {
                     let rows: Vec<Vec<String>> = list
@@ -141,28 +141,28 @@ pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
                         ],
                         &rows,
                     );
-                    ExitCode::SUCCESS
+                    Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => err(e),
+                Err(e) => Err(fail(e)),
             }
         }
         KeysCommand::Revoke { id } => match client.revoke_key(&id).await {
             Ok(_) => {
                 eprintln!("[OK] Key {id} revoked.");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => err(e),
+            Err(e) => Err(fail(e)),
         },
     }
 }
 
-pub(crate) fn print_json(value: &impl serde::Serialize) -> ExitCode {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> CliResult {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
             println!("{text}");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(e),
+        Err(e) => Err(fail(e)),
     }
 }
 

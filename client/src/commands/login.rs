@@ -10,7 +10,7 @@ use isol8::{Client, ClientError};
 use isol8_api::LoginRequest;
 use serde::{Deserialize, Serialize};
 
-use crate::err;
+use crate::error::{fail, CliResult};
 
 #[derive(Debug, Args)]
 pub(crate) struct LoginArgs {
@@ -80,9 +80,11 @@ pub(crate) fn resolve_key(host: &str, flag: Option<String>) -> Result<String, St
     Ok(stored.token)
 }
 
-pub(crate) async fn login(args: LoginArgs) -> ExitCode {
+pub(crate) async fn login(args: LoginArgs) -> CliResult {
     let Some(key) = args.key.filter(|k| !k.is_empty()) else {
-        return err("The master key is required. Use --key or set ISOL8_API_KEY.");
+        return Err(fail(
+            "The master key is required. Use --key or set ISOL8_API_KEY.",
+        ));
     };
     let client = Client::new(args.host.clone(), key);
     let name = args.name.unwrap_or_else(|| {
@@ -99,11 +101,11 @@ pub(crate) async fn login(args: LoginArgs) -> ExitCode {
     let answer = match client.login(&request).await {
         Ok(answer) => answer,
         Err(e @ ClientError::Api { status: 400, .. }) => {
-            return err(format!(
+            return Err(fail(format!(
                 "{e}\n      Is DB-backed auth enabled on the server (isol8 serve --auth-db PATH)?"
-            ))
+            )))
         }
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     let credentials = Credentials {
         host: args.host.trim_end_matches('/').to_string(),
@@ -112,13 +114,13 @@ pub(crate) async fn login(args: LoginArgs) -> ExitCode {
         key_id: answer.key_id,
     };
     if let Err(e) = store(&credentials) {
-        return err(format!("cannot write {SHOWN_PATH}: {e}"));
+        return Err(fail(format!("cannot write {SHOWN_PATH}: {e}")));
     }
     eprintln!(
         "[OK] Logged in to {}; the token expires at {} (stored in {SHOWN_PATH}).",
         credentials.host, answer.expires_at
     );
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the credentials readable by this user only, replacing the file in one step.
@@ -140,19 +142,19 @@ fn store(credentials: &Credentials) -> std::io::Result<()> {
     std::fs::rename(&temporary, &path)
 }
 
-pub(crate) fn logout() -> ExitCode {
+pub(crate) fn logout() -> CliResult {
     let Some(path) = credentials_path() else {
-        return err("HOME is not set");
+        return Err(fail("HOME is not set"));
     };
     match std::fs::remove_file(&path) {
         Ok(()) => {
             eprintln!("[OK] Credentials removed from {SHOWN_PATH}");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             eprintln!("[INFO] No stored credentials found.");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(format!("cannot remove {SHOWN_PATH}: {e}")),
+        Err(e) => Err(fail(format!("cannot remove {SHOWN_PATH}: {e}"))),
     }
 }

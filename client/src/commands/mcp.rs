@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::run::start_embedded;
-use crate::err;
+use crate::error::{fail, CliResult};
 
 #[derive(Debug, Args)]
 pub(crate) struct McpArgs {
@@ -37,16 +37,13 @@ pub(crate) struct McpArgs {
 /// (which stops the run). Locked only to insert, remove or abort; never across an `.await`.
 type InFlight = Arc<Mutex<HashMap<String, JoinHandle<()>>>>;
 
-pub(crate) async fn mcp(args: McpArgs) -> ExitCode {
+pub(crate) async fn mcp(args: McpArgs) -> CliResult {
     let client = match args.host {
         Some(host) => match args.key {
             Some(key) => Client::new(host, key),
-            None => return err("--host needs --key (or ISOL8_API_KEY)"),
+            None => return Err(fail("--host needs --key (or ISOL8_API_KEY)")),
         },
-        None => match start_embedded(Runtime::Python).await {
-            Ok(client) => client,
-            Err(code) => return code,
-        },
+        None => start_embedded(Runtime::Python).await?,
     };
     // Every message for stdout goes through this channel to one writer task, so lines from
     // concurrent calls never interleave. The task ends when every sender is gone.
@@ -113,7 +110,7 @@ pub(crate) async fn mcp(args: McpArgs) -> ExitCode {
     }
     drop(out);
     let _ = writer.await;
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Posts one message and writes each message of the answer; a failure to reach the server

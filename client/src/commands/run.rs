@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 
 use super::images::{connect_engine, Progress};
 use super::sessions::{expire_local, use_local};
-use crate::{err, output};
+use crate::error::{fail, CliError, CliResult};
+use crate::output;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").args(["file", "eval", "cmd", "url", "github", "gist"]))]
@@ -463,16 +464,16 @@ fn random_hex(bytes: usize) -> String {
 /// client of it. It is never stopped gracefully: when this process exits its attach connections
 /// close, and Docker stops and removes those containers itself (stdin-once + auto-remove), so the
 /// user does not wait for container removals. Kept containers and sessions are not of that kind.
-pub(crate) async fn start_embedded(runtime: Runtime) -> Result<Client, ExitCode> {
+pub(crate) async fn start_embedded(runtime: Runtime) -> Result<Client, CliError> {
     start_embedded_for(Some(runtime)).await
 }
 
 /// `start_embedded`, building `runtime`'s image first when given (`None`: the call needs none
 /// built, e.g. a session archive).
-pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Client, ExitCode> {
+pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Client, CliError> {
     let mut config = ServerConfig {
         pool_size: 0,
-        ..ServerConfig::load_user().map_err(err)?.0
+        ..ServerConfig::load_user().map_err(fail)?.0
     };
     // The user at the terminal is the operator: filtered networking (rules they give) is theirs,
     // and so is fetching the code they name with --url (https and public addresses only, unless
@@ -489,15 +490,15 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
             .build_images(&[runtime], false, &|p| progress.report(p))
             .await;
         progress.abandon();
-        built.map_err(err)?;
+        built.map_err(fail)?;
     }
     expire_local(
         &engine,
         Duration::from_millis(config.session_idle_timeout_ms),
     )
     .await;
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(err)?;
-    let addr = listener.local_addr().map_err(err)?;
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(fail)?;
+    let addr = listener.local_addr().map_err(fail)?;
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
     let state = AppState::new(engine, config, key.clone())
@@ -507,10 +508,10 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     Ok(Client::new(format!("http://{addr}"), key))
 }
 
-pub(crate) async fn run(args: RunArgs) -> ExitCode {
+pub(crate) async fn run(args: RunArgs) -> CliResult {
     let body = match build_body(&args) {
         Ok(b) => b,
-        Err(e) => return err(e),
+        Err(e) => return Err(fail(e)),
     };
     if let Some(id) = &body.session_id {
         eprintln!("[INFO] Session ID: {id}");
@@ -524,14 +525,11 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         Some(host) => {
             let key = match super::login::resolve_key(host, args.key.clone()) {
                 Ok(key) => key,
-                Err(e) => return err(e),
+                Err(e) => return Err(fail(e)),
             };
             Client::new(host.clone(), key)
         }
-        None => match start_embedded(body.request.runtime).await {
-            Ok(client) => client,
-            Err(code) => return code,
-        },
+        None => start_embedded(body.request.runtime).await?,
     };
     if args.interactive {
         // Ctrl-C is the program's here (see `interactive`).
@@ -541,17 +539,17 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         code = execute(&client, &body, &args) => code,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("[WARN] interrupted; the run was killed");
-            ExitCode::from(130)
+            Ok(ExitCode::from(130))
         }
     };
     outcome
 }
 
-async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCode {
+async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResult {
     let mut out_file = match &args.out {
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Some(f),
-            Err(e) => return err(format!("cannot write {}: {e}", path.display())),
+            Err(e) => return Err(fail(format!("cannot write {}: {e}", path.display()))),
         },
         None => None,
     };
@@ -569,7 +567,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
     let (status, exit_code, container) = if mode == Mode::Wait {
         let result = match client.execute(body).await {
             Ok(r) => r,
-            Err(e) => return err(e),
+            Err(e) => return Err(fail(e)),
         };
         write_stdout(&result.stdout);
         for bundle in result.results.iter().flatten() {
@@ -593,17 +591,15 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
                     loop {
                         match events.next().await {
                             Some(Ok(event)) => printer.print(event),
-                            Some(Err(e)) => break Err(err(e)),
+                            Some(Err(e)) => break Err(fail(e)),
                             None => break Ok(()),
                         }
                     }
                 }
-                Err(e) => Err(err(e)),
+                Err(e) => Err(fail(e)),
             }
         };
-        if let Err(code) = ended {
-            return code;
-        }
+        ended?;
         match printer.summary {
             Some(r) => {
                 print_network_logs(args, &r);
@@ -612,9 +608,11 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
             // A run refused before it started (policy, capacity) is one error event on the
             // WebSocket, where the SSE route would have answered with an error status.
             None => {
-                return err(printer
-                    .last_error
-                    .unwrap_or_else(|| "the stream ended without a result".into()))
+                return Err(fail(
+                    printer
+                        .last_error
+                        .unwrap_or_else(|| "the stream ended without a result".into()),
+                ))
             }
         }
     };
@@ -643,7 +641,9 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> ExitCod
     } else {
         exit_code
     };
-    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+    Ok(ExitCode::from(
+        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+    ))
 }
 
 /// Prints stream events as they arrive, the same for the SSE stream and the WebSocket.
@@ -688,11 +688,11 @@ async fn interactive<W: FnMut(&str)>(
     client: &Client,
     body: &ExecuteBody,
     printer: &mut Printer<'_, W>,
-) -> Result<(), ExitCode> {
+) -> CliResult<()> {
     // Registered before the run starts, so no Ctrl-C falls between the default action (which
     // would kill this process without telling the program) and the loop below.
-    let mut interrupts = Interrupts::new().map_err(err)?;
-    let (mut input, mut events) = client.execute_ws(body).await.map_err(err)?;
+    let mut interrupts = Interrupts::new().map_err(fail)?;
+    let (mut input, mut events) = client.execute_ws(body).await.map_err(fail)?;
     // Input for the writer task, in order; bounded, so a fast pipe waits for the socket.
     let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Input>(16);
     read_stdin_into(input_tx.clone());
@@ -716,13 +716,13 @@ async fn interactive<W: FnMut(&str)>(
         tokio::select! {
             event = events.next() => match event {
                 Some(Ok(event)) => printer.print(event),
-                Some(Err(e)) => return Err(err(e)),
+                Some(Err(e)) => return Err(fail(e)),
                 None => return Ok(()),
             },
             _ = interrupts.recv() => {
                 if interrupted {
                     eprintln!("[WARN] interrupted; the run was killed");
-                    return Err(ExitCode::from(130));
+                    return Err(CliError::Exit(ExitCode::from(130)));
                 }
                 interrupted = true;
                 // Behind stdin already queued, as a terminal's ^C comes after what was typed.

@@ -10,7 +10,7 @@ use isol8::Client;
 use isol8_server::engine::Engine;
 
 use super::images::local_engine;
-use crate::err;
+use crate::error::{fail, CliResult};
 use crate::output::outln;
 
 #[derive(Debug, Args)]
@@ -52,13 +52,13 @@ enum SessionCommand {
     },
 }
 
-pub(crate) async fn session(args: SessionArgs) -> ExitCode {
+pub(crate) async fn session(args: SessionArgs) -> CliResult {
     if let SessionCommand::Stop { id }
     | SessionCommand::Export { id, .. }
     | SessionCommand::Import { id, .. } = &args.command
     {
         if let Err(e) = isol8_api::SessionId::parse(id.as_str()) {
-            return err(e);
+            return Err(fail(e));
         }
     }
     if matches!(
@@ -71,7 +71,7 @@ pub(crate) async fn session(args: SessionArgs) -> ExitCode {
         Some(host) => {
             let key = match super::login::resolve_key(host, args.key.clone()) {
                 Ok(key) => key,
-                Err(e) => return err(e),
+                Err(e) => return Err(fail(e)),
             };
             remote(Client::new(host.clone(), key), args.command).await
         }
@@ -81,11 +81,11 @@ pub(crate) async fn session(args: SessionArgs) -> ExitCode {
 
 /// `export` and `import`: through the server named by --host, or the embedded one (the same
 /// routes) for this machine's CLI sessions.
-async fn archive(args: SessionArgs) -> ExitCode {
+async fn archive(args: SessionArgs) -> CliResult {
     let (client, _turn) = match &args.host {
         Some(host) => match super::login::resolve_key(host, args.key.clone()) {
             Ok(key) => (Client::new(host.clone(), key), None),
-            Err(e) => return err(e),
+            Err(e) => return Err(fail(e)),
         },
         None => {
             let (id, runtime) = match &args.command {
@@ -95,17 +95,14 @@ async fn archive(args: SessionArgs) -> ExitCode {
             };
             // Takes the session's turn, as `isol8 run --session-id` does.
             let turn = use_local(id);
-            match super::run::start_embedded_for(runtime).await {
-                Ok(client) => (client, turn),
-                Err(code) => return code,
-            }
+            (super::run::start_embedded_for(runtime).await?, turn)
         }
     };
     match args.command {
         SessionCommand::Export { id, file } => {
             let tar = match client.export_archive(&id).await {
                 Ok(tar) => tar,
-                Err(e) => return err(e),
+                Err(e) => return Err(fail(e)),
             };
             let written = match file.as_os_str() == "-" {
                 true => std::io::Write::write_all(&mut std::io::stdout(), &tar),
@@ -117,9 +114,9 @@ async fn archive(args: SessionArgs) -> ExitCode {
                         "[OK] Session \"{id}\": /sandbox saved ({} bytes).",
                         tar.len()
                     );
-                    ExitCode::SUCCESS
+                    Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => err(format!("cannot write {}: {e}", file.display())),
+                Err(e) => Err(fail(format!("cannot write {}: {e}", file.display()))),
             }
         }
         SessionCommand::Import { id, file, runtime } => {
@@ -132,7 +129,7 @@ async fn archive(args: SessionArgs) -> ExitCode {
             };
             let tar = match tar {
                 Ok(tar) => tar,
-                Err(e) => return err(format!("cannot read {}: {e}", file.display())),
+                Err(e) => return Err(fail(format!("cannot read {}: {e}", file.display()))),
             };
             match client.import_archive(&id, tar, runtime).await {
                 Ok(done) => {
@@ -142,22 +139,22 @@ async fn archive(args: SessionArgs) -> ExitCode {
                         ""
                     };
                     eprintln!("[OK] Session \"{id}\"{made}: archive unpacked into /sandbox.");
-                    ExitCode::SUCCESS
+                    Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => err(e),
+                Err(e) => Err(fail(e)),
             }
         }
         _ => unreachable!("only archive commands come here"),
     }
 }
 
-async fn remote(client: Client, command: SessionCommand) -> ExitCode {
+async fn remote(client: Client, command: SessionCommand) -> CliResult {
     match command {
         SessionCommand::List { json } => match client.list_sessions().await {
             Ok(list) if json => print_json(&list),
             Ok(list) if list.sessions.is_empty() => {
                 eprintln!("[INFO] No active sessions.");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
             Ok(list) => {
                 for s in list.sessions {
@@ -169,16 +166,16 @@ async fn remote(client: Client, command: SessionCommand) -> ExitCode {
                         s.last_accessed_at
                     );
                 }
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => err(e),
+            Err(e) => Err(fail(e)),
         },
         SessionCommand::Stop { id } => match client.delete_session(&id).await {
             Ok(()) => {
                 eprintln!("[OK] Session \"{id}\" destroyed.");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => err(e),
+            Err(e) => Err(fail(e)),
         },
         SessionCommand::Export { .. } | SessionCommand::Import { .. } => {
             unreachable!("archive commands go through `archive`")
@@ -186,11 +183,8 @@ async fn remote(client: Client, command: SessionCommand) -> ExitCode {
     }
 }
 
-async fn local(command: SessionCommand) -> ExitCode {
-    let engine = match local_engine().await {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+async fn local(command: SessionCommand) -> CliResult {
+    let engine = local_engine().await?;
     let code = match command {
         SessionCommand::List { json } => match engine.local_sessions().await {
             Ok(list) if json => {
@@ -206,25 +200,25 @@ async fn local(command: SessionCommand) -> ExitCode {
             }
             Ok(list) if list.is_empty() => {
                 eprintln!("[INFO] No active sessions.");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
             Ok(list) => {
                 for s in list {
                     let state = if s.running { "running" } else { "stopped" };
                     outln!("{}  {}  {state}", s.id, s.runtime);
                 }
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => err(e),
+            Err(e) => Err(fail(e)),
         },
         SessionCommand::Stop { id } => match engine.remove_local_session(&id).await {
             Ok(true) => {
                 forget_local(&id);
                 eprintln!("[OK] Session \"{id}\" destroyed.");
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             }
-            Ok(false) => err(format!("No session \"{id}\".")),
-            Err(e) => err(e),
+            Ok(false) => Err(fail(format!("No session \"{id}\"."))),
+            Err(e) => Err(fail(e)),
         },
         SessionCommand::Export { .. } | SessionCommand::Import { .. } => {
             unreachable!("archive commands go through `archive`")
@@ -234,13 +228,13 @@ async fn local(command: SessionCommand) -> ExitCode {
     code
 }
 
-fn print_json(value: &impl serde::Serialize) -> ExitCode {
+fn print_json(value: &impl serde::Serialize) -> CliResult {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
             outln!("{text}");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => err(e),
+        Err(e) => Err(fail(e)),
     }
 }
 
