@@ -128,7 +128,7 @@ pub(crate) async fn connect_engine(config: &ServerConfig) -> Result<Engine, CliE
             "Docker is not running or not installed. {e}\n      Start the Docker daemon (e.g. `sudo dockerd &`) or set DOCKER_HOST."
         ))
     };
-    let engine = Engine::connect(config.engine_config().map_err(err)?)
+    let engine = Engine::connect(config.engine_config().map_err(fail)?)
         .await
         .map_err(docker_down)?;
     engine.ping().await.map_err(docker_down)?;

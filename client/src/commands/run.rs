@@ -502,7 +502,7 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
     let state = AppState::new(engine, config, key.clone())
-        .map_err(err)?
+        .map_err(fail)?
         .with_local_sessions();
     tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
     Ok(Client::new(format!("http://{addr}"), key))
