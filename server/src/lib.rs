@@ -43,7 +43,7 @@ pub use error::ApiError;
 pub use openapi::openapi;
 pub use persist::PersistPolicy;
 pub use remote_code::RemoteCodePolicy;
-pub use serve::serve;
+pub use serve::{serve, serve_loopback};
 pub use state::AppState;
 
 /// The engine the server runs on, re-exported for the embedding CLI (image builds, local runs).

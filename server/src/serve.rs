@@ -12,6 +12,17 @@ use tower::ServiceExt;
 use crate::app::app;
 use crate::state::AppState;
 
+/// An in-process server on a free loopback port, the one way the CLI's local runs, the tests and
+/// the benchmark start one: its base URL, and the task serving it until `shutdown`.
+pub async fn serve_loopback(
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    Ok((base, tokio::spawn(serve(state, listener, shutdown))))
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, gives running
 /// executions `shutdownGraceMs` to finish, kills the rest and removes every container it created.
 pub async fn serve(

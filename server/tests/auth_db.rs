@@ -10,7 +10,6 @@ use isol8_docker::Engine;
 use isol8_server::{AppState, Database, NamedKey, ServerConfig, SCHEMA_VERSION};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 
 mod common;
 
@@ -194,8 +193,6 @@ impl Server {
         let engine = Engine::connect(config.engine_config().expect("a valid config"))
             .await
             .expect("engine");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let keys = vec![NamedKey {
             name: "file".into(),
             key: FILE_KEY.into(),
@@ -206,9 +203,11 @@ impl Server {
             .with_named_keys(keys)
             .with_database(db);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(isol8_server::serve(state, listener, async move {
+        let (base, task) = isol8_server::serve_loopback(state, async move {
             let _ = stopped.await;
-        }));
+        })
+        .await
+        .expect("a loopback port");
         Server {
             base,
             http: reqwest::Client::new(),

@@ -15,7 +15,6 @@ use isol8_api::{
     NetworkFilter, NetworkMode, NodeBuffer, Runtime, SessionId, StreamEvent, StreamEventType,
 };
 use isol8_server::{AppState, ServerConfig};
-use tokio::net::TcpListener;
 
 use super::images::{connect_engine, Progress};
 use super::sessions::{expire_local, use_local};
@@ -497,15 +496,15 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
         Duration::from_millis(config.session_idle_timeout_ms),
     )
     .await;
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(fail)?;
-    let addr = listener.local_addr().map_err(fail)?;
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
     let state = AppState::new(engine, config, key.clone())
         .map_err(fail)?
         .with_local_sessions();
-    tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
-    Ok(Client::new(format!("http://{addr}"), key))
+    let (base, _serving) = isol8_server::serve_loopback(state, std::future::pending())
+        .await
+        .map_err(fail)?;
+    Ok(Client::new(base, key))
 }
 
 pub(crate) async fn run(args: RunArgs) -> CliResult {

@@ -4,7 +4,6 @@
 use isol8_docker::Engine;
 use isol8_server::{AppState, NamedKey, ServerConfig};
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 pub(crate) const KEY: &str = "test-key-0123456789";
 
@@ -38,15 +37,15 @@ impl Server {
         let engine = Engine::connect(engine_config).await.expect("engine");
         let instance = engine.instance_id().to_string();
         let server_id = config.server_id.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = AppState::new(engine, config, KEY.to_string())
             .expect("a valid config")
             .with_named_keys(keys);
-        let task = tokio::spawn(isol8_server::serve(state, listener, async move {
+        let (base, task) = isol8_server::serve_loopback(state, async move {
             let _ = stopped.await;
-        }));
+        })
+        .await
+        .expect("a loopback port");
         Server {
             base,
             http: reqwest::Client::new(),
