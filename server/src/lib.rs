@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - Serving: `app` (route table and middleware), `openapi` (the document), `serve` (accept
-//!   loop, graceful shutdown), `launch` (what the `isol8-server` and `isol8 serve` binaries run).
+//!   loop, graceful shutdown), `launch` (what the `isol8-server` and `isol8 serve` binaries run:
+//!   flags, logging, banners; the default feature `launch`, which an embedding program can leave out).
 //! - Handlers, thin: `routes/*` (`execute`: the one way a run starts; `ws`, `sessions`, `system`,
 //!   `auth`, `audit`), `mcp` (the MCP tool server), `extract` (JSON bodies with our errors).
 //! - Policy: `config` (the config file and its validation), `policy` (limits and networks a
@@ -19,6 +20,7 @@ mod config;
 mod db;
 mod error;
 mod extract;
+#[cfg(feature = "launch")]
 pub mod launch;
 pub mod mcp;
 mod metrics;
