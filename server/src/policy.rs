@@ -79,37 +79,27 @@ mod tests {
 
     #[test]
     fn asking_for_more_than_the_maximum_names_the_limit_and_both_values() {
-        let opts = ExecutionOptions {
-            memory_limit: Some("4g".into()),
-            ..Default::default()
-        };
-        let err = check(
-            &planned(&opts),
-            &opts,
-            &Limits::default(),
-            &[NetworkMode::None],
-        )
-        .unwrap_err();
-        assert_eq!(err.status, 403);
-        assert_eq!(
-            err.message,
-            "memoryLimit 4g exceeds this server's maximum of 512m"
-        );
-        let opts = ExecutionOptions {
-            timeout_ms: Some(60_000),
-            ..Default::default()
-        };
-        let err = check(
-            &planned(&opts),
-            &opts,
-            &Limits::default(),
-            &[NetworkMode::None],
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.message,
-            "timeoutMs 60000 exceeds this server's maximum of 30000"
-        );
+        let cases = [
+            (
+                ExecutionOptions {
+                    memory_limit: Some("4g".into()),
+                    ..Default::default()
+                },
+                "memoryLimit 4g exceeds this server's maximum of 512m",
+            ),
+            (
+                ExecutionOptions {
+                    timeout_ms: Some(60_000),
+                    ..Default::default()
+                },
+                "timeoutMs 60000 exceeds this server's maximum of 30000",
+            ),
+        ];
+        for (opts, message) in cases {
+            let max = Limits::default();
+            let err = check(&planned(&opts), &opts, &max, &[NetworkMode::None]).unwrap_err();
+            assert_eq!((err.status, err.message.as_str()), (403, message));
+        }
     }
 
     #[test]

@@ -317,18 +317,11 @@ async fn each_sandbox_has_its_own_uid_that_no_host_user_has_and_shares_no_per_ui
     let other = "import ctypes, os, time\ntime.sleep(2)\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.inotify_init()\nprint(os.getuid(), fd >= 0, os.strerror(ctypes.get_errno()) if fd < 0 else 'ok')";
     let (hog, other) = (body(hog), body(other));
     let (a, b) = tokio::join!(run(&server, &hog), run(&server, &other));
-    let a_out: Vec<String> = a["stdout"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    let b_out: Vec<String> = b["stdout"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let words = |result: &Value| -> Vec<String> {
+        let out = result["stdout"].as_str().unwrap_or_default();
+        out.split_whitespace().map(String::from).collect()
+    };
+    let (a_out, b_out) = (words(&a), words(&b));
     let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .unwrap()
         .trim()
