@@ -98,7 +98,7 @@ mod tests {
         for (opts, message) in cases {
             let max = Limits::default();
             let err = check(&planned(&opts), &opts, &max, &[NetworkMode::None]).unwrap_err();
-            assert_eq!((err.status, err.message.as_str()), (403, message));
+            assert_eq!((err.status.as_u16(), err.message.as_str()), (403, message));
         }
     }
 
