@@ -171,11 +171,7 @@ impl RunPlan {
         let network = options.network.unwrap_or(defaults.network);
         let mut filter = options.network_filter.clone().unwrap_or_default();
         for pattern in filter.whitelist.iter().chain(&filter.blacklist) {
-            regex::Regex::new(pattern).map_err(|e| {
-                invalid(format!(
-                    "networkFilter: \"{pattern}\" is not a valid regex: {e}"
-                ))
-            })?;
+            check_host_pattern(pattern).map_err(|e| invalid(format!("networkFilter: {e}")))?;
         }
         let mut registry_hosts = Vec::new();
         if network == NetworkMode::Filtered {
@@ -289,11 +285,69 @@ fn code_extension(runtime: Runtime, requested: Option<&str>) -> Result<String> {
     Ok(ext.to_string())
 }
 
-/// A hostname pattern for `filtered` mode must compile.
+/// A hostname pattern for `filtered` mode. The proxy enforces it with Python's `re`; a pattern is
+/// accepted only in the subset both dialects read alike: it must compile here (so lookarounds and
+/// backreferences, which only `re` has, are refused), and none of the constructs only this crate's
+/// dialect has may appear, since `re` reads them as something else (`[[:alpha:]]` as the
+/// characters `[:alph`, a deny rule that would then deny nothing).
 pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
-    regex::Regex::new(pattern)
-        .map(drop)
-        .map_err(|e| format!("\"{pattern}\" is not a valid regex: {e}"))
+    regex::Regex::new(pattern).map_err(|e| format!("\"{pattern}\" is not a valid regex: {e}"))?;
+    let refuse = |what: &str| {
+        Err(format!(
+            "\"{pattern}\": {what} means something else to the proxy's regex dialect (Python re); write it another way"
+        ))
+    };
+    const OUTSIDE: [(&str, &str); 7] = [
+        ("\\p", "a Unicode class (\\p)"),
+        ("\\P", "a Unicode class (\\P)"),
+        ("\\z", "\\z"),
+        ("\\<", "a word-start boundary (\\<)"),
+        ("\\>", "a word-end boundary (\\>)"),
+        ("\\b{", "a special word boundary (\\b{...})"),
+        ("[[:", "a POSIX class ([[:name:]])"),
+    ];
+    // Escapes count whole, so `\\p` (a backslash, then p) is not a Unicode class.
+    let chars: Vec<char> = pattern.chars().collect();
+    let (mut i, mut in_class) = (0, false);
+    while i < chars.len() {
+        let rest: String = chars[i..].iter().collect();
+        if let Some((_, what)) = OUTSIDE.iter().find(|(text, _)| rest.starts_with(text)) {
+            return refuse(what);
+        }
+        if in_class && ["&&", "--", "~~"].iter().any(|op| rest.starts_with(op)) {
+            return refuse("a class set operation (&&, --, ~~)");
+        }
+        if rest.starts_with("(?") {
+            let flags: String = rest[2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            if flags.contains(['U', 'R']) {
+                return refuse("the U or R flag");
+            }
+            // `(?i)` anywhere but the start: `re` refuses global flags elsewhere.
+            if i > 0 && rest[2 + flags.len()..].starts_with(')') {
+                return refuse("a flag group not at the start");
+            }
+        }
+        match chars[i] {
+            '\\' => i += 1,
+            '[' if !in_class => {
+                in_class = true;
+                // A `]` or `^]` right after the opening bracket is a literal.
+                if chars.get(i + 1) == Some(&'^') {
+                    i += 1;
+                }
+                if chars.get(i + 1) == Some(&']') {
+                    i += 1;
+                }
+            }
+            ']' if in_class => in_class = false,
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn check_env(field: &str, vars: &BTreeMap<String, String>) -> Result<()> {
@@ -473,6 +527,36 @@ mod tests {
         );
         req.code = Some("print(1)".into());
         assert!(plan(&req).unwrap_err().to_string().contains("exactly one"));
+    }
+
+    #[test]
+    fn host_patterns_must_read_the_same_to_the_proxy() {
+        for good in [
+            r"^example\.com$",
+            r"^xn--bcher-kva\.example$",
+            r".*\.pythonhosted\.org",
+            r"^(api|www)\.github\.com$",
+            r"^[a-z0-9-]+\.internal$",
+            r"^[]a]\.x$",
+            r"\\p",
+            r"(?i)^EXAMPLE\.com$",
+        ] {
+            assert_eq!(check_host_pattern(good), Ok(()), "{good}");
+        }
+        for (bad, named) in [
+            (r"^[[:alpha:]]+\.com$", "POSIX class"),
+            (r"^\p{L}+\.com$", "Unicode class"),
+            (r"^[a-z&&[^x]]\.com$", "set operation"),
+            (r"^[a-z--x]\.com$", "set operation"),
+            (r"example\.com\z", "\\z"),
+            (r"\<example\>", "word-start"),
+            (r"(?U)^a+$", "U or R flag"),
+            (r"^a(?i)b$", "not at the start"),
+            (r"^(?=x)example\.com$", "not a valid regex"),
+        ] {
+            let err = check_host_pattern(bad).unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]
