@@ -317,8 +317,8 @@ pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
         if in_class && ["&&", "--", "~~"].iter().any(|op| rest.starts_with(op)) {
             return refuse("a class set operation (&&, --, ~~)");
         }
-        if rest.starts_with("(?") {
-            let flags: String = rest[2..]
+        if let Some(group) = rest.strip_prefix("(?") {
+            let flags: String = group
                 .chars()
                 .take_while(|c| c.is_ascii_alphabetic())
                 .collect();
@@ -326,7 +326,7 @@ pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
                 return refuse("the U or R flag");
             }
             // `(?i)` anywhere but the start: `re` refuses global flags elsewhere.
-            if i > 0 && rest[2 + flags.len()..].starts_with(')') {
+            if i > 0 && group[flags.len()..].starts_with(')') {
                 return refuse("a flag group not at the start");
             }
         }
