@@ -23,7 +23,7 @@ use crate::images::{BuildProgress, ImageBuilder, ImageConfig};
 use crate::limits::Limits;
 use crate::network::{FilteredNetwork, HostAddresses};
 use crate::output::OutputFilter;
-use crate::plan::{Program, RunPlan, SANDBOX_DIR};
+use crate::plan::{code_path, has_display, Program, RunPlan, SANDBOX_DIR};
 use crate::pool::{Pool, PoolConfig, PoolStats};
 use crate::run::{run_channels, RunControl, RunEvents, RunSide};
 use crate::spec::{ContainerKind, ContainerSpec, LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER};
@@ -566,6 +566,9 @@ impl Engine {
                 network,
             );
             let reusable = run.drive().await;
+            if run.prestarted {
+                pool.count_prestarted();
+            }
             if let Some(network) = run.network.take() {
                 pool.destroy(*run.sandbox).await;
                 network.teardown(&run.docker).await;
@@ -787,6 +790,8 @@ pub(crate) struct Run<S> {
     stalled: bool,
     /// What the code phase used.
     usage: Option<AgentUsage>,
+    /// The code phase ran in a pre-started interpreter.
+    pub(crate) prestarted: bool,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -832,6 +837,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             output_deadline: Deadline::now(),
             stalled: false,
             usage: None,
+            prestarted: false,
         }
     }
 
@@ -995,7 +1001,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 )
             }
             (None, Program::Code { source, extension }) => {
-                let path = format!("{}/.isol8_main.{extension}", plan.workdir);
+                let path = code_path(&plan.workdir, extension);
                 (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
             }
             (None, Program::Command(_)) => (plan.argv(""), None, None),
@@ -1054,7 +1060,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 live_stdin: plan.live_stdin && phase == StreamPhase::Code,
                 // One-shot python programs hand matplotlib figures over (isol8's backend).
                 display: phase == StreamPhase::Code
-                    && plan.runtime == Runtime::Python
+                    && has_display(plan.runtime)
                     && matches!(plan.program, Program::Code { .. }),
             },
         };
@@ -1121,10 +1127,12 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                     error,
                     file_errors,
                     restarted,
+                    prestarted,
                     usage,
                 }) => {
                     if phase == StreamPhase::Code {
                         self.usage = usage;
+                        self.prestarted = prestarted;
                     }
                     for (filter, is_err) in [(&mut stdout, false), (&mut stderr, true)] {
                         let text = filter.finish(truncated);
