@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, ExecutionResult, Runtime};
-use isol8_docker::{Engine, EngineConfig, Limits, PoolConfig, RunPlan};
+use isol8_docker::{
+    Engine, EngineConfig, Limits, PoolConfig, RunControl, RunEvent, RunPlan, RunSignal,
+};
 
 /// An engine without fresh warm containers: its one container for the test's runs is made by the
 /// first run and, after each reset, waits in the owner's bucket (with a pre-started interpreter
@@ -436,4 +438,110 @@ async fn nothing_of_one_run_reaches_the_next_and_no_interpreter_waits_beside_a_r
     );
     assert_ne!(first.stdout.trim(), lines[0], "a new process for every run");
     engine.shutdown().await;
+}
+
+/// A program started in a pre-started interpreter takes live stdin and the caller's SIGINT as one
+/// started the normal way does.
+#[tokio::test]
+async fn live_stdin_and_signals_reach_a_prestarted_program() {
+    async fn interrupted(engine: &Engine) -> (String, String, i64, bool) {
+        let request = code(
+            Runtime::Python,
+            "import sys, time\nprint('ready', flush=True)\nline = sys.stdin.readline()\n\
+             print('got', line.strip(), flush=True)\ntime.sleep(30)",
+        );
+        let before = engine.pool_stats().prestarted_runs;
+        let mut plan = RunPlan::from_request(
+            &request,
+            &ExecutionOptions::default(),
+            &Limits::default(),
+            "test-owner",
+        )
+        .expect("valid plan");
+        plan.live_stdin = true;
+        let mut events = engine.execute_stream(plan).await.expect("run");
+        let control = events.controller();
+        let (mut stdout, mut stderr, mut exit) = (String::new(), String::new(), None);
+        let (mut typed, mut interrupted) = (false, false);
+        while let Some(event) = events.recv().await {
+            match event {
+                // Unbuffered output may come a word at a time.
+                RunEvent::Stdout { text, .. } => {
+                    stdout.push_str(&text);
+                    if stdout.contains("ready\n") && !typed {
+                        typed = true;
+                        control
+                            .send(RunControl::Stdin(b"hello\n".to_vec()))
+                            .await
+                            .unwrap();
+                    }
+                    if stdout.contains("got hello\n") && !interrupted {
+                        interrupted = true;
+                        control
+                            .send(RunControl::Signal(RunSignal::Interrupt))
+                            .await
+                            .unwrap();
+                    }
+                }
+                RunEvent::Stderr { text, .. } => stderr.push_str(&text),
+                RunEvent::Finished(result) => exit = Some(result.exit_code),
+                _ => {}
+            }
+        }
+        let prestarted = engine.pool_stats().prestarted_runs > before;
+        (stdout, stderr, exit.expect("a result"), prestarted)
+    }
+    let (pre, normal) = (engine(true).await, engine(false).await);
+    let warm_up = ExecutionRequest {
+        runtime: Runtime::Python,
+        cmd: Some("true".into()),
+        ..Default::default()
+    };
+    run(&pre, &warm_up).await;
+    run(&normal, &warm_up).await;
+    let with_prestart = interrupted(&pre).await;
+    let without = interrupted(&normal).await;
+    assert!(
+        with_prestart.3,
+        "ran in a pre-started interpreter: {with_prestart:?}"
+    );
+    assert!(!without.3);
+    assert_eq!(with_prestart.2, 130, "{with_prestart:?}");
+    assert!(
+        with_prestart.1.ends_with("KeyboardInterrupt\n"),
+        "{with_prestart:?}"
+    );
+    assert_eq!(
+        (&with_prestart.0, &with_prestart.1, with_prestart.2),
+        (&without.0, &without.1, without.2)
+    );
+    pre.shutdown().await;
+    normal.shutdown().await;
+}
+
+/// A fresh warm container pre-starts its first run's interpreter as it starts; with the switch
+/// off, none does.
+#[tokio::test]
+async fn fresh_warm_containers_hold_a_prestarted_interpreter_unless_switched_off() {
+    for prestart in [true, false] {
+        let engine = Engine::connect(EngineConfig {
+            pool: PoolConfig {
+                size: 1,
+                prestart,
+                ..PoolConfig::default()
+            },
+            warm_runtimes: vec![Runtime::Python],
+            ..EngineConfig::default()
+        })
+        .await
+        .expect("Docker must be running for these tests");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.pool_stats().ready == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (result, prestarted) = run(&engine, &code(Runtime::Python, "print(6 * 7)")).await;
+        assert_eq!(result.stdout, "42\n", "{result:?}");
+        assert_eq!(prestarted, prestart, "{result:?}");
+        engine.shutdown().await;
+    }
 }
