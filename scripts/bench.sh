@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # isol8's benchmark: release build, runtime images, then every figure side by side with its baseline.
 # Writes bench/results.json and prints the table. Bounded: about 3 minutes after the build.
-# `./scripts/bench.sh auth` or `./scripts/bench.sh ws`: only the auth or the WebSocket figures.
+# `./scripts/bench.sh auth`, `ws` or `prestart`: only the auth, the WebSocket or the pre-started
+# interpreter figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${ISOL8_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then

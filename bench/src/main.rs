@@ -126,6 +126,61 @@ async fn warm(
     Ok(samples)
 }
 
+/// Like `warm`, with `gap` of idle between one call's answer and the next call: a sandbox that sits
+/// idle between requests, as an agent's calls do.
+async fn warm_spaced(
+    client: &Client,
+    runtime: Runtime,
+    code: &str,
+    expect: &str,
+    runs: usize,
+    gap: Duration,
+) -> Result<Vec<Duration>> {
+    let request = body(runtime, code);
+    let mut samples = Vec::new();
+    for i in 0..WARMUP + runs {
+        tokio::time::sleep(gap).await;
+        let started = Instant::now();
+        let result = client.execute(&request).await?;
+        let took = started.elapsed();
+        if result.stdout != expect {
+            bail!("{runtime}: printed {:?} ({})", result.stdout, result.stderr);
+        }
+        if i >= WARMUP {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+/// Like `host_runs`, with `gap` of idle before each run.
+fn host_runs_spaced(
+    argv: &[&str],
+    expect: &str,
+    runs: usize,
+    gap: Duration,
+) -> Result<Vec<Duration>> {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        std::thread::sleep(gap);
+        samples.push(host_run(argv, expect)?);
+    }
+    Ok(samples)
+}
+
+fn host_run(argv: &[&str], expect: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    let took = started.elapsed();
+    if String::from_utf8_lossy(&out.stdout) != expect {
+        bail!(
+            "{argv:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(took)
+}
+
 /// Time to the first stdout event of a program that prints, sleeps 1 s and prints again; and, as
 /// its baseline, a warm `print(1)` through `POST /execute` started the same way: right after a
 /// second in which the machine idled. (On this VM anything started after an idle second runs several
@@ -614,9 +669,9 @@ fn container_mib(id: &str) -> Option<f64> {
     })
 }
 
-/// Starts the release `isol8-server` binary idle with a warm pool, then reads its RSS and each warm
-/// sandbox's memory.
-async fn idle_footprint(release_dir: &std::path::Path) -> Result<(f64, Vec<f64>)> {
+/// Starts the release `isol8-server` binary idle with a warm pool (python and bash), then reads its
+/// RSS and each warm sandbox's memory, with its runtime.
+async fn idle_footprint(release_dir: &std::path::Path) -> Result<(f64, Vec<(String, f64)>)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -641,13 +696,260 @@ async fn idle_footprint(release_dir: &std::path::Path) -> Result<(f64, Vec<f64>)
         .await?;
     let sandboxes = list
         .iter()
-        .filter_map(|c| container_mib(c.id.as_deref()?))
+        .filter_map(|c| {
+            let runtime = c.labels.as_ref()?.get("isol8.runtime")?.clone();
+            Some((runtime, container_mib(c.id.as_deref()?)?))
+        })
         .collect();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
     Ok((rss, sandboxes))
+}
+
+/// The memory (MiB, see `container_mib`) of each idle sandbox of `runtime` that `engine` holds:
+/// its warm and reset containers, between runs.
+async fn idle_sandboxes(engine: &Engine, runtime: Runtime) -> Result<Vec<f64>> {
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let labels = vec![
+        format!("isol8.instance={}", engine.instance_id()),
+        format!("isol8.runtime={runtime}"),
+        "isol8.kind=sandbox".to_string(),
+    ];
+    let list = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            filters: [("label".to_string(), labels)].into(),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(list
+        .iter()
+        .filter_map(|c| container_mib(c.id.as_deref()?))
+        .collect())
+}
+
+fn max_of(values: &[f64]) -> f64 {
+    values.iter().cloned().fold(f64::NAN, f64::max)
+}
+
+/// The host's own interpreter named `name` on PATH, if it is installed.
+fn host_binary(name: &str) -> Option<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        // pyenv-style shims start a second interpreter; the system one is the baseline.
+        .filter(|dir| !dir.to_string_lossy().contains("shims"))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .map(|found| found.to_string_lossy().into_owned())
+}
+
+/// Idle time between calls in the spaced latency figures: the pause in which a sandbox that waits
+/// for its next request has its next interpreter started.
+const GAP: Duration = Duration::from_millis(100);
+
+/// Warm hello-world latency of python, node and bun with pre-started interpreters (`client`) and
+/// without (`plain`), each beside the host's own interpreter: calls spaced by `GAP` (the target
+/// figure: a sandbox idle between requests) and back to back (the next call arrives while the
+/// sandbox's reset has only just started its next interpreter); then the memory of an idle node
+/// sandbox with its waiting interpreter and without.
+async fn interpreter_figures(
+    report: &mut Report,
+    (client, engine): (&Client, &Engine),
+    (plain, plain_engine): (&Client, &Engine),
+) -> Result<()> {
+    let cases = [
+        (Runtime::Python, "print(1)", "python3", "-c", 40, 0.5),
+        (Runtime::Node, "console.log(1)", "node", "-e", 25, 0.25),
+        (
+            Runtime::Bun,
+            "console.log(1)",
+            "bun",
+            "-e",
+            25,
+            f64::INFINITY,
+        ),
+    ];
+    for (runtime, code, host, flag, runs, target) in cases {
+        eprintln!("warm {runtime}…");
+        // Debian's own python3 (the other figures' baseline), else whatever PATH has.
+        let host_path = match runtime {
+            Runtime::Python => Some("/usr/bin/python3".to_string()),
+            _ => host_binary(host),
+        };
+        let (host_spaced, host_b2b) = match &host_path {
+            Some(path) => (
+                Some(host_runs_spaced(&[path, flag, code], "1\n", runs, GAP)?),
+                Some(host_runs(&[path, flag, code], "1\n", runs)?),
+            ),
+            None => (None, None),
+        };
+        let ours = warm_spaced(client, runtime, code, "1\n", runs, GAP).await?;
+        let without = warm_spaced(plain, runtime, code, "1\n", runs, GAP).await?;
+        let ours_b2b = warm(client, runtime, code, "1\n", runs).await?;
+        let without_b2b = warm(plain, runtime, code, "1\n", runs).await?;
+        let host_text = |samples: &Option<Vec<Duration>>| match samples {
+            Some(samples) => format!("{:.1} host {host}", p50(samples)),
+            None => "host interpreter missing".to_string(),
+        };
+        let ratio = |ours: &[Duration], samples: &Option<Vec<Duration>>| {
+            samples
+                .as_deref()
+                .map_or(f64::NAN, |samples| p50(ours) / p50(samples))
+        };
+        let note = if target.is_finite() {
+            format!("ratio to host, target ≤ {target}x")
+        } else {
+            "ratio to host, informational".to_string()
+        };
+        report.add(
+            &format!("warm {runtime} p50, calls {} ms apart (ms)", GAP.as_millis()),
+            format!(
+                "{:.1} (p99 {:.1}; {:.1} without pre-start)",
+                p50(&ours),
+                quantile(&ours, 0.99),
+                p50(&without)
+            ),
+            host_text(&host_spaced),
+            ratio(&ours, &host_spaced),
+            target,
+            &note,
+            json!({"p50": p50(&ours), "p99": quantile(&ours, 0.99),
+                   "without_prestart_p50": p50(&without), "without_prestart_p99": quantile(&without, 0.99),
+                   "host": host_path, "host_p50": host_spaced.as_deref().map(p50), "gap_ms": GAP.as_millis()}),
+        );
+        report.add(
+            &format!("warm {runtime} p50, back to back (ms)"),
+            format!(
+                "{:.1} (p99 {:.1}; {:.1} without pre-start)",
+                p50(&ours_b2b),
+                quantile(&ours_b2b, 0.99),
+                p50(&without_b2b)
+            ),
+            host_text(&host_b2b),
+            ratio(&ours_b2b, &host_b2b),
+            f64::INFINITY,
+            "ratio to host, informational",
+            json!({"p50": p50(&ours_b2b), "p99": quantile(&ours_b2b, 0.99),
+                   "without_prestart_p50": p50(&without_b2b), "host_p50": host_b2b.as_deref().map(p50)}),
+        );
+        if runtime == Runtime::Node {
+            // Between runs, the reset containers wait with their next interpreter started.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let idle = idle_sandboxes(engine, runtime).await?;
+            let idle_plain = idle_sandboxes(plain_engine, runtime).await?;
+            report.add(
+                "idle node sandbox memory (MiB)",
+                format!("{:.1} with its waiting interpreter", max_of(&idle)),
+                format!("{:.1} without pre-start", max_of(&idle_plain)),
+                f64::NAN,
+                f64::INFINITY,
+                "informational: the container cgroup's anonymous memory",
+                json!({"each_mib": idle, "without_prestart_each_mib": idle_plain}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Executions per second at 8 clients with pre-started interpreters and without, in alternating
+/// rounds so drift on a shared machine hits both alike: (with, without, errors).
+async fn throughput_with_and_without(
+    client: &Client,
+    plain: &Client,
+    seconds: u64,
+) -> (f64, f64, u64, u64) {
+    let rounds = 4;
+    let per = (seconds / rounds).max(1);
+    let (mut with, mut without, mut ok, mut errors) = (0.0, 0.0, 0, 0);
+    for _ in 0..rounds {
+        let (rate, done, failed) = server_throughput(client, 8, per).await;
+        with += rate / rounds as f64;
+        ok += done;
+        errors += failed;
+        let (rate, _, failed) = server_throughput(plain, 8, per).await;
+        without += rate / rounds as f64;
+        errors += failed;
+    }
+    (with, without, ok, errors)
+}
+
+/// The pre-start figures alone (`isol8-bench prestart [FILE]`): warm latency of each interpreter
+/// with and without pre-starting beside the host's, throughput at 8 clients with and without,
+/// and idle sandbox memory.
+async fn prestart_only(out_path: &str, seconds: u64, release_dir: &std::path::Path) -> Result<()> {
+    let mut report = Report::default();
+    let (client, engine) = start_server(ServerConfig {
+        pool_size: 2,
+        max_concurrent: 16,
+        ..ServerConfig::default()
+    })
+    .await?;
+    let (plain, plain_engine) = start_server(ServerConfig {
+        pool_size: 2,
+        max_concurrent: 16,
+        prestart_interpreters: false,
+        ..ServerConfig::default()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!(
+        "instances: pre-started {}, without {}",
+        engine.instance_id(),
+        plain_engine.instance_id()
+    );
+    if std::env::var_os("ISOL8_BENCH_ONLY_THROUGHPUT").is_none() {
+        interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
+    }
+    eprintln!("throughput ({seconds} s each)…");
+    let (with, without, ok, errors) = throughput_with_and_without(&client, &plain, seconds).await;
+    report.add(
+        "throughput 8 clients, pre-started (runs/s)",
+        format!("{with:.1} ({ok} ok, {errors} errors)"),
+        format!("{without:.1} without pre-start"),
+        without / with,
+        1.0,
+        "target: no worse than without (rounds alternated)",
+        json!({"with": with, "without": without, "errors": errors}),
+    );
+    let idle_plain = idle_sandboxes(&plain_engine, Runtime::Python).await?;
+    engine.shutdown().await;
+    plain_engine.shutdown().await;
+    eprintln!("idle footprint…");
+    let (_, sandboxes) = idle_footprint(release_dir).await?;
+    add_python_memory(&mut report, &sandboxes, &idle_plain);
+    report.finish(out_path, seconds)
+}
+
+/// The memory of a warm python sandbox with its waiting interpreter (target ≤ 12 MiB), beside one
+/// without (`plain`), and of a bash one (the agent alone).
+fn add_python_memory(report: &mut Report, sandboxes: &[(String, f64)], plain: &[f64]) {
+    let of = |runtime: &str| -> Vec<f64> {
+        sandboxes
+            .iter()
+            .filter(|(r, _)| r == runtime)
+            .map(|(_, mib)| *mib)
+            .collect()
+    };
+    let (python, bash) = (of("python"), of("bash"));
+    report.add(
+        "idle python sandbox memory (MiB)",
+        format!("{:.1} with its waiting interpreter", max_of(&python)),
+        format!("{:.1} without pre-start", max_of(plain)),
+        max_of(&python) / 12.0,
+        1.0,
+        "target ≤ 12 MiB; the container cgroup's anonymous memory",
+        json!({"each_mib": python, "without_prestart_each_mib": plain}),
+    );
+    report.add(
+        "warm sandbox memory, agent alone (MiB)",
+        format!("{:.1} max of {} bash", max_of(&bash), bash.len()),
+        "5 budget".into(),
+        max_of(&bash) / 5.0,
+        1.0,
+        "the container cgroup's anonymous memory (agent)",
+        json!({"each_mib": bash}),
+    );
 }
 
 fn cold_runs(argv: &[&str], runs: usize) -> Result<Vec<Duration>> {
@@ -670,6 +972,62 @@ fn cold_runs(argv: &[&str], runs: usize) -> Result<Vec<Duration>> {
         }
     }
     Ok(samples)
+}
+
+/// The figures of one benchmark run: the printed table and the JSON file.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, String, String, f64, String)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    /// One figure: `ratio` is normalised so that ≤ `target` meets it (NaN: nothing to compare).
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        name: &str,
+        ours: String,
+        base: String,
+        ratio: f64,
+        target: f64,
+        note: &str,
+        extra: Value,
+    ) {
+        let met = if ratio.is_nan() {
+            "n/a"
+        } else if ratio <= target {
+            "met"
+        } else {
+            "MISSED"
+        };
+        self.rows.push((
+            name.into(),
+            ours.clone(),
+            base.clone(),
+            ratio,
+            format!("{met} {note}"),
+        ));
+        self.json.insert(name.into(), json!({"ours": ours, "baseline": base, "ratio": ratio, "target": target, "met": met == "met", "detail": extra}));
+    }
+
+    /// Prints the table and writes the JSON file.
+    fn finish(mut self, out_path: &str, seconds: u64) -> Result<()> {
+        println!(
+            "\n{:<44} {:>34} {:>34} {:>7}  target",
+            "figure", "isol8", "baseline", "ratio"
+        );
+        for (name, ours, base, ratio, note) in &self.rows {
+            println!("{name:<44} {ours:>34} {base:>34} {ratio:>7.2}  {note}");
+        }
+        self.json.insert("machine".into(), json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "seconds_per_throughput": seconds, "warmup_runs": WARMUP}));
+        std::fs::write(
+            out_path,
+            serde_json::to_string_pretty(&Value::Object(self.json))? + "\n",
+        )?;
+        eprintln!("\nwrote {out_path}");
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -719,39 +1077,21 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let out_path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "bench/results.json".into());
     let release_dir = std::env::current_exe()?
         .parent()
         .context("exe dir")?
         .to_path_buf();
-    let mut rows: Vec<(String, String, String, f64, f64, String)> = Vec::new();
-    let mut report = serde_json::Map::new();
-    let mut add = |name: &str,
-                   ours: String,
-                   base: String,
-                   ratio: f64,
-                   target: f64,
-                   note: &str,
-                   extra: Value| {
-        let met = if ratio.is_nan() {
-            "n/a"
-        } else if ratio <= target {
-            "met"
-        } else {
-            "MISSED"
-        };
-        rows.push((
-            name.into(),
-            ours.clone(),
-            base.clone(),
-            ratio,
-            target,
-            format!("{met} {note}"),
-        ));
-        report.insert(name.into(), json!({"ours": ours, "baseline": base, "ratio": ratio, "target": target, "met": met == "met", "detail": extra}));
-    };
+    // `isol8-bench prestart [FILE]`: only the pre-started interpreter figures.
+    if std::env::args().nth(1).as_deref() == Some("prestart") {
+        let out_path = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "bench/prestart.json".into());
+        return prestart_only(&out_path, seconds, &release_dir).await;
+    }
+    let out_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench/results.json".into());
+    let mut report = Report::default();
 
     eprintln!("warm pool server…");
     let (client, engine) = start_server(ServerConfig {
@@ -760,23 +1100,22 @@ async fn main() -> Result<()> {
         ..ServerConfig::default()
     })
     .await?;
+    // The same server without pre-started interpreters, for the figures that compare.
+    let (plain, plain_engine) = start_server(ServerConfig {
+        pool_size: 2,
+        max_concurrent: 16,
+        prestart_interpreters: false,
+        ..ServerConfig::default()
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     eprintln!("warm latency…");
-    let host_py = host_runs(&["/usr/bin/python3", "-c", "print(1)"], "1\n", 50)?;
-    let ours_py = warm(&client, Runtime::Python, "print(1)", "1\n", 50).await?;
-    add(
-        "warm python p50 (ms)",
-        format!("{:.1} (p99 {:.1})", p50(&ours_py), quantile(&ours_py, 0.99)),
-        format!("{:.1} host python3", p50(&host_py)),
-        p50(&ours_py) / p50(&host_py),
-        1.5,
-        "ratio to host",
-        json!({"p50": p50(&ours_py), "p99": quantile(&ours_py, 0.99), "host_p50": p50(&host_py)}),
-    );
+    interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
+    let ours_py = warm(&client, Runtime::Python, "print(1)", "1\n", 20).await?;
     eprintln!("run_code through /mcp…");
     let (via_mcp, via_execute) = mcp_vs_execute(&client, 50).await?;
-    add(
+    report.add(
         "run_code via /mcp p50 (ms)",
         format!("{:.1}", p50(&via_mcp)),
         format!("{:.1} + 2 same run via /execute", p50(&via_execute)),
@@ -787,7 +1126,7 @@ async fn main() -> Result<()> {
     );
     let host_sh = host_runs(&["/bin/sh", "-c", "echo 1"], "1\n", 50)?;
     let ours_sh = warm(&client, Runtime::Bash, "echo 1", "1\n", 50).await?;
-    add(
+    report.add(
         "warm bash p50 (ms)",
         format!("{:.1} (p99 {:.1})", p50(&ours_sh), quantile(&ours_sh, 0.99)),
         format!("{:.1} host sh", p50(&host_sh)),
@@ -796,23 +1135,10 @@ async fn main() -> Result<()> {
         "ratio to 10 ms absolute",
         json!({"p50": p50(&ours_sh), "host_p50": p50(&host_sh)}),
     );
-    if std::path::Path::new("/usr/bin/node").exists() {
-        let host_node = host_runs(&["/usr/bin/node", "-e", "console.log(1)"], "1\n", 20)?;
-        let ours_node = warm(&client, Runtime::Node, "console.log(1)", "1\n", 20).await?;
-        add(
-            "warm node p50 (ms)",
-            format!("{:.1}", p50(&ours_node)),
-            format!("{:.1} host node", p50(&host_node)),
-            p50(&ours_node) / p50(&host_node),
-            f64::INFINITY,
-            "informational",
-            json!({"p50": p50(&ours_node), "host_p50": p50(&host_node)}),
-        );
-    }
 
     eprintln!("stream first byte…");
     let (ttfb, after_idle, host_after_idle) = first_byte(&client, 10).await?;
-    add(
+    report.add(
         "stream first byte (ms)",
         format!("{:.1}", p50(&ttfb)),
         format!("{:.1} + 5 warm p50 after idle", p50(&after_idle)),
@@ -825,7 +1151,7 @@ async fn main() -> Result<()> {
 
     eprintln!("WebSocket first output vs the SSE stream's…");
     let (ws, sse) = ws_vs_sse_first_output(&client, 20).await?;
-    add(
+    report.add(
         "WebSocket first output (ms)",
         format!("{:.1}", p50(&ws)),
         format!("{:.1} + 2 SSE stream, same program", p50(&sse)),
@@ -853,7 +1179,7 @@ async fn main() -> Result<()> {
         }
         samples
     };
-    add(
+    report.add(
         "server overhead per request (ms)",
         format!("{:.2}", p50(&rejected)),
         "1.00 budget".into(),
@@ -865,7 +1191,7 @@ async fn main() -> Result<()> {
 
     eprintln!("auth: database key vs master key…");
     for (name, master, db, db_p99, target) in auth_figures().await? {
-        add(
+        report.add(
             &format!("auth, database key on {name} (ms added)"),
             format!("{:.3} (p50 {db:.3}, p99 {db_p99:.3})", db - master),
             format!("{master:.3} master key p50"),
@@ -878,8 +1204,20 @@ async fn main() -> Result<()> {
 
     eprintln!("throughput ({seconds} s each)…");
     let host_rate = host_throughput(8, seconds);
-    let (ours_rate, ok, errors) = server_throughput(&client, 8, seconds).await;
-    add(
+    let (ours_rate, without_rate, ok, errors) =
+        throughput_with_and_without(&client, &plain, seconds).await;
+    let idle_plain = idle_sandboxes(&plain_engine, Runtime::Python).await?;
+    plain_engine.shutdown().await;
+    report.add(
+        "throughput 8 clients, pre-started (runs/s)",
+        format!("{ours_rate:.1}"),
+        format!("{without_rate:.1} without pre-start"),
+        without_rate / ours_rate,
+        1.0,
+        "target: no worse than without (rounds alternated)",
+        json!({"with": ours_rate, "without": without_rate}),
+    );
+    report.add(
         "throughput default mode (runs/s)",
         format!("{ours_rate:.1} ({ok} ok, {errors} errors)"),
         format!("{host_rate:.1} host python3 x8"),
@@ -908,7 +1246,7 @@ async fn main() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (strict_rate, ok, errors) = server_throughput(&strict_client, 8, seconds).await;
-    add(
+    report.add(
         "throughput strict mode (runs/s)",
         format!("{strict_rate:.1} ({ok} ok, {errors} errors)"),
         format!("{raw_best:.1} raw create+start+wait+remove, same hardened container"),
@@ -946,7 +1284,7 @@ async fn main() -> Result<()> {
         ],
         5,
     )?;
-    add(
+    report.add(
         "cold CLI (ms)",
         format!("{:.0}", p50(&ours_cold)),
         format!("{:.0} docker run --rm", p50(&docker_run)),
@@ -959,7 +1297,7 @@ async fn main() -> Result<()> {
     engine.shutdown().await;
     eprintln!("idle footprint…");
     let (rss, sandboxes) = idle_footprint(&release_dir).await?;
-    add(
+    report.add(
         "idle server RSS (MiB)",
         format!("{rss:.1}"),
         "30 budget".into(),
@@ -968,29 +1306,7 @@ async fn main() -> Result<()> {
         "release isol8-server, warm pool filled",
         json!({"rss_mib": rss}),
     );
-    let per_sandbox = sandboxes.iter().cloned().fold(f64::NAN, f64::max);
-    add(
-        "warm sandbox memory (MiB)",
-        format!("{per_sandbox:.1} max of {}", sandboxes.len()),
-        "5 budget".into(),
-        per_sandbox / 5.0,
-        1.0,
-        "the container cgroup's anonymous memory (agent)",
-        json!({"each_mib": sandboxes}),
-    );
+    add_python_memory(&mut report, &sandboxes, &idle_plain);
 
-    println!(
-        "\n{:<36} {:>28} {:>34} {:>7}  target",
-        "figure", "isol8", "baseline", "ratio"
-    );
-    for (name, ours, base, ratio, _target, note) in &rows {
-        println!("{name:<36} {ours:>28} {base:>34} {ratio:>7.2}  {note}");
-    }
-    report.insert("machine".into(), json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "seconds_per_throughput": seconds, "warmup_runs": WARMUP}));
-    std::fs::write(
-        &out_path,
-        serde_json::to_string_pretty(&Value::Object(report))? + "\n",
-    )?;
-    eprintln!("\nwrote {out_path}");
-    Ok(())
+    report.finish(&out_path, seconds)
 }

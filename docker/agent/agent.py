@@ -15,7 +15,11 @@ Requests (stdin):
   {"op":"stdin", "data":b64}           more stdin for the running program (a run with "liveStdin":true)
   {"op":"stdin", "eof":true}           ... and its end
   {"op":"signal", "signal":"SIGINT"}   a signal to the running program's process group
-  {"op":"reset"}                       kill everything, wipe the writable places, verify, answer
+  {"op":"reset", "prestart":template|null}
+                                       kill everything, wipe the writable places, verify, then
+                                       pre-start the next run's interpreter (see Waiting), answer
+  {"op":"prestart", "runtime":r, "argv":[...], "cwd":..., "env":{...}, "display":bool}
+                                       pre-start the next run's interpreter now (a new container)
   {"op":"ping"}                        answer ready (after re-attaching to a running sandbox)
   {"op":"write", "path":p, "data":b64} write a file inside /sandbox (parents created)
   {"op":"read", "path":p, "maxBytes":n} read a regular file inside /sandbox
@@ -26,6 +30,7 @@ Events (stdout):
                                        figure), in order with the output around it
   {"ev":"done","exitCode":n,"status":s,"durationMs":n,"truncated":bool,"files":{path:b64},"error":msg,
    "restarted":bool,                   (cells: the interpreter died, so the session's state is gone)
+   "prestarted":bool,                  (the program ran in a pre-started interpreter)
    "usage":{"cpuNs":n,"peakRss":n,"memory":n,"netIn":n,"netOut":n}}
   {"ev":"reset","ok":bool,"detail":msg}
   {"ev":"file","data":b64}             answer to write (empty) and read
@@ -62,6 +67,28 @@ CELL_DIR = "/tmp/.isol8-cell"
 # kernels write the same lines to their control pipe.
 DISPLAY_DIR = "/opt/isol8/display"
 READ_CHUNK = 65536
+# Pre-started interpreters (see Waiting): where the loader of each runtime reads its run, and the
+# variables that make the interpreter load it. The loader takes them away again with the rest of
+# the start environment.
+HANDOFF_FD = 99  # above what an interpreter opens at start, so its own descriptors number as usual
+LIFT_FD = 128  # spawn() moves descriptors here while it places them
+MAX_FD = 1024  # the sandbox's open-file limit: every descriptor is below it
+PRESTART_DIR = "/opt/isol8/prestart"
+PRESTART_VARS = {
+    # site runs 00-isol8-prestart.pth (the python image puts it in site-packages) at start.
+    "python": {"ISOL8_PRESTART_FD": str(HANDOFF_FD)},
+    "node": {"ISOL8_PRESTART_FD": str(HANDOFF_FD), "NODE_OPTIONS": "--require %s/node.cjs" % PRESTART_DIR},
+}
+PRESTART_WRITE_S = 2.0  # how long a handoff may take before the run starts the normal way
+# Variables an interpreter (or the C library under it) reads while it starts, before its loader
+# gets the run's environment: a run whose value differs from the waiting interpreter's starts the
+# normal way. Prefixes end with "_" or are whole names' starts; anything doubtful is listed.
+LIBC_START = ("LD_", "MALLOC_", "GLIBC_TUNABLES", "LC_", "LANG", "LANGUAGE", "LOCPATH", "GCONV_PATH",
+              "TZ", "TZDIR", "PATH", "HOME", "TERM")
+START_SENSITIVE = {
+    "python": LIBC_START + ("PYTHON", "__PYVENV_LAUNCHER__"),
+    "node": LIBC_START + ("NODE_", "UV_", "OPENSSL_", "SSL_", "ICU_", "FORCE_COLOR", "NO_COLOR", "COLORTERM"),
+}
 
 
 def emit(obj):
@@ -269,36 +296,43 @@ def read_output_file(path, limit, roots):
         os.close(fd)
 
 
-def spawn(argv, env, cwd, extra=()):
+def spawn(argv, env, cwd, extra=(), handoff=None):
     """Fork `argv` in its own session with piped stdin/stdout/stderr; `extra` fds become 3, 4, ...
-    Returns (pid, stdin writer, stdout reader, stderr reader, whether the exec succeeded); when it
-    failed, the child said why on its stderr and exits 127."""
+    and `handoff` (a pre-started interpreter's pipe, see Waiting) becomes HANDOFF_FD; every other
+    descriptor is closed. Returns (pid, stdin writer, stdout reader, stderr reader, whether the exec
+    succeeded); when it failed, the child said why on its stderr and exits 127."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe()
     # Close-on-exec: a successful exec closes it unwritten; a failed one writes a byte first.
     exec_r, exec_w = os.pipe()
+    given = tuple(extra) + ((handoff,) if handoff is not None else ())
     try:
         pid = os.fork()
     except OSError:  # at the pids limit: a program's fork bomb may outlive its run in a session
-        for fd in (out_r, out_w, err_r, err_w, in_r, in_w, exec_r, exec_w):
+        for fd in (out_r, out_w, err_r, err_w, in_r, in_w, exec_r, exec_w) + given:
             os.close(fd)
         raise
     if pid == 0:  # child
         try:
             os.setsid()
             targets = [in_r, out_w, err_w] + list(extra)
+            placed = dict(enumerate(targets))
+            if handoff is not None:
+                placed[HANDOFF_FD] = handoff
             # Lift every source above the target range first, so no dup2 clobbers one still needed.
-            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in targets]
-            for target, fd in enumerate(moved):
+            moved = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, LIFT_FD) for target, fd in placed.items()}
+            for target, fd in moved.items():
                 os.dup2(fd, target)
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             os.chdir(cwd)
             prefer_as_oom_victim()
-            os.closerange(len(targets), exec_w)
-            os.closerange(exec_w + 1, 1024)
+            keep = sorted(set(placed) | {exec_w})
+            for low, high in zip([-1] + keep, keep + [MAX_FD]):
+                if high > low + 1:  # an empty range is not always nothing to CPython
+                    os.closerange(low + 1, high)
             os.execvpe(argv[0], argv, env)
         except BaseException as exc:  # noqa: BLE001 - the child must never return
             try:
@@ -306,7 +340,7 @@ def spawn(argv, env, cwd, extra=()):
                 os.write(2, ("isol8: cannot start %s: %s\n" % (argv[0], exc)).encode())
             finally:
                 os._exit(127)
-    for fd in (in_r, out_w, err_w, exec_w) + tuple(extra):
+    for fd in (in_r, out_w, err_w, exec_w) + given:
         os.close(fd)
     try:
         # Exec takes microseconds; the bound keeps the agent answering even if something stops
@@ -328,6 +362,125 @@ def prefer_as_oom_victim():
             adj.write("1000")
     except OSError:
         pass
+
+
+def program_env(extra, display):
+    """A program's environment: the image's (the agent's own holds no secrets), the display
+    channel's variables for a python program that has one, then `extra` (the run's, or a
+    pre-started interpreter's)."""
+    env = dict(os.environ)
+    if display:
+        env["ISOL8_DISPLAY_FD"] = "3"
+        env["ISOL8_DISPLAY_ACK_FD"] = "4"
+        env["MPLBACKEND"] = "module://isol8_mpl"
+        env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), DISPLAY_DIR) if p)
+    env.update(extra)
+    return env
+
+
+class Waiting:
+    """A pre-started interpreter: started with the command line, working directory and start
+    environment of a default run of its runtime (`template`, from the server), before that run
+    exists, so a run costs no interpreter start. It waits in its loader (PRESTART_DIR) for the run's
+    working directory and environment on the handoff pipe, applies them and then runs the
+    program file of its command line as the runtime's own start does: the program is __main__
+    (python) or the main module (node), with tracebacks, exit codes and signals as usual.
+
+    It is started only at container start and after a reset found the sandbox clean, holds no
+    descriptor but its stdio, display and handoff pipes, and serves one run: that run, or any
+    other request, takes it or kills it."""
+
+    def __init__(self, template):
+        self.template = template
+        self.runtime = template["runtime"]
+        self.display = bool(template.get("display"))
+        self.cwd = template["cwd"]
+        self.start_env = program_env(dict(template.get("env") or {}, **PRESTART_VARS[self.runtime]),
+                                     self.display)
+        self.taken = False
+        self.display_r = self.display_ack = None
+        extra = ()
+        if self.display:
+            self.display_r, display_w = os.pipe()
+            ack_r, self.display_ack = os.pipe()
+            extra = (display_w, ack_r)
+        handoff_r, self.handoff = os.pipe()
+        try:
+            self.pid, self.in_w, self.out_r, self.err_r, ok = spawn(
+                template["argv"], self.start_env, self.cwd, extra, handoff=handoff_r)
+        except OSError:
+            self.pid = None
+            self.close()
+            raise
+        if not ok:
+            self.kill()
+            raise OSError(errno.ENOEXEC, "cannot start %s" % template["argv"][0])
+
+    def fits(self, argv, cwd, env, display):
+        """Whether a run of `argv` in `cwd` with `env` would start its interpreter exactly as this
+        one started: the same command line, working directory and display channel, and the same
+        value of every variable read at start (the loader sets the others)."""
+        if argv != self.template["argv"] or cwd != self.cwd or display != self.display:
+            return False
+        hook_vars = PRESTART_VARS[self.runtime]
+        if any(name in env for name in hook_vars):
+            return False
+        prefixes = START_SENSITIVE[self.runtime]
+        for name in set(env) | set(self.start_env):
+            if name not in hook_vars and name.startswith(prefixes) and env.get(name) != self.start_env.get(name):
+                return False
+        # Python's user site (HOME/.local) is looked for at start, before the loader: files of the
+        # run that make one need a normal start.
+        if self.runtime == "python" and os.path.lexists(os.path.join(env.get("HOME") or "/", ".local")):
+            return False
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
+    def hand_over(self, cwd, env):
+        """Sends the run to the interpreter; returns its (pid, stdin writer, stdout reader, stderr
+        reader, display reader, display ack writer), now the run's, or None when it would not take
+        the run in time (it is then killed, having run nothing)."""
+        data = b"\0".join([os.fsencode(cwd)] + [os.fsencode("%s=%s" % item) for item in env.items()])
+        view = memoryview(data)
+        deadline = time.monotonic() + PRESTART_WRITE_S
+        os.set_blocking(self.handoff, False)
+        try:
+            while view:
+                try:
+                    view = view[os.write(self.handoff, view):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [self.handoff], [], left)[1]:
+                        return None
+        except OSError:
+            return None
+        os.close(self.handoff)
+        self.handoff = None
+        self.taken = True
+        return self.pid, self.in_w, self.out_r, self.err_r, self.display_r, self.display_ack
+
+    def kill(self):
+        """Kills the interpreter (it ran nothing but its loader) and closes its pipes."""
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass  # reaped already
+            self.pid = None
+        self.close()
+
+    def close(self):
+        for name in ("in_w", "out_r", "err_r", "display_r", "display_ack", "handoff"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
 
 class Run:
@@ -359,35 +512,47 @@ class Run:
         self.own_cpu_before = own_cpu_ns()
         self.net_before = net_bytes()
         self.display_ack = None  # one-shot display channel: where the agent acknowledges results
+        self.prestarted = False  # the program runs in a pre-started interpreter (see Waiting)
 
-    def start(self):
+    def start(self, waiting=None):
+        """Writes the run's files and starts its program: in `waiting`, the pre-started interpreter
+        made for a run like this one, when this run is one (see Waiting.fits); else a new process.
+        `waiting` is used or killed here, never left for a later run."""
         req = self.req
         cwd = req.get("cwd") or "/sandbox"
-        for path, b64 in (req.get("files") or {}).items():
-            write_file(safe_path(path, cwd), base64.b64decode(b64))
-        os.makedirs(cwd, exist_ok=True)
-        if req.get("codePath"):
-            write_file(req["codePath"], base64.b64decode(req.get("code") or ""))
-        env = dict(os.environ)  # the image's environment; the container's own holds no secrets
-        extra = ()
-        if req.get("display"):
-            display_r, display_w = os.pipe()
-            ack_r, self.display_ack = os.pipe()
-            extra = (display_w, ack_r)
-            env["ISOL8_DISPLAY_FD"] = "3"
-            env["ISOL8_DISPLAY_ACK_FD"] = "4"
-            env["MPLBACKEND"] = "module://isol8_mpl"
-            env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), DISPLAY_DIR) if p)
-        env.update(req.get("env") or {})  # the caller's own MPLBACKEND or PYTHONPATH wins
         try:
-            pid, in_w, out_r, err_r, self.exec_ok = spawn(req["argv"], env, cwd, extra)
-        except OSError:
-            if extra:
-                os.close(display_r)
-                self.close_display_ack()
-            raise
+            for path, b64 in (req.get("files") or {}).items():
+                write_file(safe_path(path, cwd), base64.b64decode(b64))
+            os.makedirs(cwd, exist_ok=True)
+            if req.get("codePath"):
+                write_file(req["codePath"], base64.b64decode(req.get("code") or ""))
+            display = bool(req.get("display"))
+            env = program_env(req.get("env") or {}, display)  # the caller's MPLBACKEND or PYTHONPATH wins
+            started = None
+            if waiting is not None and waiting.fits(req["argv"], cwd, env, display):
+                started = waiting.hand_over(cwd, env)
+        finally:
+            if waiting is not None and not waiting.taken:
+                waiting.kill()
+        if started is not None:
+            self.prestarted = True
+            pid, in_w, out_r, err_r, display_r, self.display_ack = started
+        else:
+            display_r = None
+            extra = ()
+            if display:
+                display_r, display_w = os.pipe()
+                ack_r, self.display_ack = os.pipe()
+                extra = (display_w, ack_r)
+            try:
+                pid, in_w, out_r, err_r, self.exec_ok = spawn(req["argv"], env, cwd, extra)
+            except OSError:
+                if extra:
+                    os.close(display_r)
+                    self.close_display_ack()
+                raise
         self.pid = pid
-        if extra:
+        if display_r is not None:
             # Counted as an output pipe: the run ends once the program's last figure is read.
             os.set_blocking(display_r, False)
             self.sel.register(display_r, selectors.EVENT_READ, ("display", 0))
@@ -612,6 +777,8 @@ class Run:
         }
         if errors:
             done["fileErrors"] = errors
+        if self.prestarted:
+            done["prestarted"] = True
         return done
 
     def usage(self):
@@ -974,6 +1141,26 @@ class State:
         # set dies at its call's deadline, so nothing runs past a timeout the call was held to.
         self.lingering = []  # [(deadline, {pid, ...})]
         self.pids_before = set()  # alive when the current session call began
+        self.waiting = None  # the next run's pre-started interpreter (see Waiting), if any
+
+    def start_waiting(self, template):
+        """Pre-starts the next run's interpreter, when nothing runs. Best effort: a run without
+        one starts its interpreter the normal way."""
+        if self.run is not None or self.kernel is not None or self.waiting is not None:
+            return
+        try:
+            self.waiting = Waiting(template)
+        except (OSError, KeyError, TypeError) as exc:
+            sys.stderr.write("isol8-agent: no pre-started interpreter: %s\n" % exc)
+
+    def take_waiting(self):
+        """The pre-started interpreter, for the run about to start (which uses or kills it)."""
+        waiting, self.waiting = self.waiting, None
+        return waiting
+
+    def drop_waiting(self):
+        if self.waiting is not None:
+            self.take_waiting().kill()
 
     def call_started(self):
         self.pids_before = set(other_pids())
@@ -1081,6 +1268,9 @@ def main():
                             state.kernel.ack_display()
         statuses = reap_all()
         state.kill_lingering()
+        if state.waiting is not None and state.waiting.pid in statuses:
+            state.waiting.pid = None  # it died waiting (it ran nothing): the next run starts anew
+            state.drop_waiting()
         run = state.run
         # The interpreter died outside a cell (a `cmd` run killed it, or it crashed): the next cell
         # starts a new one and says the state is gone.
@@ -1116,10 +1306,15 @@ def handle(msg, state):
             return
         if op == "cell" or state.kernel is not None:
             state.call_started()
+        waiting = state.take_waiting()
+        if waiting is not None and (op == "cell" or state.kernel is not None):
+            waiting.kill()
+            waiting = None
         try:
             if op == "run":
                 new = Run(msg, state.sel)
                 new.scoped = state.kernel is not None
+                new.start(waiting)
             else:
                 runtime = msg.get("runtime")
                 if runtime not in KERNELS:
@@ -1129,8 +1324,10 @@ def handle(msg, state):
                 new = Cell(msg, state.sel, state.kernel)
                 new.restarted = state.kernel_lost
                 state.kernel_lost = False
-            new.start()
+                new.start()
         except Exception as exc:  # noqa: BLE001 - a bad file path or similar: report, don't die
+            if waiting is not None and not waiting.taken:
+                waiting.kill()
             emit({"ev": "done", "exitCode": 1, "status": "error", "durationMs": 0, "truncated": False,
                   "files": {}, "error": "could not start the program: %s" % exc})
             return
@@ -1148,9 +1345,18 @@ def handle(msg, state):
                 os.close(fd)
         state.run = None
         state.drop_kernel()
+        state.drop_waiting()
         state.lingering = []
         ok, detail = reset()
         emit({"ev": "reset", "ok": ok, "detail": detail})
+        # The next run's interpreter starts only in the sandbox just found clean, before this agent
+        # reads its next request (the answer goes first: the server can hand the container out
+        # while the fork and exec happen).
+        if ok and msg.get("prestart"):
+            state.start_waiting(msg["prestart"])
+        return
+    if op == "prestart":  # a new container, clean by construction
+        state.start_waiting(msg)
         return
     if op == "ping":
         emit({"ev": "ready"})

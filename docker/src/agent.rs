@@ -71,7 +71,13 @@ pub(crate) enum AgentRequest<'a> {
     Signal {
         signal: &'a str,
     },
-    Reset,
+    /// Kill everything, wipe, verify; then pre-start the next run's interpreter.
+    Reset {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prestart: Option<&'a Prestart>,
+    },
+    /// Pre-start the next run's interpreter now (a container that has run nothing yet).
+    Prestart(&'a Prestart),
     Ping,
     Write {
         path: &'a str,
@@ -82,6 +88,18 @@ pub(crate) enum AgentRequest<'a> {
         path: &'a str,
         max_bytes: u64,
     },
+}
+
+/// How the agent pre-starts the next run's interpreter (`Waiting` in the agent): the command line,
+/// working directory, environment and display channel of a default run of the runtime. A run
+/// that would start its interpreter in any other way starts it the normal way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Prestart {
+    pub runtime: &'static str,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub display: bool,
 }
 
 /// An event from the agent.
@@ -107,6 +125,9 @@ pub(crate) enum AgentEvent {
         /// A session's interpreter died during the cell: earlier state is gone.
         #[serde(default)]
         restarted: bool,
+        /// The program ran in a pre-started interpreter.
+        #[serde(default)]
+        prestarted: bool,
         #[serde(default)]
         usage: Option<AgentUsage>,
     },
@@ -382,9 +403,14 @@ impl Sandbox {
         self.events.recv().await
     }
 
-    /// Kills everything, wipes the writable places and checks that the agent reports them clean.
-    pub(crate) async fn reset(&mut self, within: Duration) -> Result<()> {
-        self.send(&AgentRequest::Reset).await?;
+    /// Kills everything, wipes the writable places and checks that the agent reports them clean;
+    /// then the agent pre-starts the next run's interpreter as `prestart` says.
+    pub(crate) async fn reset(
+        &mut self,
+        within: Duration,
+        prestart: Option<&Prestart>,
+    ) -> Result<()> {
+        self.send(&AgentRequest::Reset { prestart }).await?;
         let wait = async {
             while let Some(event) = self.next_event().await {
                 match event {
@@ -405,6 +431,12 @@ impl Sandbox {
                 after: within,
             }),
         }
+    }
+
+    /// Has the agent of a container that has run nothing yet pre-start the next run's
+    /// interpreter (no answer: a run finds it or starts its own).
+    pub(crate) async fn prestart(&mut self, prestart: &Prestart) -> Result<()> {
+        self.send(&AgentRequest::Prestart(prestart)).await
     }
 
     /// Removes the container (force) and stops reading from it.

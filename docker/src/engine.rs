@@ -278,6 +278,12 @@ impl Engine {
                 network,
             );
             let reusable = run.drive().await;
+            if run.prestarted {
+                pool.count_prestarted();
+            }
+            if run.prestarted {
+                pool.count_prestarted();
+            }
             if let Some(network) = run.network.take() {
                 pool.destroy(*run.sandbox).await;
                 network.teardown(&run.docker).await;

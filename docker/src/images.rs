@@ -41,6 +41,21 @@ const DISPLAY: [(&str, &str); 2] = [
         include_str!("../agent/display/isol8_mpl.py"),
     ),
 ];
+/// The loaders of pre-started interpreters (see `Waiting` in agent.py).
+const PRESTART: [(&str, &str); 3] = [
+    (
+        "prestart/python.py",
+        include_str!("../agent/prestart/python.py"),
+    ),
+    (
+        "prestart/00-isol8-prestart.pth",
+        include_str!("../agent/prestart/00-isol8-prestart.pth"),
+    ),
+    (
+        "prestart/node.cjs",
+        include_str!("../agent/prestart/node.cjs"),
+    ),
+];
 
 fn runtime_dockerfile(runtime: Runtime) -> &'static str {
     match runtime {
@@ -322,6 +337,7 @@ impl ImageBuilder {
             KERNELS
                 .iter()
                 .chain(DISPLAY.iter())
+                .chain(PRESTART.iter())
                 .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec())),
         );
         Ok(files)

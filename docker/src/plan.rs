@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use isol8_api::{ExecutionOptions, ExecutionRequest, NetworkMode, Runtime};
 
+use crate::agent::Prestart;
 use crate::custom::PackageSet;
 use crate::error::{Error, Result};
 use crate::limits::{LimitFields, Limits};
@@ -240,29 +241,71 @@ impl RunPlan {
 
     /// The interpreter command line for this plan, given where the code file was put.
     pub fn argv(&self, code_path: &str) -> Vec<String> {
-        let args: &[&str] = match (&self.program, self.runtime) {
-            (Program::Command(cmd), _) => return vec!["bash".into(), "-c".into(), cmd.clone()],
-            (_, Runtime::Python) => &["python3"],
-            (_, Runtime::Node) => &["node"],
-            (_, Runtime::Bun) => &["bun"],
-            (_, Runtime::Deno) => &["deno", "run", "-A"],
-            (_, Runtime::Bash) => &["bash"],
-        };
-        args.iter()
-            .map(|s| s.to_string())
-            .chain([code_path.to_string()])
-            .collect()
+        match &self.program {
+            Program::Command(cmd) => vec!["bash".into(), "-c".into(), cmd.clone()],
+            Program::Code { .. } | Program::Remote { .. } => code_argv(self.runtime, code_path),
+        }
     }
 
     /// Environment added for every run of this runtime (before the caller's env and secrets).
     pub fn runtime_env(&self) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        if self.runtime == Runtime::Python {
-            env.insert("PYTHONUNBUFFERED".into(), "1".into());
-            env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-        }
-        env
+        runtime_env(self.runtime)
     }
+}
+
+/// The command line that runs the code file at `code_path` with `runtime`'s interpreter.
+fn code_argv(runtime: Runtime, code_path: &str) -> Vec<String> {
+    let args: &[&str] = match runtime {
+        Runtime::Python => &["python3"],
+        Runtime::Node => &["node"],
+        Runtime::Bun => &["bun"],
+        Runtime::Deno => &["deno", "run", "-A"],
+        Runtime::Bash => &["bash"],
+    };
+    args.iter()
+        .map(|s| s.to_string())
+        .chain([code_path.to_string()])
+        .collect()
+}
+
+fn runtime_env(runtime: Runtime) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if runtime == Runtime::Python {
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
+    }
+    env
+}
+
+/// Where a run's code goes: a file in its working directory.
+pub(crate) fn code_path(workdir: &str, extension: &str) -> String {
+    format!("{workdir}/.isol8_main.{extension}")
+}
+
+/// Whether a one-shot program of `runtime` gets a display channel (isol8's matplotlib backend).
+pub(crate) fn has_display(runtime: Runtime) -> bool {
+    runtime == Runtime::Python
+}
+
+/// What a warm sandbox of the runtime named `runtime_label` pre-starts for its next run: the
+/// interpreter of a default run (the code file in `/sandbox` with the runtime's extension, the
+/// runtime's environment), where a run can be handed to it exactly as a normal start would run
+/// it: python and node. bun and deno read configuration files of the working directory while
+/// they start (`.env`, `bunfig.toml`, `deno.json`), which the run's own files may bring, and
+/// bash starts in about a millisecond, so they start the normal way.
+pub(crate) fn prestart_template(runtime_label: &str) -> Option<Prestart> {
+    let runtime: Runtime = runtime_label.parse().ok()?;
+    if !matches!(runtime, Runtime::Python | Runtime::Node) {
+        return None;
+    }
+    let extension = code_extension(runtime, None).ok()?;
+    Some(Prestart {
+        runtime: runtime.as_str(),
+        argv: code_argv(runtime, &code_path(SANDBOX_DIR, &extension)),
+        cwd: SANDBOX_DIR.to_string(),
+        env: runtime_env(runtime),
+        display: has_display(runtime),
+    })
 }
 
 fn code_extension(runtime: Runtime, requested: Option<&str>) -> Result<String> {

@@ -2,7 +2,7 @@
 //! owner only). What a crashed instance left behind is the janitor's (`engine::cleanup`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{remove, Sandbox};
+use crate::agent::{remove, Prestart, Sandbox};
 use crate::error::{Error, Result};
 use crate::host::DockerHost;
+use crate::plan::prestart_template;
 use crate::spec::{ContainerKind, ContainerSpec, LABEL_KIND};
 use crate::uids::{service_uid, uid_range, SandboxUids};
 
@@ -38,6 +39,10 @@ pub struct PoolConfig {
     pub max_idle_per_owner: usize,
     /// A reset container unused this long is removed.
     pub idle_ttl: Duration,
+    /// Keep the next run's interpreter started in each pooled python and node sandbox (see
+    /// `Waiting` in the agent); runs that need another start, and every runtime else, start theirs
+    /// the normal way.
+    pub prestart: bool,
 }
 
 impl Default for PoolConfig {
@@ -47,6 +52,7 @@ impl Default for PoolConfig {
             reuse: true,
             max_idle_per_owner: 8,
             idle_ttl: Duration::from_secs(120),
+            prestart: true,
         }
     }
 }
@@ -69,6 +75,8 @@ struct Idle {
 pub struct PoolStats {
     pub ready: usize,
     pub busy: usize,
+    /// Runs so far whose program ran in a pre-started interpreter.
+    pub prestarted_runs: u64,
 }
 
 #[derive(Debug)]
@@ -93,6 +101,8 @@ pub(crate) struct Pool {
     /// Signalled whenever a reset ends.
     returned: Notify,
     busy: AtomicUsize,
+    /// Runs that used a pre-started interpreter (counted by the engine when a run ends).
+    prestarted: AtomicU64,
     closed: AtomicBool,
     /// The uids of its containers.
     uids: SandboxUids,
@@ -122,6 +132,7 @@ impl Pool {
             resetting: Mutex::new(HashMap::new()),
             returned: Notify::new(),
             busy: AtomicUsize::new(0),
+            prestarted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             uids: SandboxUids::default(),
             host: tokio::sync::OnceCell::new(),
@@ -144,7 +155,21 @@ impl Pool {
         PoolStats {
             ready,
             busy: self.busy.load(Ordering::Relaxed),
+            prestarted_runs: self.prestarted.load(Ordering::Relaxed),
         }
+    }
+
+    pub(crate) fn count_prestarted(&self) {
+        self.prestarted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What a pooled sandbox of `spec` pre-starts for its next run: nothing when the config says
+    /// so, or for containers that serve one run (kept, filtered) or a session.
+    fn prestart_template(&self, spec: &ContainerSpec) -> Option<Prestart> {
+        let pooled = spec.kind == ContainerKind::Sandbox && spec.filtered_network.is_none();
+        (self.config.prestart && pooled)
+            .then(|| prestart_template(&spec.runtime_label))
+            .flatten()
     }
 
     pub(crate) fn set_warm(&self, specs: Vec<ContainerSpec>) {
@@ -254,7 +279,8 @@ impl Pool {
                 owner: Some(owner),
             };
             *pool.resetting.lock().entry(key.clone()).or_default() += 1;
-            let reset = sandbox.reset(RESET_TIMEOUT).await;
+            let prestart = pool.prestart_template(&sandbox.spec);
+            let reset = sandbox.reset(RESET_TIMEOUT, prestart.as_ref()).await;
             let done_resetting = || {
                 let mut resetting = pool.resetting.lock();
                 if let Some(n) = resetting.get_mut(&key) {
@@ -381,8 +407,13 @@ impl Pool {
             let mut first_error = None;
             for (spec, result) in missing.iter().zip(created) {
                 match result {
-                    Ok(sandbox) => {
+                    Ok(mut sandbox) => {
                         failures = 0;
+                        if let Some(prestart) = self.prestart_template(spec) {
+                            if let Err(error) = sandbox.prestart(&prestart).await {
+                                tracing::warn!(container = %sandbox.short_id(), %error, "could not pre-start an interpreter");
+                            }
+                        }
                         let key = PoolKey {
                             spec: spec.clone(),
                             owner: None,

@@ -129,6 +129,11 @@ pub struct ServerConfig {
     pub pool_size: usize,
     /// Reuse a container for the same key after a verified reset (off: fresh container per run).
     pub reuse_containers: bool,
+    /// Keep the next run's interpreter (python, node) started in each warm sandbox, so a run
+    /// costs no interpreter start; started after the reset found the sandbox clean, used by one
+    /// run only. Runs that need another start (`PYTHON*` or `NODE_*` variables, a `setupScript`,
+    /// another `workdir` or file extension) start theirs the normal way.
+    pub prestart_interpreters: bool,
     /// How long running executions may finish after a shutdown signal.
     pub shutdown_grace_ms: u64,
     /// A session idle this long (milliseconds) is ended and its container removed (a session may
@@ -224,6 +229,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             pool_size: 2,
             reuse_containers: true,
+            prestart_interpreters: true,
             shutdown_grace_ms: 10_000,
             session_idle_timeout_ms: 3_600_000,
             max_session_idle_timeout_ms: 86_400_000,
@@ -418,6 +424,7 @@ impl ServerConfig {
         };
         engine.pool.size = self.pool_size;
         engine.pool.reuse = self.reuse_containers;
+        engine.pool.prestart = self.prestart_interpreters;
         Ok(engine)
     }
 }

@@ -6,7 +6,7 @@ use std::ops::DerefMut;
 
 use base64::Engine as _;
 use bollard::Docker;
-use isol8_api::{ExecutionResult, ExecutionStatus, Runtime, StreamPhase};
+use isol8_api::{ExecutionResult, ExecutionStatus, StreamPhase};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -18,7 +18,7 @@ use crate::agent::{AgentEvent, AgentRequest, AgentUsage, Sandbox};
 use crate::error::Result;
 use crate::network::FilteredNetwork;
 use crate::output::OutputFilter;
-use crate::plan::{Program, RunPlan, SANDBOX_DIR};
+use crate::plan::{code_path, has_display, Program, RunPlan, SANDBOX_DIR};
 use crate::run::{RunControl, RunSide};
 
 /// One run in progress: holds its sandbox (owned, from the pool; or a session's, locked for the
@@ -49,6 +49,8 @@ pub(crate) struct Run<S> {
     stalled: bool,
     /// What the code phase used.
     usage: Option<AgentUsage>,
+    /// The code phase ran in a pre-started interpreter.
+    pub(crate) prestarted: bool,
 }
 
 /// How one agent program run ended, before it becomes an `ExecutionResult`.
@@ -94,6 +96,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             output_deadline: Deadline::now(),
             stalled: false,
             usage: None,
+            prestarted: false,
         }
     }
 
@@ -257,7 +260,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 )
             }
             (None, Program::Code { source, extension }) => {
-                let path = format!("{}/.isol8_main.{extension}", plan.workdir);
+                let path = code_path(&plan.workdir, extension);
                 (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
             }
             (None, Program::Command(_)) => (plan.argv(""), None, None),
@@ -321,7 +324,7 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                 live_stdin: plan.live_stdin && phase == StreamPhase::Code,
                 // One-shot python programs hand matplotlib figures over (isol8's backend).
                 display: phase == StreamPhase::Code
-                    && plan.runtime == Runtime::Python
+                    && has_display(plan.runtime)
                     && matches!(plan.program, Program::Code { .. }),
             },
         };
@@ -388,10 +391,12 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                     error,
                     file_errors,
                     restarted,
+                    prestarted,
                     usage,
                 }) => {
                     if phase == StreamPhase::Code {
                         self.usage = usage;
+                        self.prestarted = prestarted;
                     }
                     for (filter, is_err) in [(&mut stdout, false), (&mut stderr, true)] {
                         let text = filter.finish(truncated);
