@@ -28,12 +28,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum AgentRequest<'a> {
     #[serde(rename_all = "camelCase")]
     Run {
-        argv: &'a [String],
+        argv: Vec<String>,
         cwd: &'a str,
-        env: &'a BTreeMap<String, String>,
+        env: BTreeMap<String, String>,
         stdin: Option<String>,
         files: BTreeMap<&'a str, String>,
-        code_path: Option<&'a str>,
+        code_path: Option<String>,
         code: Option<String>,
         output_paths: &'a [String],
         timeout_ms: u64,
@@ -52,7 +52,7 @@ pub(crate) enum AgentRequest<'a> {
         runtime: &'a str,
         code: String,
         stdin: Option<String>,
-        env: &'a BTreeMap<String, String>,
+        env: BTreeMap<String, String>,
         cwd: Option<&'a str>,
         files: BTreeMap<&'a str, String>,
         output_paths: &'a [String],

@@ -248,87 +248,13 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
 
     /// Runs one program (the setup script, or the plan's program) to its end.
     async fn phase(&mut self, phase: StreamPhase, setup_script: Option<String>) -> Stop {
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let plan = &self.plan;
-        let (argv, code_path, code) = match (&setup_script, &plan.program) {
-            (Some(script), _) => {
-                let path = "/tmp/.isol8-setup.sh".to_string();
-                (
-                    vec!["bash".to_string(), path.clone()],
-                    Some(path),
-                    Some(b64(script.as_bytes())),
-                )
-            }
-            (None, Program::Code { source, extension }) => {
-                let path = code_path(&plan.workdir, extension);
-                (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
-            }
-            (None, Program::Command(_)) => (plan.argv(""), None, None),
+        let Some(request) = agent_request(&self.plan, phase, setup_script.as_deref(), self.session)
+        else {
             // Refused by `check_runnable` before any run starts.
-            (None, Program::Remote { .. }) => {
-                let why = "remote code was not fetched".to_string();
-                return Stop::Outcome(self.failed(phase, why).await);
-            }
+            let why = "remote code was not fetched".to_string();
+            return Stop::Outcome(self.failed(phase, why).await);
         };
-        let mut env = plan.runtime_env();
-        env.extend(plan.env.clone());
-        env.extend(plan.secrets.clone());
-        // Files go in before the first program of the run: the setup script if there is one.
-        let first = phase == StreamPhase::Setup || plan.setup_script.is_none();
-        let files = if first {
-            plan.files
-                .iter()
-                .map(|(path, content)| (path.as_str(), b64(content)))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
-        let empty: Vec<String> = Vec::new();
-        let stdin = match phase {
-            StreamPhase::Code => plan.stdin.as_deref().map(b64),
-            StreamPhase::Setup => None,
-        };
-        let output_paths = match phase {
-            StreamPhase::Code => &plan.output_paths,
-            StreamPhase::Setup => &empty,
-        };
-        let timeout_ms = plan.limits.timeout.as_millis() as u64;
-        let request = match (&setup_script, &plan.program) {
-            (None, Program::Code { source, .. }) if self.session => AgentRequest::Cell {
-                runtime: plan.runtime.as_str(),
-                code: b64(source.as_bytes()),
-                stdin,
-                env: &env,
-                // The session keeps its own working directory unless the call names one.
-                cwd: (plan.workdir != SANDBOX_DIR).then_some(plan.workdir.as_str()),
-                files,
-                output_paths,
-                timeout_ms,
-                max_output: plan.limits.max_output_bytes,
-                max_file_bytes: plan.limits.max_file_bytes,
-                max_files_total: plan.limits.max_output_files_bytes,
-            },
-            _ => AgentRequest::Run {
-                argv: &argv,
-                cwd: &plan.workdir,
-                env: &env,
-                stdin,
-                files,
-                code_path: code_path.as_deref(),
-                code,
-                output_paths,
-                timeout_ms,
-                max_output: plan.limits.max_output_bytes,
-                max_file_bytes: plan.limits.max_file_bytes,
-                max_files_total: plan.limits.max_output_files_bytes,
-                live_stdin: plan.live_stdin && phase == StreamPhase::Code,
-                // One-shot python programs hand matplotlib figures over (isol8's backend).
-                display: phase == StreamPhase::Code
-                    && has_display(plan.runtime)
-                    && matches!(plan.program, Program::Code { .. }),
-            },
-        };
-        let timeout = plan.limits.timeout;
+        let timeout = self.plan.limits.timeout;
         self.output_deadline = Deadline::now() + timeout;
         self.stalled = false;
         if let Err(err) = self.sandbox.send(&request).await {
@@ -527,6 +453,87 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
     }
 }
 
+/// What the agent is sent for one phase of `plan`: the setup script (`setup_script`) or the
+/// program, with its files (before the run's first program only), input, environment and limits;
+/// a session's code goes to its interpreter as a cell. `None` for code not fetched yet.
+fn agent_request<'a>(
+    plan: &'a RunPlan,
+    phase: StreamPhase,
+    setup_script: Option<&str>,
+    session: bool,
+) -> Option<AgentRequest<'a>> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // Files go in before the first program of the run: the setup script if there is one.
+    let first = phase == StreamPhase::Setup || plan.setup_script.is_none();
+    let files = plan
+        .files
+        .iter()
+        .filter(|_| first)
+        .map(|(path, content)| (path.as_str(), b64(content)))
+        .collect();
+    let (stdin, output_paths) = match phase {
+        StreamPhase::Code => (plan.stdin.as_deref().map(b64), plan.output_paths.as_slice()),
+        StreamPhase::Setup => (None, &[][..]),
+    };
+    let mut env = plan.runtime_env();
+    env.extend(plan.env.clone());
+    env.extend(plan.secrets.clone());
+    let timeout_ms = plan.limits.timeout.as_millis() as u64;
+    let (max_output, max_file_bytes, max_files_total) = (
+        plan.limits.max_output_bytes,
+        plan.limits.max_file_bytes,
+        plan.limits.max_output_files_bytes,
+    );
+    let (argv, code_path, code) = match (setup_script, &plan.program) {
+        (Some(script), _) => {
+            let path = "/tmp/.isol8-setup.sh".to_string();
+            let argv = vec!["bash".to_string(), path.clone()];
+            (argv, Some(path), Some(b64(script.as_bytes())))
+        }
+        (None, Program::Code { source, .. }) if session => {
+            return Some(AgentRequest::Cell {
+                runtime: plan.runtime.as_str(),
+                code: b64(source.as_bytes()),
+                stdin,
+                env,
+                // The session keeps its own working directory unless the call names one.
+                cwd: (plan.workdir != SANDBOX_DIR).then_some(plan.workdir.as_str()),
+                files,
+                output_paths,
+                timeout_ms,
+                max_output,
+                max_file_bytes,
+                max_files_total,
+            });
+        }
+        (None, Program::Code { source, extension }) => {
+            let path = code_path(&plan.workdir, extension);
+            (plan.argv(&path), Some(path), Some(b64(source.as_bytes())))
+        }
+        (None, Program::Command(_)) => (plan.argv(""), None, None),
+        (None, Program::Remote { .. }) => return None,
+    };
+    Some(AgentRequest::Run {
+        argv,
+        cwd: &plan.workdir,
+        env,
+        stdin,
+        files,
+        code_path,
+        code,
+        output_paths,
+        timeout_ms,
+        max_output,
+        max_file_bytes,
+        max_files_total,
+        live_stdin: plan.live_stdin && phase == StreamPhase::Code,
+        // One-shot python programs hand matplotlib figures over (isol8's backend).
+        display: phase == StreamPhase::Code
+            && has_display(plan.runtime)
+            && matches!(plan.program, Program::Code { .. }),
+    })
+}
+
 fn output_event(phase: StreamPhase, is_err: bool, text: String) -> RunEvent {
     if is_err {
         RunEvent::Stderr { phase, text }
@@ -544,5 +551,100 @@ fn mask_bundle(bundle: &mut isol8_api::MimeBundle, secrets: &BTreeMap<String, St
         if let serde_json::Value::String(text) = value {
             *text = OutputFilter::mask_text(secrets.values(), text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlanDefaults;
+    use isol8_api::{ExecutionOptions, ExecutionRequest, Runtime};
+    use serde_json::{json, Value};
+
+    fn plan(request: ExecutionRequest) -> RunPlan {
+        let options = ExecutionOptions {
+            secrets: [("TOKEN".to_string(), "s3cret".to_string())].into(),
+            ..Default::default()
+        };
+        RunPlan::from_request(&request, &options, &PlanDefaults::default(), "k").unwrap()
+    }
+
+    fn sent(plan: &RunPlan, phase: StreamPhase, setup: Option<&str>, session: bool) -> Value {
+        serde_json::to_value(agent_request(plan, phase, setup, session).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_program_is_written_to_its_workdir_and_run_with_its_inputs_env_and_limits() {
+        let plan = plan(ExecutionRequest {
+            runtime: Runtime::Python,
+            code: Some("print(1)".into()),
+            stdin: Some("in".into()),
+            workdir: Some("job".into()),
+            env: [("A".to_string(), "1".to_string())].into(),
+            files: [("data.txt".to_string(), "x".into())].into(),
+            output_paths: vec!["out.txt".into()],
+            ..Default::default()
+        });
+        let run = sent(&plan, StreamPhase::Code, None, false);
+        assert_eq!(run["op"], "run", "{run}");
+        assert_eq!(
+            run["argv"],
+            json!(["python3", "/sandbox/job/.isol8_main.py"])
+        );
+        assert_eq!(run["codePath"], "/sandbox/job/.isol8_main.py");
+        assert_eq!(run["code"], "cHJpbnQoMSk=");
+        assert_eq!(run["cwd"], "/sandbox/job");
+        assert_eq!(run["stdin"], "aW4=");
+        assert_eq!(run["files"], json!({"/sandbox/job/data.txt": "eA=="}));
+        assert_eq!(run["outputPaths"], json!(["out.txt"]));
+        assert_eq!(run["env"]["A"], "1");
+        assert_eq!(run["env"]["TOKEN"], "s3cret");
+        assert_eq!(run["env"]["PYTHONUNBUFFERED"], "1");
+        assert_eq!(run["timeoutMs"], 30000);
+        assert_eq!(run["display"], true);
+    }
+
+    #[test]
+    fn a_setup_script_runs_first_with_the_files_and_the_program_after_without_them() {
+        let plan = plan(ExecutionRequest {
+            runtime: Runtime::Bash,
+            cmd: Some("cat data.txt".into()),
+            setup_script: Some("echo setup".into()),
+            files: [("data.txt".to_string(), "x".into())].into(),
+            stdin: Some("in".into()),
+            ..Default::default()
+        });
+        let setup = sent(&plan, StreamPhase::Setup, Some("echo setup"), false);
+        assert_eq!(setup["argv"], json!(["bash", "/tmp/.isol8-setup.sh"]));
+        assert_eq!(setup["files"], json!({"/sandbox/data.txt": "eA=="}));
+        assert_eq!(setup["stdin"], Value::Null);
+        assert_eq!(setup["display"], false);
+        let code = sent(&plan, StreamPhase::Code, None, false);
+        assert_eq!(code["argv"], json!(["bash", "-c", "cat data.txt"]));
+        assert_eq!(code["files"], json!({}));
+        assert_eq!(code["stdin"], "aW4=");
+    }
+
+    #[test]
+    fn session_code_is_a_cell_and_remote_code_is_never_sent() {
+        let cell = plan(ExecutionRequest {
+            runtime: Runtime::Python,
+            code: Some("x = 1".into()),
+            ..Default::default()
+        });
+        let sent = sent(&cell, StreamPhase::Code, None, true);
+        assert_eq!(sent["op"], "cell", "{sent}");
+        assert_eq!(sent["runtime"], "python");
+        assert_eq!(
+            sent["cwd"],
+            Value::Null,
+            "the session keeps its own directory"
+        );
+        let remote = plan(ExecutionRequest {
+            runtime: Runtime::Python,
+            code_url: Some("https://example.com/a.py".into()),
+            ..Default::default()
+        });
+        assert!(agent_request(&remote, StreamPhase::Code, None, false).is_none());
     }
 }
