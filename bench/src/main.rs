@@ -126,6 +126,61 @@ async fn warm(
     Ok(samples)
 }
 
+/// Like `warm`, with `gap` of idle between one call's answer and the next call: a sandbox that sits
+/// idle between requests, as an agent's calls do.
+async fn warm_spaced(
+    client: &Client,
+    runtime: Runtime,
+    code: &str,
+    expect: &str,
+    runs: usize,
+    gap: Duration,
+) -> Result<Vec<Duration>> {
+    let request = body(runtime, code);
+    let mut samples = Vec::new();
+    for i in 0..WARMUP + runs {
+        tokio::time::sleep(gap).await;
+        let started = Instant::now();
+        let result = client.execute(&request).await?;
+        let took = started.elapsed();
+        if result.stdout != expect {
+            bail!("{runtime}: printed {:?} ({})", result.stdout, result.stderr);
+        }
+        if i >= WARMUP {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+/// Like `host_runs`, with `gap` of idle before each run.
+fn host_runs_spaced(
+    argv: &[&str],
+    expect: &str,
+    runs: usize,
+    gap: Duration,
+) -> Result<Vec<Duration>> {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        std::thread::sleep(gap);
+        samples.push(host_run(argv, expect)?);
+    }
+    Ok(samples)
+}
+
+fn host_run(argv: &[&str], expect: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    let took = started.elapsed();
+    if String::from_utf8_lossy(&out.stdout) != expect {
+        bail!(
+            "{argv:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(took)
+}
+
 /// Time to the first stdout event of a program that prints, sleeps 1 s and prints again; and, as
 /// its baseline, a warm `print(1)` through `POST /execute` started the same way: right after a
 /// second in which the machine idled. (On this VM anything started after an idle second runs several
@@ -686,18 +741,31 @@ fn host_binary(name: &str) -> Option<String> {
         .map(|found| found.to_string_lossy().into_owned())
 }
 
+/// Idle time between calls in the spaced latency figures: the pause in which a sandbox that waits
+/// for its next request has its next interpreter started.
+const GAP: Duration = Duration::from_millis(100);
+
 /// Warm hello-world latency of python, node and bun with pre-started interpreters (`client`) and
-/// without (`plain`), each beside the host's own interpreter; then the memory of an idle sandbox
-/// of each, with its waiting interpreter and without.
+/// without (`plain`), each beside the host's own interpreter: calls spaced by `GAP` (the target
+/// figure: a sandbox idle between requests) and back to back (the next call arrives while the
+/// sandbox's reset has only just started its next interpreter); then the memory of an idle node
+/// sandbox with its waiting interpreter and without.
 async fn interpreter_figures(
     report: &mut Report,
     (client, engine): (&Client, &Engine),
     (plain, plain_engine): (&Client, &Engine),
 ) -> Result<()> {
     let cases = [
-        (Runtime::Python, "print(1)", "python3", "-c", 50, 0.5),
-        (Runtime::Node, "console.log(1)", "node", "-e", 30, 0.25),
-        (Runtime::Bun, "console.log(1)", "bun", "-e", 30, f64::INFINITY),
+        (Runtime::Python, "print(1)", "python3", "-c", 40, 0.5),
+        (Runtime::Node, "console.log(1)", "node", "-e", 25, 0.25),
+        (
+            Runtime::Bun,
+            "console.log(1)",
+            "bun",
+            "-e",
+            25,
+            f64::INFINITY,
+        ),
     ];
     for (runtime, code, host, flag, runs, target) in cases {
         eprintln!("warm {runtime}…");
@@ -706,18 +774,25 @@ async fn interpreter_figures(
             Runtime::Python => Some("/usr/bin/python3".to_string()),
             _ => host_binary(host),
         };
-        let host_samples = match &host_path {
-            Some(path) => Some(host_runs(&[path, flag, code], "1\n", runs)?),
-            None => None,
-        };
-        let ours = warm(client, runtime, code, "1\n", runs).await?;
-        let without = warm(plain, runtime, code, "1\n", runs).await?;
-        let (base, ratio) = match &host_samples {
-            Some(samples) => (
-                format!("{:.1} host {host}", p50(samples)),
-                p50(&ours) / p50(samples),
+        let (host_spaced, host_b2b) = match &host_path {
+            Some(path) => (
+                Some(host_runs_spaced(&[path, flag, code], "1\n", runs, GAP)?),
+                Some(host_runs(&[path, flag, code], "1\n", runs)?),
             ),
-            None => ("host interpreter missing".to_string(), f64::NAN),
+            None => (None, None),
+        };
+        let ours = warm_spaced(client, runtime, code, "1\n", runs, GAP).await?;
+        let without = warm_spaced(plain, runtime, code, "1\n", runs, GAP).await?;
+        let ours_b2b = warm(client, runtime, code, "1\n", runs).await?;
+        let without_b2b = warm(plain, runtime, code, "1\n", runs).await?;
+        let host_text = |samples: &Option<Vec<Duration>>| match samples {
+            Some(samples) => format!("{:.1} host {host}", p50(samples)),
+            None => "host interpreter missing".to_string(),
+        };
+        let ratio = |ours: &[Duration], samples: &Option<Vec<Duration>>| {
+            samples
+                .as_deref()
+                .map_or(f64::NAN, |samples| p50(ours) / p50(samples))
         };
         let note = if target.is_finite() {
             format!("ratio to host, target ≤ {target}x")
@@ -725,20 +800,35 @@ async fn interpreter_figures(
             "ratio to host, informational".to_string()
         };
         report.add(
-            &format!("warm {runtime} p50 (ms)"),
+            &format!("warm {runtime} p50, calls {} ms apart (ms)", GAP.as_millis()),
             format!(
                 "{:.1} (p99 {:.1}; {:.1} without pre-start)",
                 p50(&ours),
                 quantile(&ours, 0.99),
                 p50(&without)
             ),
-            base,
-            ratio,
+            host_text(&host_spaced),
+            ratio(&ours, &host_spaced),
             target,
             &note,
             json!({"p50": p50(&ours), "p99": quantile(&ours, 0.99),
                    "without_prestart_p50": p50(&without), "without_prestart_p99": quantile(&without, 0.99),
-                   "host": host_path, "host_p50": host_samples.as_deref().map(p50)}),
+                   "host": host_path, "host_p50": host_spaced.as_deref().map(p50), "gap_ms": GAP.as_millis()}),
+        );
+        report.add(
+            &format!("warm {runtime} p50, back to back (ms)"),
+            format!(
+                "{:.1} (p99 {:.1}; {:.1} without pre-start)",
+                p50(&ours_b2b),
+                quantile(&ours_b2b, 0.99),
+                p50(&without_b2b)
+            ),
+            host_text(&host_b2b),
+            ratio(&ours_b2b, &host_b2b),
+            f64::INFINITY,
+            "ratio to host, informational",
+            json!({"p50": p50(&ours_b2b), "p99": quantile(&ours_b2b, 0.99),
+                   "without_prestart_p50": p50(&without_b2b), "host_p50": host_b2b.as_deref().map(p50)}),
         );
         if runtime == Runtime::Node {
             // Between runs, the reset containers wait with their next interpreter started.
@@ -766,7 +856,7 @@ async fn throughput_with_and_without(
     plain: &Client,
     seconds: u64,
 ) -> (f64, f64, u64, u64) {
-    let rounds = 2;
+    let rounds = 4;
     let per = (seconds / rounds).max(1);
     let (mut with, mut without, mut ok, mut errors) = (0.0, 0.0, 0, 0);
     for _ in 0..rounds {
@@ -800,7 +890,14 @@ async fn prestart_only(out_path: &str, seconds: u64, release_dir: &std::path::Pa
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
+    eprintln!(
+        "instances: pre-started {}, without {}",
+        engine.instance_id(),
+        plain_engine.instance_id()
+    );
+    if std::env::var_os("ISOL8_BENCH_ONLY_THROUGHPUT").is_none() {
+        interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
+    }
     eprintln!("throughput ({seconds} s each)…");
     let (with, without, ok, errors) = throughput_with_and_without(&client, &plain, seconds).await;
     report.add(

@@ -1348,10 +1348,12 @@ def handle(msg, state):
         state.drop_waiting()
         state.lingering = []
         ok, detail = reset()
-        # The next run's interpreter starts only in the sandbox just found clean.
+        emit({"ev": "reset", "ok": ok, "detail": detail})
+        # The next run's interpreter starts only in the sandbox just found clean, before this agent
+        # reads its next request (the answer goes first: the server can hand the container out
+        # while the fork and exec happen).
         if ok and msg.get("prestart"):
             state.start_waiting(msg["prestart"])
-        emit({"ev": "reset", "ok": ok, "detail": detail})
         return
     if op == "prestart":  # a new container, clean by construction
         state.start_waiting(msg)

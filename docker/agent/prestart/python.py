@@ -1,7 +1,8 @@
 """isol8 pre-started python: the loader of an interpreter the agent started before its run.
 
 site executes it from 00-isol8-prestart.pth (first of the site-packages .pth files) while the
-interpreter starts, when ISOL8_PRESTART_FD names the handoff pipe. It waits there for the run: the
+interpreter starts, when ISOL8_PRESTART_FD names the handoff pipe (compiled when the python image is
+built: python.<cache tag>.code, loaded with marshal, which every start has loaded already). It waits there for the run: the
 working directory and the environment, NUL-separated (`cwd\\0KEY=value\\0...`), until the agent
 closes the pipe. It applies them and returns; the interpreter then finishes starting and runs the
 program file of its command line as `python3 file.py` always does (the agent wrote the program
