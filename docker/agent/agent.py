@@ -80,6 +80,9 @@ PRESTART_VARS = {
     "node": {"ISOL8_PRESTART_FD": str(HANDOFF_FD), "NODE_OPTIONS": "--require %s/node.cjs" % PRESTART_DIR},
 }
 PRESTART_WRITE_S = 2.0  # how long a handoff may take before the run starts the normal way
+# A run whose command line and environment are larger starts the normal way, so execve decides
+# what it decides for any program ("Argument list too long" past its limits, far above this).
+PRESTART_MAX_ARGS = 65536
 # Variables an interpreter (or the C library under it) reads while it starts, before its loader
 # gets the run's environment: a run whose value differs from the waiting interpreter's starts the
 # normal way. Prefixes end with "_" or are whole names' starts; anything doubtful is listed.
@@ -424,6 +427,10 @@ class Waiting:
             return False
         hook_vars = PRESTART_VARS[self.runtime]
         if any(name in env for name in hook_vars):
+            return False
+        size = sum(len(os.fsencode(a)) + 1 for a in argv)
+        size += sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 for k, v in env.items())
+        if size > PRESTART_MAX_ARGS:
             return False
         prefixes = START_SENSITIVE[self.runtime]
         for name in set(env) | set(self.start_env):
