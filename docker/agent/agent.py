@@ -80,6 +80,9 @@ PRESTART_VARS = {
     "node": {"ISOL8_PRESTART_FD": str(HANDOFF_FD), "NODE_OPTIONS": "--require %s/node.cjs" % PRESTART_DIR},
 }
 PRESTART_WRITE_S = 2.0  # how long a handoff may take before the run starts the normal way
+# A run whose command line and environment are larger starts the normal way, so execve decides
+# what it decides for any program ("Argument list too long" past its limits, far above this).
+PRESTART_MAX_ARGS = 65536
 # Variables an interpreter (or the C library under it) reads while it starts, before its loader
 # gets the run's environment: a run whose value differs from the waiting interpreter's starts the
 # normal way. Prefixes end with "_" or are whole names' starts; anything doubtful is listed.
@@ -378,22 +381,6 @@ def program_env(extra, display):
     return env
 
 
-# Linux refuses an execve whose single argument or variable is longer than MAX_ARG_STRLEN, or whose
-# strings and pointers together pass a quarter of the stack limit (SC_ARG_MAX).
-MAX_ARG_STRLEN = 32 * 4096
-
-
-def fits_execve(argv, env):
-    """Whether execve would surely take `argv` and `env`: only then may a pre-started interpreter,
-    which receives the environment over a pipe, serve the run (a borderline one starts the normal
-    way, and the kernel decides)."""
-    entries = [os.fsencode(a) for a in argv] + [os.fsencode("%s=%s" % item) for item in env.items()]
-    if any(len(e) + 1 > MAX_ARG_STRLEN for e in entries):
-        return False
-    total = sum(len(e) + 1 + 8 for e in entries)
-    return total < os.sysconf("SC_ARG_MAX") - 64 * 1024
-
-
 class Waiting:
     """A pre-started interpreter: started with the command line, working directory and start
     environment of a default run of its runtime (`template`, from the server), before that run
@@ -438,10 +425,12 @@ class Waiting:
         value of every variable read at start (the loader sets the others)."""
         if argv != self.template["argv"] or cwd != self.cwd or display != self.display:
             return False
-        if not fits_execve(argv, env):
-            return False  # a normal start fails as execve does (E2BIG); this one would not
         hook_vars = PRESTART_VARS[self.runtime]
         if any(name in env for name in hook_vars):
+            return False
+        size = sum(len(os.fsencode(a)) + 1 for a in argv)
+        size += sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 for k, v in env.items())
+        if size > PRESTART_MAX_ARGS:
             return False
         prefixes = START_SENSITIVE[self.runtime]
         for name in set(env) | set(self.start_env):

@@ -291,6 +291,12 @@ async fn python_programs_run_the_same_in_a_prestarted_interpreter() {
             }),
         ),
         fallback(
+            "an environment too large for execve",
+            with(code(py, "print('never')"), |r| {
+                r.env = BTreeMap::from([("HUGE".into(), "x".repeat(200 * 1024))])
+            }),
+        ),
+        fallback(
             "a shell command",
             ExecutionRequest {
                 runtime: py,
