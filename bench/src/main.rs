@@ -409,12 +409,10 @@ async fn raw_engine_rate(
 /// An in-process server on loopback.
 async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
     let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let state =
         AppState::new(engine.clone(), config, "bench-key".into()).map_err(anyhow::Error::msg)?;
-    tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
-    Ok((Client::new(format!("http://{addr}"), "bench-key"), engine))
+    let (base, _serving) = isol8_server::serve_loopback(state, std::future::pending()).await?;
+    Ok((Client::new(base, "bench-key"), engine))
 }
 
 /// An in-process server that stops (gracefully, leaving its sessions frozen) when the returned
@@ -428,14 +426,12 @@ async fn start_stoppable(
     tokio::task::JoinHandle<()>,
 )> {
     let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let state = AppState::new(engine, config, "bench-key".into()).map_err(anyhow::Error::msg)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(isol8_server::serve(state, listener, async move {
+    let (base, task) = isol8_server::serve_loopback(state, async move {
         let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
+    })
+    .await?;
     Ok((Client::new(base.clone(), "bench-key"), base, stop, task))
 }
 
@@ -592,12 +588,10 @@ async fn auth_figures() -> Result<Vec<(String, f64, f64, f64, f64)>> {
         };
         let db = Database::open(&connection, &config.auth, &config.audit).await?;
         let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
         let state = AppState::new(engine.clone(), config, "bench-key".into())
             .map_err(anyhow::Error::msg)?
             .with_database(db);
-        let server = tokio::spawn(isol8_server::serve(state, listener, std::future::pending()));
+        let (base, server) = isol8_server::serve_loopback(state, std::future::pending()).await?;
         let master = Client::new(base.clone(), "bench-key");
         let created = master
             .create_key(&isol8_api::CreateKeyRequest {
