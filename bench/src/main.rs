@@ -887,14 +887,7 @@ async fn prestart_only(out_path: &str, seconds: u64, release_dir: &std::path::Pa
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    eprintln!(
-        "instances: pre-started {}, without {}",
-        engine.instance_id(),
-        plain_engine.instance_id()
-    );
-    if std::env::var_os("ISOL8_BENCH_ONLY_THROUGHPUT").is_none() {
-        interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
-    }
+    interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
     eprintln!("throughput ({seconds} s each)…");
     let (with, without, ok, errors) = throughput_with_and_without(&client, &plain, seconds).await;
     report.add(
