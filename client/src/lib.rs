@@ -3,6 +3,12 @@
 //! With `default-features = false` this crate is the client alone (no axum, no bollard); the
 //! default feature `cli` adds the `isol8` binary and the server it embeds.
 //!
+//! # Layout
+//!
+//! `client` (this library: `Client`, its errors, the WebSocket input); the binary's `main`
+//! (flags), `commands/*` (one module per command), `output` (what a terminal is shown) and
+//! `error` (the one error the commands return, printed once by `main`).
+//!
 //! ```no_run
 //! use isol8::api::{ExecuteBody, ExecutionRequest, Runtime};
 //!

@@ -496,8 +496,9 @@ class Run:
     def __init__(self, req, sel):
         self.req = req
         self.sel = sel
-        self.max_output = int(req.get("maxOutput", 1048576))
-        self.timeout_s = int(req.get("timeoutMs", 30000)) / 1000.0
+        # Limits come with every request: their defaults are the engine's (`Limits`), never here.
+        self.max_output = int(req["maxOutput"])
+        self.timeout_s = int(req["timeoutMs"]) / 1000.0
         self.counts = {1: 0, 2: 0}
         self.truncated = False
         self.status = None
@@ -744,9 +745,9 @@ class Run:
             exit_code = 137
         files = {}
         errors = []
-        limit = int(self.req.get("maxFileBytes", 10 * 1048576))
+        limit = int(self.req["maxFileBytes"])
         # All output files together are capped too: they come back in one answer.
-        room = int(self.req.get("maxFilesTotal", 4 * limit))
+        room = int(self.req["maxFilesTotal"])
         cwd = self.req.get("cwd") or "/sandbox"
         for path in self.req.get("outputPaths") or []:
             # Output files are what the run made (in the dirs it can write), not a way to read the
@@ -762,7 +763,7 @@ class Run:
             if data is None:
                 if room < limit:
                     why = "left out: the output files together may hold %d bytes (maxFilesTotal)" % (
-                        int(self.req.get("maxFilesTotal", 4 * limit)))
+                        int(self.req["maxFilesTotal"]))
                 errors.append("%s: %s" % (path, why))
                 continue
             room -= len(data)
@@ -1012,7 +1013,7 @@ def file_op(msg):
     real = resolved_within(path, SANDBOX_ONLY)
     if real is None:
         return {"ev": "error", "error": "%s resolves outside /sandbox" % path}
-    data, why = read_output_file(real, int(msg.get("maxBytes", 10 * 1048576)), SANDBOX_ONLY)
+    data, why = read_output_file(real, int(msg["maxBytes"]), SANDBOX_ONLY)
     if data is None:
         return {"ev": "error", "error": "%s: %s" % (path, why)}
     return {"ev": "file", "data": base64.b64encode(data).decode()}
