@@ -388,6 +388,16 @@ async fn ipc_objects_do_not_survive_into_the_next_run() {
     let make = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nIPC_CREAT = 0o1000\nprint(libc.shmget(0x1234, 4096, IPC_CREAT | 0o600) >= 0, libc.semget(0x1235, 1, IPC_CREAT | 0o600) >= 0, libc.msgget(0x1236, IPC_CREAT | 0o600) >= 0)\nlibc.mq_open.restype = ctypes.c_int\nprint(libc.mq_open(b'/left', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0)";
     let made = run(&server, &body(make)).await;
     assert_eq!(made["stdout"], "True True True\nTrue\n", "{made}");
+    // The container comes back once its reset verified it clean; on a busy machine that can take
+    // longer than a run waits for it before taking a fresh one, so wait for it here.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("isol8_pool_ready_containers").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the container never came back from its reset"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let look = "import os\nprint([len(open('/proc/sysvipc/' + t).read().splitlines()) - 1 for t in ('shm', 'sem', 'msg')], os.listdir('/dev/mqueue'))";
     let next = run(&server, &body(look)).await;
     assert_eq!(next["stdout"], "[0, 0, 0] []\n", "{next}");
