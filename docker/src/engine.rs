@@ -281,9 +281,6 @@ impl Engine {
             if run.prestarted {
                 pool.count_prestarted();
             }
-            if run.prestarted {
-                pool.count_prestarted();
-            }
             if let Some(network) = run.network.take() {
                 pool.destroy(*run.sandbox).await;
                 network.teardown(&run.docker).await;

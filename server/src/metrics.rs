@@ -49,6 +49,8 @@ pub struct Metrics {
     pool_busy: Gauge<i64, AtomicI64>,
     sessions: Gauge<i64, AtomicI64>,
     tasks: Gauge<i64, AtomicI64>,
+    /// Mirrors `PoolStats::prestarted_runs` (brought up to it at each render).
+    prestarted_runs: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -63,6 +65,7 @@ impl Default for Metrics {
         let durations: DurationFamily = Family::new_with_constructor(duration_histogram);
         let http_requests = Family::<HttpLabels, Counter>::default();
         let (pool_ready, pool_busy, sessions, tasks) = Default::default();
+        let prestarted_runs = Counter::default();
         registry.register(
             "executions",
             "Executions finished, by runtime and status",
@@ -98,8 +101,14 @@ impl Default for Metrics {
             "Async tasks alive in the server (connections, runs, pool work): a leak shows as growth",
             Gauge::<i64, AtomicI64>::clone(&tasks),
         );
+        registry.register(
+            "prestarted_runs",
+            "Runs whose program ran in a pre-started interpreter",
+            prestarted_runs.clone(),
+        );
         Metrics {
             registry,
+            prestarted_runs,
             executions,
             durations,
             http_requests,
@@ -129,6 +138,10 @@ impl Metrics {
     pub fn render(&self, pool: PoolStats, sessions: usize) -> String {
         self.pool_ready.set(pool.ready as i64);
         self.pool_busy.set(pool.busy as i64);
+        self.prestarted_runs.inc_by(
+            pool.prestarted_runs
+                .saturating_sub(self.prestarted_runs.get()),
+        );
         self.sessions.set(sessions as i64);
         self.tasks.set(
             tokio::runtime::Handle::current()

@@ -426,6 +426,46 @@ async fn ready_when_images_exist_and_shutdown_leaves_no_containers() {
 }
 
 #[tokio::test]
+async fn metrics_count_the_runs_that_used_a_pre_started_interpreter() {
+    let server = Server::start(config()).await;
+    let metrics = || async {
+        let response = server
+            .http
+            .get(server.url("/metrics"))
+            .bearer_auth(KEY)
+            .send();
+        response.await.unwrap().text().await.unwrap()
+    };
+    let python = json!({"request": {"runtime": "python", "code": "print(1)"}});
+    // The first run gets a fresh container (no warm pool here); its reset leaves the next run's
+    // interpreter started, which the second run, once the container is back, uses.
+    assert_eq!(server.post("/execute", python.clone()).await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !metrics()
+        .await
+        .lines()
+        .any(|l| l == "isol8_pool_ready_containers 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics()
+        .await
+        .lines()
+        .any(|l| l == "isol8_prestarted_runs_total 0"));
+    assert_eq!(server.post("/execute", python).await.status(), 200);
+    let text = metrics().await;
+    assert!(
+        text.lines().any(|l| l == "isol8_prestarted_runs_total 1"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn metrics_count_executions_and_requests_by_route() {
     let server = Server::start(config()).await;
     let ok = server
