@@ -157,17 +157,19 @@ class Handler(socketserver.StreamRequestHandler):
         if allowed:
             addresses, reason = resolve(host, int(port or 0))
             allowed = addresses is not None
+        # Logged before the answer: a program that ends on it must not end its run before the log
+        # line is written (the run's network log is read as soon as the run ends).
         if not allowed:
-            self.refuse(403, reason)
             entry.update(action="BLOCK", reason=reason, durationMs=int((time.monotonic() - started) * 1000))
             log(entry)
+            self.refuse(403, reason)
             return
         try:
             upstream = connect(addresses, int(port))
         except OSError as exc:
-            self.refuse(502, "cannot connect: %s" % exc)
             entry.update(action="ALLOW", reason="unreachable", durationMs=int((time.monotonic() - started) * 1000))
             log(entry)
+            self.refuse(502, "cannot connect: %s" % exc)
             return
         # Logged when decided, so a long-lived tunnel shows up at once.
         entry.update(action="ALLOW", durationMs=int((time.monotonic() - started) * 1000))
