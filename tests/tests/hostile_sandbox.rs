@@ -343,16 +343,18 @@ async fn each_sandbox_has_its_own_uid_that_no_host_user_has_and_shares_no_per_ui
     }
     // And the filtered-mode proxy runs as none of them, nor as a host user.
     let proxy_server = Server::start(&[("ISOL8_ALLOWED_NETWORKS", "none,filtered")]).await;
-    let filtered = json!({"request": {"runtime": "python", "code": "import time; time.sleep(3)"},
+    let filtered = json!({"request": {"runtime": "python", "code": "import time; time.sleep(10)"},
         "options": {"network": "filtered",
                     "networkFilter": {"whitelist": ["^example\\.com$"], "blacklist": []}}});
+    // Looked for while the run sleeps: its proxy exists from before the program starts until
+    // the run ends (setup can take seconds on a busy machine).
     let probe = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let proxies = docker_ids(
-            "container",
-            &format!("isol8.instance={}", proxy_server.instance),
-        );
-        let users: Vec<String> = proxies
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let users: Vec<String> = docker_ids(
+                "container",
+                &format!("isol8.instance={}", proxy_server.instance),
+            )
             .iter()
             .map(|id| {
                 let out = Command::new("docker")
@@ -367,7 +369,11 @@ async fn each_sandbox_has_its_own_uid_that_no_host_user_has_and_shares_no_per_ui
                 String::from_utf8_lossy(&out.stdout).trim().to_string()
             })
             .collect();
-        users
+            if users.iter().any(|u| u.ends_with(" proxy")) || Instant::now() > deadline {
+                break users;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     };
     let (users, done) = tokio::join!(probe, run(&proxy_server, &filtered));
     assert_eq!(done["exitCode"], 0, "{done}");
