@@ -350,10 +350,14 @@ pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
         ("[[:", "a POSIX class ([[:name:]])"),
     ];
     // Escapes count whole, so `\\p` (a backslash, then p) is not a Unicode class.
-    let chars: Vec<char> = pattern.chars().collect();
+    // Every construct looked for is ASCII: walk bytes, skipping those inside a multi-byte char.
+    let bytes = pattern.as_bytes();
     let (mut i, mut in_class) = (0, false);
-    while i < chars.len() {
-        let rest: String = chars[i..].iter().collect();
+    while i < bytes.len() {
+        let Some(rest) = pattern.get(i..) else {
+            i += 1;
+            continue;
+        };
         if let Some((_, what)) = OUTSIDE.iter().find(|(text, _)| rest.starts_with(text)) {
             return refuse(what);
         }
@@ -373,19 +377,19 @@ pub fn check_host_pattern(pattern: &str) -> std::result::Result<(), String> {
                 return refuse("a flag group not at the start");
             }
         }
-        match chars[i] {
-            '\\' => i += 1,
-            '[' if !in_class => {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' if !in_class => {
                 in_class = true;
                 // A `]` or `^]` right after the opening bracket is a literal.
-                if chars.get(i + 1) == Some(&'^') {
+                if bytes.get(i + 1) == Some(&b'^') {
                     i += 1;
                 }
-                if chars.get(i + 1) == Some(&']') {
+                if bytes.get(i + 1) == Some(&b']') {
                     i += 1;
                 }
             }
-            ']' if in_class => in_class = false,
+            b']' if in_class => in_class = false,
             _ => {}
         }
         i += 1;
@@ -583,6 +587,7 @@ mod tests {
             r"^[]a]\.x$",
             r"\\p",
             r"(?i)^EXAMPLE\.com$",
+            r"^bücher\.example$",
         ] {
             assert_eq!(check_host_pattern(good), Ok(()), "{good}");
         }
