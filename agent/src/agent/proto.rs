@@ -193,3 +193,50 @@ pub(crate) fn emit_not_started(why: &str) {
         "truncated": false, "files": {}, "error": why}),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Request, BadRequest> {
+        Request::parse(line.as_bytes())
+    }
+
+    #[test]
+    fn a_run_needs_its_limits_and_gets_a_done_when_it_lacks_them() {
+        let full = r#"{"op":"run","argv":["python3","x.py"],"timeoutMs":1000,"maxOutput":10,
+            "maxFileBytes":10,"maxFilesTotal":20,"outputPaths":["a"],"liveStdin":true}"#;
+        let Ok(Request::Run(run)) = parse(full) else {
+            panic!("a full run request parses");
+        };
+        assert_eq!(run.argv, ["python3", "x.py"]);
+        assert_eq!(run.limits.output_paths, ["a"]);
+        assert_eq!(run.limits.max_files_total, 20);
+        assert!(run.live_stdin && !run.display);
+        let bad = parse(r#"{"op":"run","argv":["python3"]}"#).unwrap_err();
+        assert!(bad.is_job, "a malformed run still gets a done");
+        assert!(bad.why.contains("timeoutMs"), "{}", bad.why);
+    }
+
+    #[test]
+    fn other_requests_parse_by_op_and_unknown_ones_are_named() {
+        assert!(matches!(
+            parse(r#"{"op":"reset"}"#),
+            Ok(Request::Reset(None))
+        ));
+        let with =
+            r#"{"op":"reset","prestart":{"runtime":"python","argv":["python3"],"cwd":"/sandbox"}}"#;
+        assert!(matches!(parse(with), Ok(Request::Reset(Some(t))) if t.runtime == "python"));
+        let Ok(Request::Stdin { data, eof }) = parse(r#"{"op":"stdin","data":"aGk=","eof":true}"#)
+        else {
+            panic!("stdin parses");
+        };
+        assert_eq!((data.as_slice(), eof), (&b"hi"[..], true));
+        let bad = parse(r#"{"op":"launch"}"#).unwrap_err();
+        assert!(!bad.is_job);
+        assert_eq!(bad.why, r#"unknown op "launch""#);
+        assert!(parse("not json").unwrap_err().why.contains("not JSON"));
+        let bad = parse(r#"{"op":"write","path":"/sandbox/a","data":"%%"}"#).unwrap_err();
+        assert!(bad.why.contains("not base64"), "{}", bad.why);
+    }
+}

@@ -389,3 +389,53 @@ pub(crate) fn net_bytes() -> (u64, u64) {
     }
     (rx, tx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_like_realpath_and_stay_within_their_roots() {
+        let dir = std::env::temp_dir().join(format!("isol8-agent-test-{}", std::process::id()));
+        fs::create_dir_all(dir.join("inner")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
+        let root = dir.to_str().unwrap();
+        // What does not exist yet is kept as written; `..` is applied.
+        assert_eq!(
+            resolved_within(&dir.join("inner/../new/file"), &[root]),
+            Some(dir.join("new/file"))
+        );
+        // A symlink that leaves the root is followed, and refused.
+        assert_eq!(resolved_within(&dir.join("out/passwd"), &[root]), None);
+        assert_eq!(resolved_within(&dir.join("inner/../../x"), &[root]), None);
+        // A root's name as a prefix of another directory's is not inside it.
+        assert_eq!(
+            resolved_within(Path::new(&format!("{root}x/a")), &[root]),
+            None
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn written_files_replace_regular_files_only() {
+        let dir = std::env::temp_dir().join(format!("isol8-agent-write-{}", std::process::id()));
+        let file = dir.join("a/b.txt");
+        write_file(&file, b"long content").unwrap();
+        write_file(&file, b"short").unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"short");
+        std::os::unix::fs::symlink(&file, dir.join("link")).unwrap();
+        assert!(
+            write_file(&dir.join("link"), b"x").is_err(),
+            "symlinks are not followed"
+        );
+        assert!(
+            write_file(&dir.join("a"), b"x").is_err(),
+            "a directory is not a file"
+        );
+        assert_eq!(
+            read_output_file(&file, 3, &[dir.to_str().unwrap()]).unwrap(),
+            Err("larger than 3 bytes".to_string())
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
