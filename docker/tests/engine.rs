@@ -646,3 +646,35 @@ async fn a_new_engine_removes_exited_sandboxes_of_dead_instances_but_not_live_on
         "a running container of another instance was removed"
     );
 }
+
+#[tokio::test]
+async fn signals_a_program_sends_the_agent_leave_the_sandbox_serving() {
+    let engine = engine(1).await;
+    // PID 1 is the agent: every signal a program of the sandbox may send it is lost on it.
+    let hostile = ExecutionRequest {
+        runtime: Runtime::Python,
+        cmd: Some(
+            "for s in TERM INT HUP USR1 USR2 QUIT PIPE ALRM; do kill -s $s 1 || echo \"kill $s failed\"; done; \
+             sleep 0.2; echo alive"
+                .into(),
+        ),
+        ..Default::default()
+    };
+    let result = run(&engine, hostile, ExecutionOptions::default()).await;
+    assert_eq!(result.status, ExecutionStatus::Completed, "{result:?}");
+    assert_eq!(result.stdout, "alive\n", "{result:?}");
+    assert_eq!(result.stderr, "", "{result:?}");
+    let again = run(
+        &engine,
+        ExecutionRequest {
+            runtime: Runtime::Python,
+            cmd: Some("echo again".into()),
+            ..Default::default()
+        },
+        ExecutionOptions::default(),
+    )
+    .await;
+    assert_eq!(again.stdout, "again\n", "{again:?}");
+    assert_eq!(again.status, ExecutionStatus::Completed, "{again:?}");
+    engine.shutdown().await;
+}
