@@ -52,7 +52,7 @@ import time
 
 WIPE_DIRS = ("/sandbox", "/tmp", "/dev/shm")
 SANDBOX_ONLY = ("/sandbox",)  # what the file routes may reach
-KERNEL_DIR = "/opt/isol8/kernels"
+KERNEL_DIR = "/opt/isol8/agent/kernels"  # the agent volume (docker/src/agent_volume.rs)
 KERNELS = {
     "python": ["python3", "-u", KERNEL_DIR + "/python.py"],
     "node": ["node", "--disable-warning=ExperimentalWarning", KERNEL_DIR + "/js.mjs"],
@@ -65,7 +65,7 @@ CELL_DIR = "/tmp/.isol8-cell"
 # them through PYTHONPATH and MPLBACKEND, and fd 3 as its display channel: one JSON line
 # {"display": bundle} per result (figures at plt.show() and those still open at exit). Session
 # kernels write the same lines to their control pipe.
-DISPLAY_DIR = "/opt/isol8/display"
+DISPLAY_DIR = "/opt/isol8/agent/display"
 READ_CHUNK = 65536
 # Pre-started interpreters (see Waiting): where the loader of each runtime reads its run, and the
 # variables that make the interpreter load it. The loader takes them away again with the rest of

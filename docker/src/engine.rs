@@ -316,6 +316,7 @@ impl Engine {
             NetworkMode::Filtered => {
                 // The proxy runs from isol8's own runtime image, never one the request names.
                 let proxy_image = self.runtime_image(plan.runtime).await?;
+                self.pool.agent_volume(&proxy_image).await?;
                 let service_uid = self.pool.service_uid().await;
                 let host = self
                     .host_addresses

@@ -17,30 +17,9 @@ use crate::spec::{LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME};
 /// Label holding the content hash of the recipe an image was built from.
 pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
 
-const AGENT_PY: &str = include_str!("../agent/agent.py");
 const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
 const PROXY_PY: &str = include_str!("../agent/proxy.py");
-/// The session interpreters the agent keeps alive for persistent sessions.
-const KERNELS: [(&str, &str); 3] = [
-    (
-        "kernels/python.py",
-        include_str!("../agent/kernels/python.py"),
-    ),
-    ("kernels/js.mjs", include_str!("../agent/kernels/js.mjs")),
-    ("kernels/bash.sh", include_str!("../agent/kernels/bash.sh")),
-];
-/// The python display channel and matplotlib backend (code-interpreter results; see agent.py).
-const DISPLAY: [(&str, &str); 2] = [
-    (
-        "display/isol8_display.py",
-        include_str!("../agent/display/isol8_display.py"),
-    ),
-    (
-        "display/isol8_mpl.py",
-        include_str!("../agent/display/isol8_mpl.py"),
-    ),
-];
 /// The loaders of pre-started interpreters (see `Waiting` in agent.py).
 const PRESTART: [(&str, &str); 3] = [
     (
@@ -328,16 +307,15 @@ impl ImageBuilder {
         }
         let mut files = vec![
             ("Dockerfile".into(), BASE_DOCKERFILE.as_bytes().to_vec()),
-            ("agent.py".into(), AGENT_PY.as_bytes().to_vec()),
             ("fetch-wheel.py".into(), FETCH_WHEEL_PY.as_bytes().to_vec()),
             ("proxy.py".into(), PROXY_PY.as_bytes().to_vec()),
             ("extra-ca.crt".into(), ca),
         ];
+        // The agent, kernels and display modules are not here: they come from the agent volume
+        // (`agent_volume.rs`). The pre-start loaders stay, as the python image compiles its own.
         files.extend(
-            KERNELS
+            PRESTART
                 .iter()
-                .chain(DISPLAY.iter())
-                .chain(PRESTART.iter())
                 .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec())),
         );
         Ok(files)

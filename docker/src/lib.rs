@@ -8,13 +8,14 @@
 //!   janitor). `run` is the caller's handle on a run in progress; `output` masks and decodes it.
 //! - Containers: `spec` (the hardened container), `uids` (each sandbox's own uid), `host` (what
 //!   the Docker host is), `pool` (warm sandboxes and their reset), `agent` (one container and the
-//!   protocol to its agent), `network` (filtered mode's network and proxy), `session` (sessions'
-//!   containers), `kept` (`persist`), `archive` (workspace snapshots), `ids` (short ids).
+//!   protocol to its agent), `agent_volume` (the agent's files, mounted into every container),
+//!   `network` (filtered mode's network and proxy), `session` (sessions' containers), `kept` (`persist`), `archive` (workspace snapshots), `ids` (short ids).
 //! - Images: `images` (runtime images, bootstrapped), `custom` (images with packages),
 //!   `build_output` (build logs a person can read).
 //! - `error`: the crate's one error type.
 
 mod agent;
+mod agent_volume;
 mod archive;
 mod build_output;
 mod custom;
@@ -34,6 +35,9 @@ mod session;
 mod spec;
 mod uids;
 
+pub use agent_volume::{
+    volume_name as agent_volume_name, AGENT_BIN, AGENT_DIR, DISPLAY_DIR, KERNEL_DIR,
+};
 pub use archive::sanitize_archive;
 pub use custom::{default_custom_tag, CustomImage, PackageSet, LABEL_BASE, LABEL_PACKAGES};
 pub use engine::{

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use isol8_api::NetworkLogEntry;
 
 use crate::agent::remove;
+use crate::agent_volume::{self, PROXY_ENTRYPOINT};
 use crate::error::{Error, Result};
 use crate::spec::{LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
 
@@ -127,13 +128,7 @@ impl FilteredNetwork {
         .to_string();
         let config = Config {
             image: Some(image.to_string()),
-            entrypoint: Some(vec![
-                "python3".into(),
-                "-I".into(),
-                "-S".into(),
-                "-u".into(),
-                "/opt/isol8/proxy.py".into(),
-            ]),
+            entrypoint: Some(PROXY_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
             cmd: Some(vec![]),
             env: Some(vec![format!("ISOL8_PROXY_RULES={rules}")]),
             user: Some(format!("{service_uid}:{service_uid}")),
@@ -146,6 +141,7 @@ impl FilteredNetwork {
                 // The way out: Docker's default bridge. The sandbox's side is connected below.
                 network_mode: Some("bridge".into()),
                 readonly_rootfs: Some(true),
+                mounts: Some(vec![agent_volume::mount(true)]),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(crate::spec::security_options()),
                 memory: Some(128 * 1024 * 1024),

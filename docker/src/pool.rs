@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{remove, Prestart, Sandbox};
+use crate::agent_volume::AgentVolume;
 use crate::error::{Error, Result};
 use crate::host::DockerHost;
 use crate::plan::prestart_template;
@@ -111,6 +112,8 @@ pub(crate) struct Pool {
     /// Every background task of the pool (replenisher, resets, removals); shutdown waits for them
     /// so nothing is created after it returns.
     tasks: TaskTracker,
+    /// The volume holding the agent, made sure of before the first container mounts it.
+    agent_volume: AgentVolume,
 }
 
 impl Pool {
@@ -137,6 +140,7 @@ impl Pool {
             uids: SandboxUids::default(),
             host: tokio::sync::OnceCell::new(),
             tasks: TaskTracker::new(),
+            agent_volume: AgentVolume::default(),
         }
     }
 
@@ -242,6 +246,7 @@ impl Pool {
     }
 
     pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
+        self.agent_volume(&spec.image).await?;
         let host = self.host().await;
         let uid = self.uids.lease(uid_range(&host));
         let sandbox = Sandbox::start(
@@ -253,7 +258,11 @@ impl Pool {
             uid,
         )
         .await
-        .inspect_err(|_| self.uids.release(uid))?;
+        .inspect_err(|_| {
+            self.uids.release(uid);
+            // The volume may be gone (removed by a cleanup while this server ran): look again.
+            self.agent_volume.invalidate();
+        })?;
         self.live.lock().insert(sandbox.id.clone());
         if self.closed.load(Ordering::SeqCst) {
             self.destroy(sandbox).await;
@@ -349,6 +358,19 @@ impl Pool {
     /// Marks the uid of a container an earlier process made (an adopted session) as in use.
     pub(crate) fn claim_uid(&self, uid: u32) {
         self.uids.claim(uid);
+    }
+
+    /// The agent volume's name, once it holds this build's agent (filled on first use, with
+    /// `image` for the helper container that fills it).
+    pub(crate) async fn agent_volume(&self, image: &str) -> Result<&'static str> {
+        self.agent_volume
+            .ensure(&self.docker, image, &self.instance)
+            .await
+    }
+
+    /// Checks the agent volume again before the next container (a cleanup removed it).
+    pub(crate) fn invalidate_agent_volume(&self) {
+        self.agent_volume.invalidate();
     }
 
     /// The uid isol8's helper containers (proxies, probes) run as.

@@ -6,6 +6,7 @@ use bollard::container::Config;
 use bollard::models::{HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use isol8_api::NetworkMode;
 
+use crate::agent_volume::{self, SANDBOX_ENTRYPOINT};
 use crate::limits::Limits;
 
 /// Label on every container and image isol8 creates; cleanup touches nothing without it.
@@ -48,8 +49,6 @@ impl ContainerKind {
         }
     }
 }
-
-const AGENT_ENTRYPOINT: [&str; 5] = ["python3", "-I", "-S", "-u", "/opt/isol8/agent.py"];
 
 /// isol8's seccomp profile (`docker/seccomp.json`): what Docker's default allows a container without
 /// capabilities, minus ptrace, process_vm_*, io_uring, modify_ldt, prlimit64 on other processes and
@@ -112,7 +111,8 @@ impl ContainerSpec {
 
     /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user (`uid`, the
     /// sandbox's own: see `uids.rs`), no capabilities, no-new-privileges, isol8's seccomp profile,
-    /// pids/memory (no swap)/CPU limits, no network.
+    /// pids/memory (no swap)/CPU limits, no network; the agent volume (`agent_volume.rs`) mounted
+    /// read-only.
     pub fn to_config(&self, instance: &str, oci_runtime: Option<&str>, uid: u32) -> Config<String> {
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -152,6 +152,7 @@ impl ContainerSpec {
             pids_limit: Some(self.pids),
             readonly_rootfs: Some(true),
             tmpfs: Some(tmpfs),
+            mounts: Some(vec![agent_volume::mount(true)]),
             shm_size: Some(64 * 1024 * 1024),
             cap_drop: Some(vec!["ALL".to_string()]),
             security_opt: Some(security_options()),
@@ -192,7 +193,7 @@ impl ContainerSpec {
         };
         Config {
             image: Some(self.image.clone()),
-            entrypoint: Some(AGENT_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
+            entrypoint: Some(SANDBOX_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
             cmd: Some(vec![]),
             user: Some(format!("{uid}:{uid}")),
             // The uid has no passwd entry; programs asking who they are by name get this.

@@ -164,6 +164,10 @@ pub struct CleanupResponse {
     pub containers: CleanupCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<CleanupCounts>,
+    /// Unused agent volumes removed (the volume every sandbox mounts its agent from), with the
+    /// images. A volume in use is left, and counts as neither removed nor failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<CleanupCounts>,
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
         Ok(m) => m,
         Err(e) => return Err(fail(e)),
     };
-    if managed.containers.is_empty() && managed.images.is_empty() {
+    if managed.containers.is_empty() && managed.images.is_empty() && managed.volumes.is_empty() {
         eprintln!("[OK] Nothing of isol8's to remove.");
         return Ok(ExitCode::SUCCESS);
     }
@@ -77,6 +77,9 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
             true => outln!("image     {} (build intermediate)", short_id(&i.id)),
             false => outln!("image     {}", i.tags.join(", ")),
         }
+    }
+    for v in &managed.volumes {
+        outln!("volume    {v}");
     }
     if !args.force && !confirm(&managed) {
         eprintln!("[INFO] Nothing removed.");
@@ -90,11 +93,15 @@ async fn remove_managed(engine: &isol8_server::engine::Engine, args: &CleanupArg
     if let Some(images) = &response.images {
         report.push_str(&format!(", {} image(s)", images.removed));
     }
+    if let Some(volumes) = &response.volumes {
+        report.push_str(&format!(", {} volume(s)", volumes.removed));
+    }
     let errors: Vec<&String> = response
         .containers
         .errors
         .iter()
         .chain(response.images.iter().flat_map(|i| &i.errors))
+        .chain(response.volumes.iter().flat_map(|v| &v.errors))
         .collect();
     for e in &errors {
         eprintln!("[WARN] {e}");
@@ -117,9 +124,10 @@ fn confirm(managed: &isol8_server::engine::Managed) -> bool {
         return false;
     }
     eprint!(
-        "Remove {} container(s) and {} image(s)? [y/N] ",
+        "Remove {} container(s), {} image(s) and {} volume(s)? [y/N] ",
         managed.containers.len(),
-        managed.images.len()
+        managed.images.len(),
+        managed.volumes.len()
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();

@@ -1,7 +1,7 @@
 """isol8 session kernel for python: runs cells in one namespace so state persists between calls.
 
 Cells arrive on fd 3 as JSON lines {"code", "stdin", "env", "cwd"}; after each, {"exit": n} goes to fd 4.
-Results go to fd 4 too, as {"display": bundle} lines (see /opt/isol8/display/isol8_display.py): the
+Results go to fd 4 too, as {"display": bundle} lines (see /opt/isol8/agent/display/isol8_display.py): the
 value of a cell's last expression (unless the cell ends in `;`), `display(obj)`, and matplotlib
 figures (`plt.show()`, or still open when the cell ends).
 """
@@ -23,7 +23,7 @@ os.set_inheritable(4, False)
 os.environ["ISOL8_DISPLAY_FD"] = "4"
 os.environ["ISOL8_DISPLAY_ACK_FD"] = "3"  # between cells, the agent writes only acks here
 os.environ.setdefault("MPLBACKEND", "module://isol8_mpl")
-sys.path.append(os.environ.get("ISOL8_DISPLAY_DIR", "/opt/isol8/display"))
+sys.path.append(os.environ.get("ISOL8_DISPLAY_DIR", "/opt/isol8/agent/display"))
 import isol8_display  # noqa: E402 - needs the path above
 
 namespace = {"__name__": "__main__", "__builtins__": __builtins__, "display": isol8_display.display}

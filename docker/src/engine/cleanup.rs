@@ -11,6 +11,7 @@ use bollard::Docker;
 
 use super::Engine;
 use crate::agent::remove;
+use crate::agent_volume::{KIND_AGENT, KIND_AGENT_HELPER};
 use crate::error::{is_not_found, Error, Result};
 use crate::network::{KIND_NETWORK, KIND_PROXY, NETWORK_PREFIX};
 use crate::spec::{ContainerKind, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED};
@@ -30,6 +31,8 @@ pub enum CleanupScope {
 pub struct Managed {
     pub containers: Vec<ManagedContainer>,
     pub images: Vec<ManagedImage>,
+    /// Names of the agent volumes (`agent_volume.rs`) no container uses, listed with the images.
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +139,7 @@ impl Engine {
             .collect();
         let mut managed = Managed {
             containers,
-            images: Vec::new(),
+            ..Managed::default()
         };
         if images {
             let all = self
@@ -148,8 +151,41 @@ impl Engine {
                 .await
                 .map_err(Error::docker("list images"))?;
             managed.images = managed_images(all);
+            managed.volumes = self.unused_agent_volumes().await?;
         }
         Ok(managed)
+    }
+
+    /// The agent volumes (of any isol8 version) that no container mounts.
+    async fn unused_agent_volumes(&self) -> Result<Vec<String>> {
+        let filters = HashMap::from([
+            (
+                "label",
+                vec![
+                    format!("{LABEL_MANAGED}=true"),
+                    format!("{LABEL_KIND}={KIND_AGENT}"),
+                ],
+            ),
+            ("dangling", vec!["true".to_string()]),
+        ]);
+        let listed = self
+            .docker
+            .list_volumes(Some(bollard::volume::ListVolumesOptions {
+                filters: filters
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }))
+            .await
+            .map_err(Error::docker("list volumes"))?;
+        let mut names: Vec<String> = listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Every container (any state) carrying all of `labels` (`key=value`).
@@ -184,6 +220,7 @@ impl Engine {
             sessions: CleanupCounts::default(),
             containers,
             images: None,
+            volumes: None,
         };
         if images {
             let mut counts = CleanupCounts::default();
@@ -202,10 +239,22 @@ impl Engine {
                     removal => counts.count(&image.id, removal.map(drop)),
                 }
             }
+            // A volume a container started to use since it was listed stays (409): in use is
+            // not a failure, and not a removal either.
+            let mut volumes = CleanupCounts::default();
+            for name in &managed.volumes {
+                match self.docker.remove_volume(name, None).await {
+                    Err(err) if crate::error::status_of(&err) == Some(409) => {}
+                    removal => volumes.count(name, removal),
+                }
+            }
+            // This engine fills it again before its next container.
+            self.pool.invalidate_agent_volume();
             self.resolved.lock().clear();
             self.refresh_warm_set().await;
-            response.ok &= counts.failed == 0;
+            response.ok &= counts.failed == 0 && volumes.failed == 0;
             response.images = Some(counts);
+            response.volumes = Some(volumes);
         }
         Ok(response)
     }
@@ -247,6 +296,7 @@ pub(crate) async fn dies_with_instance(
             ContainerKind::Sandbox.as_str(),
             ContainerKind::Session.as_str(),
             KIND_PROXY,
+            KIND_AGENT_HELPER,
         ]
         .iter()
         .any(|k| kind.map(String::as_str) == Some(*k))

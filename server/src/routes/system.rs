@@ -130,6 +130,7 @@ pub(crate) async fn cleanup(
                 ..Default::default()
             },
             images: None,
+            volumes: None,
         }));
     }
     let sessions = state.sessions.close_matching(&state.engine, None).await;
