@@ -22,7 +22,7 @@ use crate::spec::ContainerSpec;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A request to the agent (see `docker/agent/agent.py` for the other side).
+/// A request to the agent (see `agent/src/agent/proto.rs` for the other side).
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub(crate) enum AgentRequest<'a> {

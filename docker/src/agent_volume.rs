@@ -42,10 +42,8 @@ pub const KERNEL_DIR: &str = concat!(agent_dir!(), "/kernels");
 /// The python display channel and matplotlib backend (code-interpreter results).
 pub const DISPLAY_DIR: &str = concat!(agent_dir!(), "/display");
 
-/// What every sandbox container runs as its init. The Python agent, from the volume, until the
-/// compiled one serves the same protocol (then: `[AGENT_BIN]`).
-pub(crate) const SANDBOX_ENTRYPOINT: &[&str] =
-    &["python3", "-I", "-S", "-u", concat!(agent_dir!(), "/agent.py")];
+/// What every sandbox container runs as its init: the compiled agent, from the volume.
+pub(crate) const SANDBOX_ENTRYPOINT: &[&str] = &[AGENT_BIN];
 /// What every filtered-mode proxy container runs (then: `[AGENT_BIN, "proxy"]`).
 pub(crate) const PROXY_ENTRYPOINT: &[&str] = &["python3", "-I", "-S", "-u", "/opt/isol8/proxy.py"];
 
@@ -61,9 +59,8 @@ const MARKER: &str = ".isol8-content";
 const AGENT_EXECUTABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isol8-agent"));
 
 /// The volume's files: path inside it, mode, bytes.
-const FILES: [(&str, u32, &[u8]); 7] = [
+const FILES: [(&str, u32, &[u8]); 6] = [
     ("isol8-agent", 0o555, AGENT_EXECUTABLE),
-    ("agent.py", 0o444, include_bytes!("../agent/agent.py")),
     (
         "kernels/python.py",
         0o444,
@@ -281,7 +278,9 @@ async fn marker(docker: &Docker, helper: &str) -> Result<Option<String>> {
     let path = format!("{AGENT_DIR}/{MARKER}");
     let mut stream = docker.download_from_container(
         helper,
-        Some(DownloadFromContainerOptions { path: path.as_str() }),
+        Some(DownloadFromContainerOptions {
+            path: path.as_str(),
+        }),
     );
     let mut archive = Vec::new();
     while let Some(chunk) = stream.next().await {

@@ -20,7 +20,7 @@ pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
 const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
 const PROXY_PY: &str = include_str!("../agent/proxy.py");
-/// The loaders of pre-started interpreters (see `Waiting` in agent.py).
+/// The loaders of pre-started interpreters (see `agent/src/agent/waiting.rs`).
 const PRESTART: [(&str, &str); 3] = [
     (
         "prestart/python.py",
