@@ -150,7 +150,7 @@ mod tests {
         symlink("/etc/passwd", s.join("f")).unwrap(); // never followed
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
-            &s.join("fifo"),
+            s.join("fifo"),
             rustix::fs::Mode::from_raw_mode(0o644),
         )
         .unwrap();
