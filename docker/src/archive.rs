@@ -1,6 +1,7 @@
 //! Workspace snapshots: a session's `/sandbox` as a tar archive out, a checked archive in, and the
-//! space `/sandbox` uses, through `docker exec` of the image's python as the sandbox user
-//! (Docker's archive API cannot see into the tmpfs `/sandbox` is).
+//! space `/sandbox` uses, through `docker exec` of the agent's `archive` subcommands
+//! (agent/src/archive.rs) as the sandbox user: Docker's archive API cannot see into the tmpfs
+//! `/sandbox` is, and the image need not have anything of its own to do it with.
 //!
 //! An uploaded archive is parsed here, on the server, and only what passes is written again into
 //! a fresh archive for the container: regular files, folders and symlinks that stay inside
@@ -16,87 +17,16 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::agent_volume::AGENT_BIN;
 use crate::error::{Error, Result};
 
 /// How long one archive or usage exec may take.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Stderr kept from an exec, for its error message.
 const MAX_STDERR: usize = 4096;
-
-/// Writes `/sandbox` as a tar stream to stdout: files, folders and symlinks (not followed);
-/// sockets and FIFOs are left out, unreadable files are named on stderr and left out.
-const EXPORT_SCRIPT: &str = r#"
-import os, sys, tarfile, stat
-root = '/sandbox'
-t = tarfile.open(fileobj=sys.stdout.buffer, mode='w|', format=tarfile.PAX_FORMAT)
-for top, dirs, files in os.walk(root):
-    dirs.sort()
-    for name in sorted(dirs) + sorted(files):
-        path = os.path.join(top, name)
-        try:
-            mode = os.lstat(path).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-                continue
-            t.add(path, arcname=os.path.relpath(path, root), recursive=False)
-        except OSError as e:
-            print('skipped %s: %s' % (path, e.strerror), file=sys.stderr)
-t.close()
-sys.stdout.buffer.flush()
-"#;
-
-/// Reads an archive of exactly argv[1] bytes from stdin (one the server wrote, of checked
-/// entries) and unpacks it into `/sandbox`, checking again that nothing lands outside it.
-const IMPORT_SCRIPT: &str = r#"
-import io, os, shutil, sys, tarfile
-n = int(sys.argv[1])
-buf = bytearray()
-while len(buf) < n:
-    chunk = sys.stdin.buffer.read(n - len(buf))
-    if not chunk:
-        sys.exit('the archive ended early')
-    buf += chunk
-root = '/sandbox'
-def inside(p):
-    return p == root or p.startswith(root + '/')
-def clear(path):
-    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
-        os.unlink(path)
-with tarfile.open(fileobj=io.BytesIO(bytes(buf)), mode='r:') as t:
-    for m in t:
-        name = os.path.normpath(m.name)
-        if name == '.':
-            continue
-        path = os.path.join(root, name)
-        if os.path.isabs(name) or name.split('/')[0] == '..' or not inside(path):
-            sys.exit('%s: outside /sandbox' % m.name)
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        if not inside(os.path.realpath(parent)):
-            sys.exit('%s: its folder leads outside /sandbox' % m.name)
-        if m.isdir():
-            clear(path)
-            os.makedirs(path, exist_ok=True)
-            os.chmod(path, (m.mode & 0o777) | 0o700)
-        elif m.isreg():
-            if os.path.isdir(path) and not os.path.islink(path):
-                sys.exit('%s: a folder is in the way' % m.name)
-            clear(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, 'wb') as out:
-                shutil.copyfileobj(t.extractfile(m), out)
-            os.chmod(path, m.mode & 0o777)
-        elif m.issym():
-            if os.path.isdir(path) and not os.path.islink(path):
-                sys.exit('%s: a folder is in the way' % m.name)
-            clear(path)
-            os.symlink(m.linkname, path)
-        else:
-            sys.exit('%s: not a file, folder or symlink' % m.name)
-"#;
-
-/// Prints the bytes in use in `/sandbox`.
-const USAGE_SCRIPT: &str =
-    "import os\ns = os.statvfs('/sandbox')\nprint((s.f_blocks - s.f_bfree) * s.f_frsize)";
+/// Exit status of `isol8-agent archive export` when `/sandbox` does not fit in the cap (keep in
+/// step with agent/src/archive.rs).
+const EXIT_TOO_BIG: i64 = 3;
 
 /// Checks an uploaded archive and writes what it holds into a fresh one: regular files, folders
 /// and symlinks whose target stays inside `/sandbox`; paths relative, without `..`, none below a
@@ -254,25 +184,25 @@ fn link_stays_inside(link: &Path, target: &str) -> bool {
     !target.is_empty()
 }
 
-/// Runs `script` with the image's python in `container` as its user (the sandbox's, never
-/// root: exec inherits the container's), feeding `stdin`;
-/// returns its stdout, failing past `max_stdout` bytes.
-async fn exec_python(
+/// The error of an archive past the cap, whether the agent stopped at it or the stream did.
+fn too_big(max_bytes: u64) -> Error {
+    Error::InvalidRequest(format!(
+        "/sandbox holds more than the {max_bytes} bytes an archive may have (maxArchiveBytes)"
+    ))
+}
+
+/// Runs `isol8-agent archive <args>` in `container` as its user (the sandbox's, never root:
+/// exec inherits the container's), feeding `stdin`; returns its stdout, failing past
+/// `max_stdout` bytes.
+async fn exec_archive(
     docker: &Docker,
     container: &str,
-    script: &str,
     args: &[String],
     stdin: Option<Vec<u8>>,
     max_stdout: u64,
     what: &'static str,
 ) -> Result<Vec<u8>> {
-    let mut cmd = vec![
-        "python3".to_string(),
-        "-I".to_string(),
-        "-S".to_string(),
-        "-c".to_string(),
-        script.to_string(),
-    ];
+    let mut cmd = vec![AGENT_BIN.to_string(), "archive".to_string()];
     cmd.extend(args.iter().cloned());
     let exec = docker
         .create_exec(
@@ -317,9 +247,7 @@ async fn exec_python(
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
                         out.extend_from_slice(&message);
                         if out.len() as u64 > max_stdout {
-                            return Err(Error::InvalidRequest(format!(
-                                "/sandbox holds more than the {max_stdout} bytes an archive may have (maxArchiveBytes)"
-                            )));
+                            return Err(too_big(max_stdout));
                         }
                     }
                     Ok(bollard::container::LogOutput::StdErr { message }) => {
@@ -348,6 +276,9 @@ async fn exec_python(
         .await
         .map_err(Error::docker("inspect exec"))?
         .exit_code;
+    if code == Some(EXIT_TOO_BIG) && args.first().is_some_and(|a| a == "export") {
+        return Err(too_big(max_stdout));
+    }
     if code != Some(0) {
         let stderr = String::from_utf8_lossy(&err);
         let last = stderr
@@ -363,11 +294,10 @@ async fn exec_python(
 
 /// `/sandbox` of `container` as a tar archive of at most `max_bytes`.
 pub(crate) async fn export(docker: &Docker, container: &str, max_bytes: u64) -> Result<Vec<u8>> {
-    exec_python(
+    exec_archive(
         docker,
         container,
-        EXPORT_SCRIPT,
-        &[],
+        &["export".to_string(), max_bytes.to_string()],
         None,
         max_bytes,
         "archiving /sandbox",
@@ -378,11 +308,10 @@ pub(crate) async fn export(docker: &Docker, container: &str, max_bytes: u64) -> 
 /// Unpacks `tar` (from [`sanitize_archive`]) into `/sandbox` of `container`.
 pub(crate) async fn import(docker: &Docker, container: &str, tar: Vec<u8>) -> Result<()> {
     let len = tar.len().to_string();
-    exec_python(
+    exec_archive(
         docker,
         container,
-        IMPORT_SCRIPT,
-        &[len],
+        &["import".to_string(), len],
         Some(tar),
         MAX_STDERR as u64,
         "unpacking into /sandbox",
@@ -393,11 +322,10 @@ pub(crate) async fn import(docker: &Docker, container: &str, tar: Vec<u8>) -> Re
 
 /// Bytes in use in `/sandbox` of `container`.
 pub(crate) async fn usage(docker: &Docker, container: &str) -> Result<u64> {
-    let out = exec_python(
+    let out = exec_archive(
         docker,
         container,
-        USAGE_SCRIPT,
-        &[],
+        &["usage".to_string()],
         None,
         64,
         "measuring /sandbox",

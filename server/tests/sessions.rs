@@ -870,13 +870,37 @@ async fn archives_round_trip_and_hostile_archives_are_refused() {
         KEY,
         "src",
         "bash",
-        "mkdir -p app/data && echo 'echo run' > app/run.sh && chmod 755 app/run.sh && echo 1,2 > app/data/t.csv && ln -s app/run.sh latest",
+        "mkdir -p app/data && echo 'echo run' > app/run.sh && chmod 755 app/run.sh && echo 1,2 > app/data/t.csv && ln -s app/run.sh latest \
+         && mkfifo app/pipe && echo s > secret && chmod 000 secret",
     )
     .await;
     let exported = get(&server, KEY, "/session/src/archive").await;
     assert_eq!(exported.status(), 200, "{:?}", exported.text().await);
     assert_eq!(exported.headers()["content-type"], "application/x-tar");
     let tar = exported.bytes().await.unwrap().to_vec();
+    // In os.walk's order (each folder's subfolders, then its files, sorted), without the FIFO or
+    // the file its owner cannot read; symlinks as links.
+    let mut listed = tar::Archive::new(tar.as_slice());
+    let listed: Vec<(String, tar::EntryType)> = listed
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            (name, e.header().entry_type())
+        })
+        .collect();
+    use tar::EntryType as T;
+    assert_eq!(
+        listed,
+        [
+            ("app/".to_string(), T::Directory),
+            ("latest".to_string(), T::Symlink),
+            ("app/data/".to_string(), T::Directory),
+            ("app/run.sh".to_string(), T::Regular),
+            ("app/data/t.csv".to_string(), T::Regular),
+        ]
+    );
 
     // Into a new session (created by the import), and the files are there, modes and link too.
     let imported = post_archive(
@@ -917,7 +941,6 @@ async fn archives_round_trip_and_hostile_archives_are_refused() {
             .await;
     assert_eq!(status, 404);
 
-    use tar::EntryType as T;
     let hostile = [
         (
             tar_of(&[(T::Regular, "/etc/cron.d/x", "x")]),
