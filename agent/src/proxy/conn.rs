@@ -83,7 +83,7 @@ pub(crate) async fn handle(mut client: TcpStream, policy: &Policy) {
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 .await;
             if opened.is_ok() && upstream.write_all(&leftover).await.is_ok() {
-                relay::tunnel(&mut client, &mut upstream, &activity).await;
+                relay::tunnel(&client, &upstream, &activity).await;
             }
         }
         Some(target) => {
@@ -161,8 +161,8 @@ async fn forward(
     framing: Body,
     activity: &Activity,
 ) {
-    let (client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let (client_read, client_write) = client.split();
+    let (upstream_read, mut upstream_write) = upstream.split();
     if upstream_write.write_all(request).await.is_err() {
         return;
     }
@@ -172,8 +172,7 @@ async fn forward(
         discard(&mut from_client, usize::MAX).await?;
         Ok::<(), BodyError>(())
     };
-    let mut down = vec![0u8; BUFFER];
-    let answer = relay::pump(&mut upstream_read, &mut client_write, &mut down, activity);
+    let answer = relay::pump(upstream_read.as_ref(), client_write.as_ref(), activity);
     let (mut sent, mut answer) = (pin!(sent), pin!(answer));
     let mut client_done = false;
     loop {
