@@ -16,7 +16,8 @@ const MAX_LOGGED: u32 = 1000;
 static LOGGED: Mutex<u32> = Mutex::new(0);
 
 /// Writes one line, unless the cap is reached. A failed write is dropped: the engine reads what
-/// reached it, and a proxy whose stdout is gone has nothing better to do.
+/// reached it, and a proxy whose stdout is gone has nothing better to do. The write blocks the
+/// proxy's one thread until the pipe takes it; lines are short, and Docker reads them as they come.
 pub(crate) fn line(value: &impl Serialize) {
     let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
     if *logged >= MAX_LOGGED {
