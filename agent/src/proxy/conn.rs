@@ -87,8 +87,7 @@ pub(crate) async fn handle(mut client: TcpStream, policy: &Policy) {
             }
         }
         Some(target) => {
-            let host = String::from_utf8_lossy(&host);
-            let request = http::upstream_head(&head, &target, host.as_bytes(), port);
+            let request = http::upstream_head(&head, &target, &host, port);
             forward(
                 &mut client,
                 &mut upstream,
