@@ -37,7 +37,7 @@ impl Dns {
             .resolver
             .lookup_ip(host)
             .await
-            .map_err(|e| format!("cannot resolve: {e}"))?;
+            .map_err(|e| format!("cannot resolve: {}", lookup_error(&e)))?;
         let mut addresses: Vec<Ipv4Addr> = found
             .iter()
             .filter_map(|ip| match ip {
@@ -51,5 +51,19 @@ impl Dns {
             return Err("cannot resolve: no IPv4 address".into());
         }
         Ok(addresses)
+    }
+}
+
+/// A failed lookup in a few words, as glibc's messages read (hickory's name the whole query).
+fn lookup_error(error: &hickory_resolver::net::NetError) -> String {
+    use hickory_resolver::net::NetError;
+    if error.is_nx_domain() {
+        "no such name".into()
+    } else if error.is_no_records_found() {
+        "no IPv4 address".into()
+    } else if matches!(error, NetError::Timeout) {
+        "the DNS server did not answer in time".into()
+    } else {
+        error.to_string()
     }
 }
