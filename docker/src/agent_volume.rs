@@ -44,8 +44,8 @@ pub const DISPLAY_DIR: &str = concat!(agent_dir!(), "/display");
 
 /// What every sandbox container runs as its init: the compiled agent, from the volume.
 pub(crate) const SANDBOX_ENTRYPOINT: &[&str] = &[AGENT_BIN];
-/// What every filtered-mode proxy container runs (then: `[AGENT_BIN, "proxy"]`).
-pub(crate) const PROXY_ENTRYPOINT: &[&str] = &["python3", "-I", "-S", "-u", "/opt/isol8/proxy.py"];
+/// What every filtered-mode proxy container runs: the same executable's proxy mode.
+pub(crate) const PROXY_ENTRYPOINT: &[&str] = &[AGENT_BIN, "proxy"];
 
 /// `isol8.kind` of the agent volume.
 pub(crate) const KIND_AGENT: &str = "agent";

@@ -19,7 +19,6 @@ pub const LABEL_RECIPE: &str = "isol8.recipe-hash";
 
 const BASE_DOCKERFILE: &str = include_str!("../images/base/Dockerfile");
 const FETCH_WHEEL_PY: &str = include_str!("../images/base/fetch-wheel.py");
-const PROXY_PY: &str = include_str!("../agent/proxy.py");
 /// The loaders of pre-started interpreters (see `agent/src/agent/waiting.rs`).
 const PRESTART: [(&str, &str); 3] = [
     (
@@ -308,7 +307,6 @@ impl ImageBuilder {
         let mut files = vec![
             ("Dockerfile".into(), BASE_DOCKERFILE.as_bytes().to_vec()),
             ("fetch-wheel.py".into(), FETCH_WHEEL_PY.as_bytes().to_vec()),
-            ("proxy.py".into(), PROXY_PY.as_bytes().to_vec()),
             ("extra-ca.crt".into(), ca),
         ];
         // The agent, kernels and display modules are not here: they come from the agent volume

@@ -1,5 +1,5 @@
 //! `filtered` networking: a per-run internal Docker network whose only other member is a proxy
-//! container (`docker/agent/proxy.py`) that applies the allow/deny rules. The sandbox has no route
+//! container (`isol8-agent proxy`, agent/src/proxy/) that applies the allow/deny rules. The sandbox has no route
 //! anywhere else and no working DNS, so the rules cannot be walked around with a raw socket.
 
 use std::collections::HashMap;
