@@ -139,6 +139,8 @@ fn files_copies_nested_folders_and_skips_vcs_dependency_and_cache_folders() {
     }
     let out = isol8(&[
         "run",
+        "-r",
+        "python",
         "--files",
         root.to_str().unwrap(),
         "--cmd",
