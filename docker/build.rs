@@ -36,8 +36,14 @@ fn main() {
         .to_path_buf();
     let agent = workspace.join("agent");
     rerun_if_changed(&agent.join("src"));
-    println!("cargo:rerun-if-changed={}", agent.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        agent.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
 
     let target = env("TARGET");
     let target_dir = workspace.join("target").join("agent-static");
@@ -73,10 +79,7 @@ fn main() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let built = target_dir
-        .join(&target)
-        .join("agent")
-        .join("isol8-agent");
+    let built = target_dir.join(&target).join("agent").join("isol8-agent");
     let out = PathBuf::from(env("OUT_DIR")).join("isol8-agent");
     std::fs::copy(&built, &out).unwrap_or_else(|err| {
         panic!(

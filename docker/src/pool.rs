@@ -168,9 +168,12 @@ impl Pool {
     }
 
     /// What a pooled sandbox of `spec` pre-starts for its next run: nothing when the config says
-    /// so, or for containers that serve one run (kept, filtered) or a session.
+    /// so, for containers that serve one run (kept, filtered) or a session, or in an image not
+    /// isol8's (no loader there).
     fn prestart_template(&self, spec: &ContainerSpec) -> Option<Prestart> {
-        let pooled = spec.kind == ContainerKind::Sandbox && spec.filtered_network.is_none();
+        let pooled = spec.kind == ContainerKind::Sandbox
+            && spec.filtered_network.is_none()
+            && !spec.foreign_image;
         (self.config.prestart && pooled)
             .then(|| prestart_template(&spec.runtime_label))
             .flatten()
