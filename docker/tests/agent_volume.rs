@@ -307,7 +307,6 @@ async fn servers_filling_a_new_volume_at_once_all_succeed_and_it_is_complete() {
     let docker = Docker::connect_with_local_defaults().unwrap();
     let engine = common::engine_without_pool(EngineConfig::default()).await;
     let image = engine.built_runtimes().await.unwrap()[&Runtime::Python].clone();
-    engine.shutdown().await;
     // A volume of this test's own (same content, another name), new to the engine.
     let prefix = format!(
         "isol8-agent-test-{}-",
@@ -377,7 +376,14 @@ async fn servers_filling_a_new_volume_at_once_all_succeed_and_it_is_complete() {
         ..Default::default()
     };
     docker.remove_container(&id, Some(remove)).await.unwrap();
+    // Unused now: what `isol8 cleanup --images` lists, and would remove (only listed here).
+    let managed = engine
+        .list_managed(isol8_docker::CleanupScope::Engine, true)
+        .await
+        .unwrap();
     docker.remove_volume(&names[0], None).await.unwrap();
+    engine.shutdown().await;
+    assert!(managed.volumes.contains(&names[0]), "{:?}", managed.volumes);
 
     assert!(listing.contains("-r-xr-xr-x"), "{listing}");
     for file in [
