@@ -575,7 +575,8 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         (false, true) => Mode::Wait,
         (false, false) => Mode::Stream,
     };
-    let (status, exit_code, container) = if mode == Mode::Wait {
+    // `error`: why a run in error ended, when the stream said it (the wait mode's stderr holds it).
+    let (status, exit_code, container, error) = if mode == Mode::Wait {
         let result = match client.execute(body).await {
             Ok(r) => r,
             Err(e) => return Err(fail(e)),
@@ -586,7 +587,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         }
         eprint!("{}", result.stderr);
         print_network_logs(args, &result);
-        (result.status, result.exit_code, result.container_id)
+        (result.status, result.exit_code, result.container_id, None)
     } else {
         let mut printer = Printer {
             write_stdout: &mut write_stdout,
@@ -614,7 +615,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         match printer.summary {
             Some(r) => {
                 print_network_logs(args, &r);
-                (r.status, r.exit_code, r.container_id)
+                (r.status, r.exit_code, r.container_id, printer.last_error)
             }
             // A run refused before it started (policy, capacity) is one error event on the
             // WebSocket, where the SSE route would have answered with an error status.
@@ -640,7 +641,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
             Some("stopped: output limit reached, output was cut".to_string())
         }
         ExecutionStatus::Killed => Some("killed".to_string()),
-        ExecutionStatus::Error => Some("the sandbox failed".to_string()),
+        ExecutionStatus::Error => Some(error.unwrap_or_else(|| "the sandbox failed".to_string())),
     };
     if let Some(reason) = reason {
         eprintln!("[ERR] {reason}");
