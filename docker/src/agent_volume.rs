@@ -4,10 +4,12 @@
 //! bind mount from the server's disk, so a remote Docker host gets it the same way; and rather
 //! than files in the images, so any image can be a sandbox.
 //!
-//! An engine fills it once: it creates the volume (an existing one of the same name is reused:
-//! the name is the content's hash), creates a never-started helper container with it mounted
-//! read-write, unpacks the content into it through the archive API, and removes the helper. A
-//! marker written last says the volume is complete, so a fill cut short is done again.
+//! An engine makes sure of it once: an existing volume of the same name, labelled as isol8's, is
+//! reused as it is (the name is the content's hash), at the cost of one inspect, so a cold
+//! `isol8 run` pays nothing more. Otherwise it creates the volume, creates a never-started helper
+//! container with it mounted read-write, unpacks the content into it through the archive API and
+//! removes the helper. A marker written last says the volume is complete: after a sandbox failed to
+//! start, the engine looks inside (with a helper) and fills again what a fill cut short left.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -183,6 +185,9 @@ pub(crate) struct AgentVolume {
     /// `invalidate` swaps in a fresh cell (the volume was removed under a running server); the
     /// mutex guards only that swap and the clone of the `Arc`, never an `.await`.
     checked: parking_lot::Mutex<Arc<tokio::sync::OnceCell<()>>>,
+    /// Set by `invalidate`: from then on an existing volume is trusted only when its marker says
+    /// it is complete.
+    distrust: std::sync::atomic::AtomicBool,
 }
 
 impl AgentVolume {
@@ -195,15 +200,23 @@ impl AgentVolume {
         instance: &str,
     ) -> Result<&'static str> {
         let checked = Arc::clone(&self.checked.lock());
+        let trust = self.trusted();
         checked
-            .get_or_try_init(|| fill(docker, image, instance, &CONTENT))
+            .get_or_try_init(|| fill(docker, image, instance, &CONTENT, trust))
             .await?;
         Ok(volume_name())
+    }
+
+    /// Whether the volume is trusted for existing, without a look inside yet.
+    pub(crate) fn trusted(&self) -> bool {
+        !self.distrust.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks the volume again before the next container (a sandbox failed to start: the volume
     /// may have been removed, and Docker made an empty one of the same name for the container).
     pub(crate) fn invalidate(&self) {
+        self.distrust
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         *self.checked.lock() = Arc::default();
     }
 }
@@ -214,12 +227,19 @@ impl AgentVolume {
 #[doc(hidden)]
 pub async fn fill_volume_named(docker: &Docker, image: &str, prefix: &str) -> Result<String> {
     let content = Content::new(prefix);
-    fill(docker, image, "test", &content).await?;
+    fill(docker, image, "test", &content, false).await?;
     Ok(content.name)
 }
 
-/// Creates the volume of `content` and fills it, unless it is complete already.
-async fn fill(docker: &Docker, image: &str, instance: &str, content: &Content) -> Result<()> {
+/// Creates the volume of `content` and fills it, unless it is there already: labelled as isol8's
+/// (with `trust`), or complete by its marker.
+async fn fill(
+    docker: &Docker,
+    image: &str,
+    instance: &str,
+    content: &Content,
+    trust: bool,
+) -> Result<()> {
     let labels = HashMap::from([(LABEL_MANAGED, "true"), (LABEL_KIND, KIND_AGENT)]);
     match docker.inspect_volume(&content.name).await {
         // One Docker made by itself (a container named it while it did not exist): not labelled,
@@ -227,6 +247,7 @@ async fn fill(docker: &Docker, image: &str, instance: &str, content: &Content) -
         Ok(volume) if volume.labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") => {
             let _ = docker.remove_volume(&content.name, None).await;
         }
+        Ok(_) if trust => return Ok(()),
         Ok(_) => {}
         Err(err) if is_not_found(&err) => {}
         Err(err) => return Err(Error::docker("inspect the agent volume")(err)),
