@@ -1,4 +1,4 @@
-//! `isol8 cleanup` removes every isol8 container and image and nothing else. It removes the runtime
+//! `isol8 cleanup` removes every isol8 container, image and agent volume and nothing else. It removes the runtime
 //! images too, so it is ignored in the normal run; the test command runs it alone, last.
 
 use std::process::{Command, Output, Stdio};
@@ -22,6 +22,7 @@ fn text(out: &Output) -> String {
 fn ours(kind: &str) -> Vec<String> {
     let args: &[&str] = match kind {
         "containers" => &["ps", "-aq", "--filter", "label=isol8.managed=true"],
+        "volumes" => &["volume", "ls", "-q", "--filter", "label=isol8.kind=agent"],
         _ => &["images", "-q", "--filter", "label=isol8.managed=true"],
     };
     String::from_utf8_lossy(&run("docker", args).stdout)
@@ -91,11 +92,15 @@ fn cleanup_force_images_removes_only_ours() {
     let report = text(&cleaned);
     assert!(cleaned.status.success(), "{report}");
     assert!(
-        report.contains("[OK] Removed") && report.contains("image(s)"),
+        report.contains("[OK] Removed")
+            && report.contains("image(s)")
+            && report.contains("volume(s)"),
         "{report}"
     );
     assert_eq!(ours("containers"), Vec::<String>::new());
     assert_eq!(ours("images"), Vec::<String>::new());
+    // The agent volumes go with the images, once no container uses them.
+    assert_eq!(ours("volumes"), Vec::<String>::new());
 
     let foreign_container = run("docker", &["inspect", "cleanup-test-foreign"]);
     let foreign_image = run(

@@ -751,3 +751,79 @@ fn two_cli_processes_on_one_local_session_take_turns() {
     );
     isol8(&["session", "stop", &name]);
 }
+
+#[test]
+fn a_local_run_may_use_any_local_image_hardened_and_never_pulls() {
+    // An image of the user's own, made from isol8's bootstrapped root, that says USER root.
+    let rootfs = Command::new("docker")
+        .args(["images", "-q", "--filter", "label=isol8.kind=rootfs"])
+        .output()
+        .unwrap();
+    let rootfs = String::from_utf8_lossy(&rootfs.stdout)
+        .split_whitespace()
+        .next()
+        .expect("isol8's root image (`isol8 setup` makes it)")
+        .to_string();
+    let tag = format!("isol8-test-cli-image:{}", std::process::id());
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "--label", "isol8.managed=true"])
+        .args(["--label", "isol8.kind=test", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    let dockerfile = format!("FROM {rootfs}\nUSER root\n");
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    assert!(build.wait().unwrap().success());
+
+    let bash = isol8(&[
+        "run",
+        "--image",
+        &tag,
+        "-r",
+        "bash",
+        "-e",
+        "echo uid=$(id -u) $HOME",
+    ]);
+    let node = isol8(&["run", "--image", &tag, "-r", "node", "-e", "console.log(1)"]);
+    let missing = isol8(&[
+        "run",
+        "--image",
+        "isol8-test-cli-no-such:1",
+        "-e",
+        "print(1)",
+    ]);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &tag])
+        .stdout(Stdio::null())
+        .status();
+
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let said = stdout(&bash);
+    assert!(
+        said.starts_with("uid=") && !said.starts_with("uid=0 "),
+        "{said}"
+    );
+    assert!(said.ends_with(" /sandbox\n"), "{said}");
+    assert!(!node.status.success());
+    assert!(
+        stderr(&node).contains(&format!(
+            "node could not be started: it is not in image {tag}"
+        )),
+        "{}",
+        stderr(&node)
+    );
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("isol8-test-cli-no-such:1")
+            && stderr(&missing).contains("never pulls"),
+        "{}",
+        stderr(&missing)
+    );
+}

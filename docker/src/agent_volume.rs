@@ -4,10 +4,12 @@
 //! bind mount from the server's disk, so a remote Docker host gets it the same way; and rather
 //! than files in the images, so any image can be a sandbox.
 //!
-//! An engine fills it once: it creates the volume (an existing one of the same name is reused:
-//! the name is the content's hash), creates a never-started helper container with it mounted
-//! read-write, unpacks the content into it through the archive API, and removes the helper. A
-//! marker written last says the volume is complete, so a fill cut short is done again.
+//! An engine makes sure of it once: an existing volume of the same name, labelled as isol8's, is
+//! reused as it is (the name is the content's hash), at the cost of one inspect, so a cold
+//! `isol8 run` pays nothing more. Otherwise it creates the volume, creates a never-started helper
+//! container with it mounted read-write, unpacks the content into it through the archive API and
+//! removes the helper. A marker written last says the volume is complete: after a sandbox failed to
+//! start, the engine looks inside (with a helper) and fills again what a fill cut short left.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -88,38 +90,44 @@ const FILES: [(&str, u32, &[u8]); 6] = [
     ),
 ];
 
-/// The volume's content, packed once per process.
+/// The volume's content and name.
 struct Content {
     /// sha256 of every file's path, mode and bytes, in hex.
     hash: String,
-    /// `isol8-agent-<12 hex>`.
+    /// The prefix and the hash's first 12 hex digits: `isol8-agent-<12 hex>`.
     name: String,
-    /// The tar the helper unpacks: directories, files, then the marker.
+    /// The tar the helper unpacks: the files, then the marker. No directory entries: Docker
+    /// makes the parents of each file itself, which two fills at once cannot trip over (an
+    /// explicit directory the other fill made a moment ago fails its `mkdir`).
     tar: Vec<u8>,
 }
 
-static CONTENT: LazyLock<Content> = LazyLock::new(|| {
-    let mut hasher = Sha256::new();
-    for (path, mode, bytes) in FILES {
-        for part in [path.as_bytes(), &mode.to_le_bytes(), bytes] {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
+impl Content {
+    fn new(prefix: &str) -> Content {
+        let mut hasher = Sha256::new();
+        for (path, mode, bytes) in FILES {
+            for part in [path.as_bytes(), &mode.to_le_bytes(), bytes] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+        }
+        let hash = hex::encode(hasher.finalize());
+        let tar = pack(&hash).expect("packing in memory cannot fail");
+        Content {
+            name: format!("{prefix}{}", &hash[..12]),
+            hash,
+            tar,
         }
     }
-    let hash = hex::encode(hasher.finalize());
-    let tar = pack(&hash).expect("packing in memory cannot fail");
-    Content {
-        name: format!("{VOLUME_PREFIX}{}", &hash[..12]),
-        hash,
-        tar,
-    }
-});
+}
+
+/// This build's agent volume, packed once per process.
+static CONTENT: LazyLock<Content> = LazyLock::new(|| Content::new(VOLUME_PREFIX));
 
 fn pack(hash: &str) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut entry = |path: &str, mode: u32, bytes: &[u8], kind: tar::EntryType| {
+    let mut entry = |path: &str, mode: u32, bytes: &[u8]| {
         let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
         header.set_size(bytes.len() as u64);
         header.set_mode(mode);
         header.set_uid(0);
@@ -128,13 +136,10 @@ fn pack(hash: &str) -> std::io::Result<Vec<u8>> {
         header.set_cksum();
         tar.append_data(&mut header, path, bytes)
     };
-    for dir in ["kernels/", "display/"] {
-        entry(dir, 0o555, b"", tar::EntryType::Directory)?;
-    }
     for (path, mode, bytes) in FILES {
-        entry(path, mode, bytes, tar::EntryType::Regular)?;
+        entry(path, mode, bytes)?;
     }
-    entry(MARKER, 0o444, hash.as_bytes(), tar::EntryType::Regular)?;
+    entry(MARKER, 0o444, hash.as_bytes())?;
     tar.into_inner()
 }
 
@@ -143,12 +148,17 @@ pub fn volume_name() -> &'static str {
     &CONTENT.name
 }
 
-/// The mount of the agent volume at [`AGENT_DIR`]. `no_copy`: Docker never copies what an image
-/// holds at that path into the volume (an image must not put files into every sandbox).
+/// The mount of the agent volume at [`AGENT_DIR`], read-only in every sandbox and proxy.
 pub(crate) fn mount(read_only: bool) -> Mount {
+    mount_named(volume_name(), read_only)
+}
+
+/// `no_copy`: Docker never copies what an image holds at the mount's path into the volume (an
+/// image must not put files into every sandbox).
+fn mount_named(name: &str, read_only: bool) -> Mount {
     Mount {
         target: Some(AGENT_DIR.to_string()),
-        source: Some(volume_name().to_string()),
+        source: Some(name.to_string()),
         typ: Some(MountTypeEnum::VOLUME),
         read_only: Some(read_only),
         volume_options: Some(MountVolumeOptions {
@@ -167,6 +177,9 @@ pub(crate) struct AgentVolume {
     /// `invalidate` swaps in a fresh cell (the volume was removed under a running server); the
     /// mutex guards only that swap and the clone of the `Arc`, never an `.await`.
     checked: parking_lot::Mutex<Arc<tokio::sync::OnceCell<()>>>,
+    /// Set by `invalidate`: from then on an existing volume is trusted only when its marker says
+    /// it is complete.
+    distrust: std::sync::atomic::AtomicBool,
 }
 
 impl AgentVolume {
@@ -179,22 +192,46 @@ impl AgentVolume {
         instance: &str,
     ) -> Result<&'static str> {
         let checked = Arc::clone(&self.checked.lock());
+        let trust = self.trusted();
         checked
-            .get_or_try_init(|| fill(docker, image, instance))
+            .get_or_try_init(|| fill(docker, image, instance, &CONTENT, trust))
             .await?;
         Ok(volume_name())
+    }
+
+    /// Whether the volume is trusted for existing, without a look inside yet.
+    pub(crate) fn trusted(&self) -> bool {
+        !self.distrust.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks the volume again before the next container (a sandbox failed to start: the volume
     /// may have been removed, and Docker made an empty one of the same name for the container).
     pub(crate) fn invalidate(&self) {
+        self.distrust
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         *self.checked.lock() = Arc::default();
     }
 }
 
-/// Creates the volume and fills it, unless it is complete already.
-async fn fill(docker: &Docker, image: &str, instance: &str) -> Result<()> {
-    let content = &*CONTENT;
+/// Fills a volume named `prefix` plus the content hash with this build's agent, as every engine
+/// does under [`VOLUME_PREFIX`], and returns its name: for tests of fills racing on a new volume
+/// (the test removes it).
+#[doc(hidden)]
+pub async fn fill_volume_named(docker: &Docker, image: &str, prefix: &str) -> Result<String> {
+    let content = Content::new(prefix);
+    fill(docker, image, "test", &content, false).await?;
+    Ok(content.name)
+}
+
+/// Creates the volume of `content` and fills it, unless it is there already: labelled as isol8's
+/// (with `trust`), or complete by its marker.
+async fn fill(
+    docker: &Docker,
+    image: &str,
+    instance: &str,
+    content: &Content,
+    trust: bool,
+) -> Result<()> {
     let labels = HashMap::from([(LABEL_MANAGED, "true"), (LABEL_KIND, KIND_AGENT)]);
     match docker.inspect_volume(&content.name).await {
         // One Docker made by itself (a container named it while it did not exist): not labelled,
@@ -202,6 +239,7 @@ async fn fill(docker: &Docker, image: &str, instance: &str) -> Result<()> {
         Ok(volume) if volume.labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") => {
             let _ = docker.remove_volume(&content.name, None).await;
         }
+        Ok(_) if trust => return Ok(()),
         Ok(_) => {}
         Err(err) if is_not_found(&err) => {}
         Err(err) => return Err(Error::docker("inspect the agent volume")(err)),
@@ -232,7 +270,7 @@ async fn fill(docker: &Docker, image: &str, instance: &str) -> Result<()> {
                 ])),
                 host_config: Some(HostConfig {
                     network_mode: Some("none".to_string()),
-                    mounts: Some(vec![mount(false)]),
+                    mounts: Some(vec![mount_named(&content.name, false)]),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -255,22 +293,36 @@ async fn fill(docker: &Docker, image: &str, instance: &str) -> Result<()> {
 }
 
 /// Unpacks the content into the volume mounted in `helper`, unless its marker says it is there.
+/// Another server filling the same new volume at the same moment writes the same bytes; should
+/// the two unpacks trip over each other, the one that failed finds the other's marker, or tries
+/// once more.
 async fn put_content(docker: &Docker, helper: &str, content: &Content) -> Result<()> {
-    if marker(docker, helper).await?.as_deref() == Some(content.hash.as_str()) {
-        return Ok(());
+    let mut tries = 0;
+    loop {
+        if marker(docker, helper).await?.as_deref() == Some(content.hash.as_str()) {
+            return Ok(());
+        }
+        tracing::info!(volume = %content.name, "filling the agent volume");
+        let upload = docker
+            .upload_to_container(
+                helper,
+                Some(UploadToContainerOptions {
+                    path: AGENT_DIR,
+                    ..Default::default()
+                }),
+                content.tar.clone().into(),
+            )
+            .await;
+        match upload {
+            Ok(()) => return Ok(()),
+            Err(err) if tries == 2 => return Err(Error::docker("fill the agent volume")(err)),
+            Err(err) => {
+                tracing::debug!(error = %err, "filling the agent volume failed; looking again");
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
     }
-    tracing::info!(volume = %content.name, "filling the agent volume");
-    docker
-        .upload_to_container(
-            helper,
-            Some(UploadToContainerOptions {
-                path: AGENT_DIR,
-                ..Default::default()
-            }),
-            content.tar.clone().into(),
-        )
-        .await
-        .map_err(Error::docker("fill the agent volume"))
 }
 
 /// The hash the volume's marker holds, or `None` when it has none.

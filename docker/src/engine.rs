@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::agent::Sandbox;
 use crate::error::{Error, Result};
+use crate::image_policy::ImagePolicy;
 use crate::images::{ImageBuilder, ImageConfig};
 use crate::limits::Limits;
 use crate::network::{FilteredNetwork, HostAddresses};
@@ -51,6 +52,9 @@ pub struct EngineConfig {
     /// OCI runtime for sandboxes (e.g. `runsc` for gVisor); `None` is Docker's default.
     pub oci_runtime: Option<String>,
     pub images: ImageConfig,
+    /// Images a request may name (`options.image`) besides isol8's own; runs in them keep every
+    /// hardening setting, without pre-started interpreters.
+    pub allowed_images: ImagePolicy,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +66,7 @@ impl Default for EngineConfig {
             warm_runtimes: vec![Runtime::Python, Runtime::Bash],
             oci_runtime: None,
             images: ImageConfig::default(),
+            allowed_images: ImagePolicy::default(),
         }
     }
 }

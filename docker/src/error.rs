@@ -14,6 +14,10 @@ pub enum Error {
     /// What the request names does not exist (a session's file).
     #[error("{0}")]
     NotFound(String),
+    /// The server's policy does not let a request have this (an image `allowedImages` does not
+    /// match): the same answer whatever exists on the engine.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The request is well-formed but asks for something this engine cannot do safely.
     #[error("{0}")]
     Unsupported(String),

@@ -274,7 +274,9 @@ impl ImageBuilder {
             .map_err(Error::docker("tag image"))
     }
 
-    fn rootfs_tag(&self) -> String {
+    /// The tag of the bootstrapped Debian root every isol8 image is built on (by its recipe:
+    /// packages, suite, mirror), whether or not it is built yet.
+    pub fn rootfs_tag(&self) -> String {
         let recipe = format!(
             "debootstrap --variant=minbase --include={} {} {}",
             ROOTFS_PACKAGES, self.config.debian_suite, self.config.debian_mirror

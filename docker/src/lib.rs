@@ -11,7 +11,8 @@
 //!   protocol to its agent), `agent_volume` (the agent's files, mounted into every container),
 //!   `network` (filtered mode's network and proxy), `session` (sessions' containers), `kept` (`persist`), `archive` (workspace snapshots), `ids` (short ids).
 //! - Images: `images` (runtime images, bootstrapped), `custom` (images with packages),
-//!   `build_output` (build logs a person can read).
+//!   `image_policy` (which other images a request may name), `build_output` (build logs a
+//!   person can read).
 //! - `error`: the crate's one error type.
 
 mod agent;
@@ -23,6 +24,7 @@ mod engine;
 mod error;
 mod host;
 mod ids;
+mod image_policy;
 mod images;
 mod kept;
 mod limits;
@@ -35,6 +37,8 @@ mod session;
 mod spec;
 mod uids;
 
+#[doc(hidden)]
+pub use agent_volume::fill_volume_named as fill_agent_volume_named;
 pub use agent_volume::{
     volume_name as agent_volume_name, AGENT_BIN, AGENT_DIR, DISPLAY_DIR, KERNEL_DIR,
 };
@@ -45,6 +49,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use ids::short_id;
+pub use image_policy::ImagePolicy;
 pub use images::{
     BuildProgress, ImageBuilder, ImageConfig, EXTRA_CA_ENV, HOST_CA_BUNDLES, HOST_CA_ENV,
     LABEL_RECIPE,

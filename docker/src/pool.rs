@@ -168,9 +168,12 @@ impl Pool {
     }
 
     /// What a pooled sandbox of `spec` pre-starts for its next run: nothing when the config says
-    /// so, or for containers that serve one run (kept, filtered) or a session.
+    /// so, for containers that serve one run (kept, filtered) or a session, or in an image not
+    /// isol8's (no loader there).
     fn prestart_template(&self, spec: &ContainerSpec) -> Option<Prestart> {
-        let pooled = spec.kind == ContainerKind::Sandbox && spec.filtered_network.is_none();
+        let pooled = spec.kind == ContainerKind::Sandbox
+            && spec.filtered_network.is_none()
+            && !spec.foreign_image;
         (self.config.prestart && pooled)
             .then(|| prestart_template(&spec.runtime_label))
             .flatten()
@@ -246,23 +249,40 @@ impl Pool {
     }
 
     pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<Sandbox> {
-        self.agent_volume(&spec.image).await?;
         let host = self.host().await;
-        let uid = self.uids.lease(uid_range(&host));
-        let sandbox = Sandbox::start(
-            &self.docker,
-            spec,
-            &self.instance,
-            self.oci_runtime.as_deref(),
-            &host,
-            uid,
-        )
-        .await
-        .inspect_err(|_| {
-            self.uids.release(uid);
-            // The volume may be gone (removed by a cleanup while this server ran): look again.
-            self.agent_volume.invalidate();
-        })?;
+        let mut looked_inside = false;
+        let sandbox = loop {
+            self.agent_volume(&spec.image).await?;
+            let trusted = self.agent_volume.trusted();
+            let uid = self.uids.lease(uid_range(&host));
+            let started = Sandbox::start(
+                &self.docker,
+                spec,
+                &self.instance,
+                self.oci_runtime.as_deref(),
+                &host,
+                uid,
+            )
+            .await;
+            match started {
+                Ok(sandbox) => break sandbox,
+                Err(err) => {
+                    self.uids.release(uid);
+                    // The volume may be incomplete (another server is filling it this moment)
+                    // or gone (a cleanup removed it while this server ran): look inside it
+                    // before the next container, and once, at once, for this one.
+                    self.agent_volume.invalidate();
+                    let retry = trusted
+                        && !looked_inside
+                        && !matches!(err, Error::ImageMissing { .. } | Error::InvalidRequest(_));
+                    if !retry {
+                        return Err(err);
+                    }
+                    tracing::info!(error = %err, "a sandbox did not start; checking the agent volume");
+                    looked_inside = true;
+                }
+            }
+        };
         self.live.lock().insert(sandbox.id.clone());
         if self.closed.load(Ordering::SeqCst) {
             self.destroy(sandbox).await;

@@ -90,6 +90,9 @@ pub struct ContainerSpec {
     pub filtered_network: Option<String>,
     /// Extra labels (a session's id and owner).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The image is not one of isol8's (a request named it, `allowedImages` let it): the same
+    /// hardening, but no pre-started interpreter (its loader is in isol8's images only).
+    pub foreign_image: bool,
 }
 
 impl ContainerSpec {
@@ -106,6 +109,7 @@ impl ContainerSpec {
             kind: ContainerKind::Sandbox,
             filtered_network: None,
             labels: Default::default(),
+            foreign_image: false,
         }
     }
 
@@ -196,10 +200,12 @@ impl ContainerSpec {
             entrypoint: Some(SANDBOX_ENTRYPOINT.iter().map(|s| s.to_string()).collect()),
             cmd: Some(vec![]),
             user: Some(format!("{uid}:{uid}")),
-            // The uid has no passwd entry; programs asking who they are by name get this.
+            // The uid has no passwd entry; programs asking who they are by name get this. HOME
+            // is the writable work dir whatever the image says (often /root, read-only here).
             env: Some(vec![
                 "USER=sandbox".to_string(),
                 "LOGNAME=sandbox".to_string(),
+                "HOME=/sandbox".to_string(),
             ]),
             working_dir: Some("/sandbox".to_string()),
             hostname: Some("sandbox".to_string()),

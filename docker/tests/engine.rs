@@ -499,7 +499,7 @@ async fn bad_requests_get_clear_errors() {
         .unwrap_err();
     // A missing image gets the same answer as a foreign one: nothing to learn about the engine.
     assert!(
-        matches!(&err, Error::InvalidRequest(m) if m.contains("is not an isol8 image")),
+        matches!(&err, Error::NotAllowed(m) if m.contains("is not one of isol8's images")),
         "{err}"
     );
     let err = RunPlan::from_request(

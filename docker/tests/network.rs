@@ -15,7 +15,7 @@ def get(url):
     try:
         with urllib.request.urlopen(url, timeout=3) as r: return "ok"
     except Exception as e: return "refused" if "403" in str(e) else "error"
-print("web", get("http://%s:8000/prestart/python.py" % WEB))
+print("web", get("http://%s:8000/debian_version" % WEB))
 print("metadata", get("http://169.254.169.254/latest/meta-data/"))
 s = socket.socket(); s.settimeout(1)
 try: s.connect((WEB, 8000)); print("raw reachable")
@@ -72,7 +72,7 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     let web = common::Served::start(
         &docker,
         &image,
-        &["-m", "http.server", "8000", "--directory", "/opt/isol8"],
+        &["-m", "http.server", "8000", "--directory", "/etc"],
     )
     .await;
     let web_ip = web.host.clone();
@@ -109,7 +109,7 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     assert!(
         web_log.action == isol8_api::NetworkAction::Allow
             && web_log.method == "GET"
-            && web_log.path.as_deref() == Some("/prestart/python.py"),
+            && web_log.path.as_deref() == Some("/debian_version"),
         "{web_log:?}"
     );
     let metadata_log = logs

@@ -272,7 +272,11 @@ pub struct ExecutionOptions {
     /// Environment variables whose values are masked as `***` in all output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
-    /// An image to run in instead of the runtime's (e.g. a custom image from `isol8 build`).
+    /// An image to run in instead of the runtime's: one of isol8's (e.g. a custom image from
+    /// `isol8 build`), or any image on the engine the server's `allowedImages` patterns match
+    /// (403 otherwise, the same answer whether or not it exists; 404 for an allowed one that is
+    /// not there: images are never pulled). Every sandbox setting holds in it; the runtime's
+    /// interpreter must be on its PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^\\S+$")]
     pub image: Option<String>,

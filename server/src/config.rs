@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use isol8_api::NetworkMode;
-use isol8_docker::{format_size, EngineConfig, LimitFields, Limits, PlanDefaults};
+use isol8_docker::{format_size, EngineConfig, ImagePolicy, LimitFields, Limits, PlanDefaults};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -107,6 +107,15 @@ pub struct ServerConfig {
     /// Package registry hostnames (regexes) per runtime, allowed in `filtered` mode when a
     /// request installs packages.
     pub registry_hosts: BTreeMap<String, Vec<String>>,
+    /// Images a request may name in `options.image` besides isol8's own (which are always
+    /// allowed): glob patterns matched against the name as the request writes it, where `*`
+    /// matches any run of characters (`/` and `:` too) and `?` any one, and a name without a tag
+    /// is matched as `name:latest`; e.g. `python:*`, `registry.example.com/*`, `*` (every image on
+    /// the engine). Empty (the default): isol8's own images only. Runs in these images keep every
+    /// hardening setting (read-only root, no capabilities, isol8's seccomp profile, a non-root
+    /// uid whatever the image's `USER`); the image must be on the engine already (never pulled).
+    /// The local CLI (`isol8 run` without `--host`) allows every local image.
+    pub allowed_images: Vec<String>,
     /// Executions running at once.
     pub max_concurrent: usize,
     /// Requests waiting for a slot; more get 429.
@@ -220,6 +229,7 @@ impl Default for ServerConfig {
                 )
             })
             .collect(),
+            allowed_images: Vec::new(),
             max_concurrent: 10,
             max_queue: 100,
             queue_timeout_ms: 30_000,
@@ -353,6 +363,7 @@ impl ServerConfig {
                 return Err(format!("networkAllow/networkDeny: {e}"));
             }
         }
+        ImagePolicy::new(&self.allowed_images)?;
         if self.max_body_bytes_in_flight < self.max_body_bytes {
             return Err(format!(
                 "maxBodyBytesInFlight ({}) must be at least maxBodyBytes ({})",
@@ -420,6 +431,7 @@ impl ServerConfig {
         let mut engine = EngineConfig {
             default_limits: self.limits()?.0,
             oci_runtime: self.oci_runtime.clone(),
+            allowed_images: ImagePolicy::new(&self.allowed_images)?,
             ..EngineConfig::default()
         };
         engine.pool.size = self.pool_size;
@@ -538,6 +550,34 @@ mod tests {
             [NetworkMode::None, NetworkMode::Filtered]
         );
         assert_eq!(config.default_network, NetworkMode::None);
+    }
+
+    #[test]
+    fn allowed_images_are_none_by_default_and_patterns_from_file_or_environment() {
+        let config = ServerConfig::from_value(serde_json::json!({}), "test", &[]).unwrap();
+        assert!(config.allowed_images.is_empty());
+        let engine = config.engine_config().unwrap();
+        assert!(!engine.allowed_images.allows("python:3.12"));
+        let config = ServerConfig::from_value(
+            serde_json::json!({"allowedImages": ["node:*"]}),
+            "test",
+            &env(&[("ISOL8_ALLOWED_IMAGES", "python:*, registry.example.com/*")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.allowed_images,
+            ["python:*", "registry.example.com/*"]
+        );
+        let engine = config.engine_config().unwrap();
+        assert!(engine.allowed_images.allows("python:3.12"));
+        assert!(!engine.allowed_images.allows("node:24"));
+        let bad = ServerConfig::from_value(
+            serde_json::json!({"allowedImages": ["python 3"]}),
+            "test",
+            &[],
+        )
+        .unwrap_err();
+        assert!(bad.contains("allowedImages"), "{bad}");
     }
 
     #[test]

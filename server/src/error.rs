@@ -153,6 +153,7 @@ impl From<EngineError> for ApiError {
             // The client's fault: its precise message.
             EngineError::InvalidRequest(m) => ApiError::bad_request(m.clone()),
             EngineError::NotFound(m) => ApiError::new(S::NOT_FOUND, ErrorCode::NotFound, m),
+            EngineError::NotAllowed(m) => ApiError::policy(m.clone()),
             EngineError::Conflict(m) => ApiError::new(S::CONFLICT, ErrorCode::Conflict, m),
             EngineError::Unsupported(m) => ApiError::new(S::BAD_REQUEST, ErrorCode::Unsupported, m),
             // Nobody's fault in particular, and nothing internal in the message: said as it is.

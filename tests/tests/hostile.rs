@@ -631,14 +631,19 @@ async fn only_isol8_images_of_the_runtime_may_run_code() {
         .unwrap();
     assert!(import.wait().unwrap().success());
     let python = server.image_of("python");
-    for (runtime, image, refusal) in [
-        ("python", foreign, "is not an isol8 image"),
-        ("bash", python.as_str(), "is a python image, not a bash one"),
+    for (runtime, image, expected, refusal) in [
+        ("python", foreign, 403, "is not one of isol8's images"),
+        (
+            "bash",
+            python.as_str(),
+            400,
+            "is a python image, not a bash one",
+        ),
     ] {
         let (status, answer) = server.execute(&json!({"request": {"runtime": runtime, "code": "echo escaped"}, "options": {"image": image}}),
         )
         .await;
-        assert_eq!(status, 400, "{answer}");
+        assert_eq!(status, expected, "{answer}");
         assert!(
             answer["error"].as_str().unwrap().contains(refusal),
             "{answer}"

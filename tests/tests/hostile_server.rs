@@ -470,7 +470,7 @@ async fn image_probing_learns_nothing_and_isol8_labels_prove_nothing() {
             "different answers: {answers:#?}"
         );
     }
-    assert_eq!(*status, 400, "{answers:#?}");
+    assert_eq!(*status, 403, "{answers:#?}");
     // isol8's own image, by any of its names, still runs.
     let (status, answer) = server
         .execute(&json!({"request": {"runtime": "python", "code": "print('ours')"}, "options": {"image": python}}))

@@ -218,16 +218,11 @@ impl Job {
 
     /// A program that could not be started: exit 127, status error, and why on its stderr.
     fn not_started(&mut self, program: &str, err: &io::Error) {
-        let hint = if err.kind() == io::ErrorKind::NotFound {
-            " (it is not in this image)"
-        } else {
-            ""
-        };
         self.exec_failed = true;
         self.exit_status = Some(127 << 8);
         self.forward(
             2,
-            format!("isol8: cannot start {program}: {err}{hint}\n").as_bytes(),
+            format!("isol8: cannot start {program}: {err}\n").as_bytes(),
         );
     }
 

@@ -122,7 +122,9 @@ pub(crate) struct RunArgs {
     /// Also write stdout to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Use this isol8 image of the runtime instead of its default (e.g. one from `isol8 build`).
+    /// Run in this image instead of the runtime's default: one of isol8's (e.g. from `isol8
+    /// build`), or locally any image on the engine (never pulled; the runtime's interpreter must be
+    /// in it); with --host, what the server's allowedImages allow.
     #[arg(long)]
     image: Option<String>,
     /// Keep the container after the run for inspection and print its id.
@@ -481,6 +483,8 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
         config.allowed_networks.push(NetworkMode::Filtered);
     }
     config.remote_code.enabled = true;
+    // …and so is every image on their own engine (`--image python:3.12`), hardened the same.
+    config.allowed_images = vec!["*".to_string()];
     let engine = connect_engine(&config).await?;
     // The first local run on a machine builds the runtime's image.
     if let Some(runtime) = runtime {
@@ -528,7 +532,15 @@ pub(crate) async fn run(args: RunArgs) -> CliResult {
             };
             Client::new(host.clone(), key)
         }
-        None => start_embedded(body.request.runtime).await?,
+        None => {
+            // A run in an image the user names needs isol8's runtime image built only for the
+            // proxy of a filtered run.
+            let needs_runtime_image = body
+                .options
+                .as_ref()
+                .is_none_or(|o| o.image.is_none() || o.network == Some(NetworkMode::Filtered));
+            start_embedded_for(needs_runtime_image.then_some(body.request.runtime)).await?
+        }
     };
     if args.interactive {
         // Ctrl-C is the program's here (see `interactive`).
@@ -563,7 +575,8 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         (false, true) => Mode::Wait,
         (false, false) => Mode::Stream,
     };
-    let (status, exit_code, container) = if mode == Mode::Wait {
+    // `error`: why a run in error ended, when the stream said it (the wait mode's stderr holds it).
+    let (status, exit_code, container, error) = if mode == Mode::Wait {
         let result = match client.execute(body).await {
             Ok(r) => r,
             Err(e) => return Err(fail(e)),
@@ -574,7 +587,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         }
         eprint!("{}", result.stderr);
         print_network_logs(args, &result);
-        (result.status, result.exit_code, result.container_id)
+        (result.status, result.exit_code, result.container_id, None)
     } else {
         let mut printer = Printer {
             write_stdout: &mut write_stdout,
@@ -602,7 +615,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
         match printer.summary {
             Some(r) => {
                 print_network_logs(args, &r);
-                (r.status, r.exit_code, r.container_id)
+                (r.status, r.exit_code, r.container_id, printer.last_error)
             }
             // A run refused before it started (policy, capacity) is one error event on the
             // WebSocket, where the SSE route would have answered with an error status.
@@ -628,7 +641,7 @@ async fn execute(client: &Client, body: &ExecuteBody, args: &RunArgs) -> CliResu
             Some("stopped: output limit reached, output was cut".to_string())
         }
         ExecutionStatus::Killed => Some("killed".to_string()),
-        ExecutionStatus::Error => Some("the sandbox failed".to_string()),
+        ExecutionStatus::Error => Some(error.unwrap_or_else(|| "the sandbox failed".to_string())),
     };
     if let Some(reason) = reason {
         eprintln!("[ERR] {reason}");

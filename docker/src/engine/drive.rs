@@ -198,6 +198,23 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             .collect()
     }
 
+    /// What the user is told when the agent could not exec `program` (the agent answers an exec
+    /// failure with status `error` and exit code 127, its reason on stderr): the program and the
+    /// image, as an image a request names may well lack the runtime's interpreter.
+    fn missing_program(&self, phase: StreamPhase, program: &str) -> String {
+        let image = &self.sandbox.spec.image;
+        let what = match (phase, &self.plan.program) {
+            (StreamPhase::Setup, _) => "setup scripts run with it".to_string(),
+            (StreamPhase::Code, Program::Command(_)) => "cmd runs with it".to_string(),
+            (StreamPhase::Code, _) => {
+                format!("the {} runtime runs code with it", self.plan.runtime)
+            }
+        };
+        format!(
+            "{program} could not be started: it is not in image {image} (or not on its PATH), and {what}; use an image that has it, or another runtime"
+        )
+    }
+
     /// Sends an event that is not output (errors, exit, the result): waited for until the
     /// backstop, so a consumer that never reads cannot hold the run past it.
     async fn emit(&mut self, event: RunEvent) -> bool {
@@ -253,6 +270,11 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             // Refused by `check_runnable` before any run starts.
             let why = "remote code was not fetched".to_string();
             return Stop::Outcome(self.failed(phase, why).await);
+        };
+        // What the agent execs: named when it is not in the image (see `missing_program`).
+        let program = match &request {
+            AgentRequest::Run { argv, .. } => argv.first().cloned(),
+            _ => None,
         };
         let timeout = self.plan.limits.timeout;
         self.output_deadline = Deadline::now() + timeout;
@@ -320,6 +342,14 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
                     prestarted,
                     usage,
                 }) => {
+                    let error = match (error, &program) {
+                        (None, Some(program))
+                            if status == ExecutionStatus::Error && exit_code == 127 =>
+                        {
+                            Some(self.missing_program(phase, program))
+                        }
+                        (error, _) => error,
+                    };
                     if phase == StreamPhase::Code {
                         self.usage = usage;
                         self.prestarted = prestarted;

@@ -1,5 +1,5 @@
 //! Which image a run gets: the runtime images and custom images, building them, and the image a
-//! request names checked against what isol8 built.
+//! request names checked against what isol8 built and the `allowedImages` patterns.
 
 use std::collections::BTreeMap;
 
@@ -121,20 +121,17 @@ impl Engine {
         Ok(spec)
     }
 
-    /// `image` when it is one of isol8's for `runtime` (a runtime image or one `isol8 build` made
-    /// from it), as the tag isol8 computes for it (see `ImageBuilder::verified_tag`). Any other
-    /// image on the engine (the server's own, the Docker-in-Docker one, one built `FROM` an isol8
-    /// image) is not a sandbox: a request may not run code in it. A missing image and a foreign one
-    /// get the same answer, so requests cannot map the engine's images.
-    async fn check_requested_image(&self, image: &str, runtime: Runtime) -> Result<String> {
-        match self.images.verified_tag(image).await {
-            Ok(Some((built_for, tag))) if built_for == runtime => Ok(tag),
-            Ok(Some((built_for, _))) => Err(Error::InvalidRequest(format!(
-                "image {image} is a {built_for} image, not a {runtime} one"
-            ))),
-            Ok(None) => Err(Error::InvalidRequest(format!(
-                "image {image} is not an isol8 image on this server; use one `isol8 setup` or `isol8 build` made"
-            ))),
+    /// The image a request names (`options.image`), and whether it is foreign (not isol8's).
+    ///
+    /// One of isol8's images of `runtime` (a runtime image or one `isol8 build` made from it,
+    /// checked as `ImageBuilder::verified_tag` does) always runs, as the tag isol8 computes for
+    /// it. Any other image runs only when `allowedImages` matches its name: then a missing one is
+    /// named as missing (isol8 never pulls). One the patterns do not match is refused with the
+    /// same answer whether or not it exists, so requests cannot map the engine's images (the
+    /// server's own, the Docker-in-Docker one, ...).
+    async fn check_requested_image(&self, image: &str, runtime: Runtime) -> Result<(String, bool)> {
+        let own = match self.images.verified_tag(image).await {
+            Ok(own) => own,
             // Docker refuses a malformed name: the caller's error.
             Err(Error::Docker {
                 source:
@@ -143,10 +140,29 @@ impl Engine {
                         message,
                     },
                 ..
-            }) => Err(Error::InvalidRequest(format!(
-                "image \"{image}\": {message}"
+            }) => {
+                return Err(Error::InvalidRequest(format!(
+                    "options.image \"{image}\": {message}"
+                )))
+            }
+            Err(err) => return Err(err),
+        };
+        let allowed = self.config.allowed_images.allows(image);
+        match own {
+            Some((built_for, tag)) if built_for == runtime => Ok((tag, false)),
+            _ if allowed => match self.images.image_id(image).await {
+                Ok(Some(_)) => Ok((image.to_string(), true)),
+                Ok(None) => Err(Error::NotFound(format!(
+                    "options.image \"{image}\" is not on this Docker engine; isol8 never pulls images: pull or build it there first"
+                ))),
+                Err(err) => Err(err),
+            },
+            Some((built_for, _)) => Err(Error::InvalidRequest(format!(
+                "options.image \"{image}\" is a {built_for} image, not a {runtime} one"
             ))),
-            Err(err) => Err(err),
+            None => Err(Error::NotAllowed(format!(
+                "options.image \"{image}\" is not allowed on this server: it is not one of isol8's images (made by `isol8 setup` or `isol8 build`) and matches none of its allowedImages patterns"
+            ))),
         }
     }
 
@@ -162,8 +178,13 @@ impl Engine {
             NetworkMode::Filtered | NetworkMode::Host => plan.packages.install_script(plan.runtime),
             NetworkMode::None => None,
         };
+        let mut foreign = false;
         let image = match &plan.image {
-            Some(image) => self.check_requested_image(image, plan.runtime).await?,
+            Some(image) => {
+                let (image, is_foreign) = self.check_requested_image(image, plan.runtime).await?;
+                foreign = is_foreign;
+                image
+            }
             None if plan.packages.is_empty() => self.runtime_image(plan.runtime).await?,
             None => match self
                 .images
@@ -194,6 +215,7 @@ impl Engine {
             },
         };
         let mut spec = ContainerSpec::new(image, plan.runtime.as_str(), &plan.limits, plan.network);
+        spec.foreign_image = foreign;
         if plan.persist {
             spec.kind = ContainerKind::Kept;
             // Counted per owner, removed with its owner's cleanup and past its expiry (`kept.rs`).
