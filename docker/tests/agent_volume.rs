@@ -66,10 +66,12 @@ async fn created_since(docker: &Docker, since: u64, labels: Vec<String>) -> usiz
 async fn one_volume_per_engine_is_made_once_and_every_sandbox_mounts_it_read_only() {
     let docker = Docker::connect_with_local_defaults().unwrap();
     let since = now_secs().saturating_sub(1);
+    // Filled before, as isol8 labels it (one Docker made by itself, for another test's container
+    // that named it first, is filled anew).
     let existed = docker
         .inspect_volume(isol8_docker::agent_volume_name())
         .await
-        .is_ok();
+        .is_ok_and(|v| v.labels.get("isol8.managed").map(String::as_str) == Some("true"));
     let engine = common::engine_without_pool(EngineConfig::default()).await;
     let plan = || {
         let request = ExecutionRequest {
