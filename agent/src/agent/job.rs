@@ -314,7 +314,10 @@ impl Job {
     /// Everything but the agent; in a session (`scoped`), only this run's process group.
     pub(crate) fn kill(&self) {
         if self.scoped {
-            let _ = sys::kill(-self.pid, libc::SIGKILL);
+            // A program that never started has no group (and kill(0) would be the agent's own).
+            if self.pid > 0 {
+                let _ = sys::kill(-self.pid, libc::SIGKILL);
+            }
         } else {
             sandbox::kill_all();
         }
