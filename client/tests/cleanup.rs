@@ -31,10 +31,23 @@ fn ours(kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes the test's own foreign container and image however the test ends.
+struct Foreign;
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        run("docker", &["rm", "-f", "cleanup-test-foreign"]);
+        run("docker", &["rmi", "-f", "cleanup-test-foreign:latest"]);
+    }
+}
+
 #[test]
 #[ignore = "removes every isol8 container and image; the test command runs it alone, last"]
 fn cleanup_force_images_removes_only_ours() {
-    // Something that is not ours: an unlabelled image and a container made from it.
+    // Something that is not ours: an unlabelled image and a container made from it (a run that
+    // failed before may have left them: they are this test's own).
+    drop(Foreign);
+    let _foreign = Foreign;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("keep"), "not isol8's").unwrap();
     let tar = dir.path().join("foreign.tar");
@@ -107,8 +120,6 @@ fn cleanup_force_images_removes_only_ours() {
         "docker",
         &["image", "inspect", "cleanup-test-foreign:latest"],
     );
-    run("docker", &["rm", "-f", "cleanup-test-foreign"]);
-    run("docker", &["rmi", "-f", "cleanup-test-foreign:latest"]);
     assert!(
         foreign_container.status.success(),
         "cleanup removed a container that is not ours"

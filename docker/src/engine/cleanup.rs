@@ -239,10 +239,11 @@ impl Engine {
                     removal => counts.count(&image.id, removal.map(drop)),
                 }
             }
-            // A volume a container started to use since it was listed stays (409): in use is
-            // not a failure, and not a removal either.
+            // Listed again now that the containers are gone: the ones they mounted are unused now.
+            // A volume a container started to use since stays (409): in use is not a failure, and
+            // not a removal either.
             let mut volumes = CleanupCounts::default();
-            for name in &managed.volumes {
+            for name in &self.unused_agent_volumes().await? {
                 match self.docker.remove_volume(name, None).await {
                     Err(err) if crate::error::status_of(&err) == Some(409) => {}
                     removal => volumes.count(name, removal),
