@@ -486,20 +486,25 @@ pub(crate) async fn start_embedded_for(runtime: Option<Runtime>) -> Result<Clien
     // …and so is every image on their own engine (`--image python:3.12`), hardened the same.
     config.allowed_images = vec!["*".to_string()];
     let engine = connect_engine(&config).await?;
-    // The first local run on a machine builds the runtime's image.
-    if let Some(runtime) = runtime {
+    // The first local run on a machine builds the runtime's image. Idle local sessions expire
+    // meanwhile: both are Docker round trips on a cold start's path.
+    let expired = expire_local(
+        &engine,
+        Duration::from_millis(config.session_idle_timeout_ms),
+    );
+    let built = async {
+        let Some(runtime) = runtime else {
+            return Ok(());
+        };
         let progress = Progress::new(false);
         let built = engine
             .build_images(&[runtime], false, &|p| progress.report(p))
             .await;
         progress.abandon();
-        built.map_err(fail)?;
-    }
-    expire_local(
-        &engine,
-        Duration::from_millis(config.session_idle_timeout_ms),
-    )
-    .await;
+        built.map(drop)
+    };
+    let ((), built) = tokio::join!(expired, built);
+    built.map_err(fail)?;
     let key = random_hex(32);
     // Sessions outlive this process: the next `isol8 run --session-id` continues them.
     let state = AppState::new(engine, config, key.clone())

@@ -70,6 +70,11 @@ impl Engine {
     }
 
     pub(super) async fn refresh_warm_set(&self) {
+        // No pool, nothing kept warm: resolving the images would only cost a cold start
+        // (`isol8 run` without a server) its Docker round trips.
+        if self.config.pool.size == 0 {
+            return;
+        }
         let mut specs = Vec::new();
         for runtime in &self.config.warm_runtimes {
             match self.runtime_image(*runtime).await {
