@@ -251,8 +251,16 @@ impl ImageBuilder {
             )
             .await?;
         }
-        // A stable alias for people (`docker run isol8-python:latest`); the engine uses the hashed tag.
-        self.tag(&tag, &format!("isol8-{runtime}:latest")).await?;
+        // A stable alias for people (`docker run isol8-python:latest`); the engine uses the hashed
+        // tag. Tagging is a write on the engine: skipped when the alias is there already.
+        let alias = format!("isol8-{runtime}:latest");
+        let aliased = match self.docker.inspect_image(&tag).await {
+            Ok(image) => image.repo_tags.is_some_and(|tags| tags.contains(&alias)),
+            Err(_) => false,
+        };
+        if !aliased {
+            self.tag(&tag, &alias).await?;
+        }
         Ok(tag)
     }
 

@@ -414,6 +414,9 @@ impl Pool {
     }
 
     async fn replenish(self: Arc<Self>) {
+        // What the engine's host is like (one `docker info`, slow on some engines), read before
+        // the first container needs it: a cold `isol8 run` overlaps it with its other start-up.
+        self.host().await;
         let mut failures = 0u32;
         let mut last_sweep = Instant::now();
         while !self.closed.load(Ordering::SeqCst) {
