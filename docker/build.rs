@@ -40,10 +40,10 @@ fn main() {
         "cargo:rerun-if-changed={}",
         agent.join("Cargo.toml").display()
     );
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("Cargo.lock").display()
-    );
+    // The lock, and the root manifest (`[profile.agent]`, the workspace's dependency versions).
+    for file in ["Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(file).display());
+    }
 
     let target = env("TARGET");
     let target_dir = workspace.join("target").join("agent-static");

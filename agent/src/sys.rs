@@ -73,6 +73,15 @@ pub(crate) fn reap_one() -> Option<Reaped> {
     }
 }
 
+/// Waits for the child `pid` to end and reaps it (after a SIGKILL: at once).
+pub(crate) fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waitpid only writes to the live local.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+}
+
 /// CPU time (user + system) of this process so far, in nanoseconds.
 pub(crate) fn own_cpu_ns() -> u64 {
     // SAFETY: as in `reap_one`; getrusage only writes to the live local.
@@ -134,8 +143,14 @@ extern "C" fn wake(_signal: libc::c_int) {
     let fd = WAKE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: write is async-signal-safe; the byte is a static. A full pipe means a wake-up
-        // is pending already, so the result does not matter.
-        unsafe { libc::write(fd, b"!".as_ptr().cast(), 1) };
+        // is pending already, so the result does not matter; errno is put back, so the code the
+        // signal interrupted reads its own.
+        unsafe {
+            let errno = libc::__errno_location();
+            let saved = *errno;
+            libc::write(fd, b"!".as_ptr().cast(), 1);
+            *errno = saved;
+        }
     }
 }
 

@@ -219,7 +219,13 @@ impl Job {
     /// A program that could not be started: exit 127, status error, and why on its stderr.
     fn not_started(&mut self, program: &str, err: &io::Error) {
         self.exec_failed = true;
-        self.exit_status = Some(127 << 8);
+        // As shells say it: 127 when there is no such program, 126 when it cannot run.
+        let code = if err.kind() == io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        self.exit_status = Some(code << 8);
         self.forward(
             2,
             format!("isol8: cannot start {program}: {err}\n").as_bytes(),

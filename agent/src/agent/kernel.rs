@@ -116,10 +116,13 @@ impl Kernel {
         }
     }
 
-    /// Reads what the interpreter wrote before it reported (it flushed first).
+    /// Reads what the interpreter wrote before it reported (it flushed first). Bounded: a
+    /// background writer the cell left (`yes &`) must not hold the agent here forever.
     pub(crate) fn drain(&mut self, mut cell: Option<&mut Job>, buf: &mut [u8]) {
-        let mut index = 0;
-        while index < self.outputs.len() {
+        const MAX_READS: usize = 64;
+        let (mut index, mut reads) = (0, 0);
+        while index < self.outputs.len() && reads < MAX_READS {
+            reads += 1;
             let open = self.outputs.len();
             if !self.read_output(index, cell.as_deref_mut(), buf) && self.outputs.len() == open {
                 index += 1;

@@ -147,7 +147,12 @@ impl Request {
             "signal" => Ok(Request::Signal(text("signal"))),
             "reset" => match value.get("prestart") {
                 None | Some(Value::Null) => Ok(Request::Reset(None)),
-                Some(template) => field(template.clone(), "reset").map(|t| Request::Reset(Some(t))),
+                // A template that cannot be read costs the pre-start, never the reset.
+                Some(template) => Ok(Request::Reset(
+                    field(template.clone(), "reset")
+                        .inspect_err(|why| eprintln!("isol8-agent: no pre-start: {why}"))
+                        .ok(),
+                )),
             },
             "prestart" => field(value.clone(), "prestart").map(Request::Prestart),
             "ping" => Ok(Request::Ping),

@@ -207,10 +207,12 @@ impl Waiting {
         })
     }
 
-    /// Kills the interpreter (it ran nothing but its loader); the main loop reaps it.
+    /// Kills the interpreter (it ran nothing but its loader) and reaps it here, so its resident
+    /// set is never counted as the next run's.
     pub(crate) fn kill(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = sys::kill(-pid, libc::SIGKILL);
+            sys::reap(pid);
         }
         self.pipes = None;
     }
