@@ -60,8 +60,16 @@ isol8_ensure_debootstrap() {
     command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || isol8_apt_install debootstrap
 }
 
+# The C library's static archive: the in-container agent is linked statically (docker/build.rs).
+isol8_ensure_static_libc() {
+    local archive
+    archive=$(cc -print-file-name=libc.a 2>/dev/null || true)
+    [ -f "$archive" ] || isol8_apt_install libc6-dev
+}
+
 # Everything isol8 itself needs on the host.
 isol8_ensure_engine() {
     isol8_ensure_docker
     isol8_ensure_debootstrap
+    isol8_ensure_static_libc
 }

@@ -16,6 +16,8 @@ isol8_ensure_engine
 command -v python3 >/dev/null || apt_install python3
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 command -v kubectl >/dev/null || apt_install kubernetes-client
+# `ip`: the proxy and hostile-sandbox tests give the host a veth address of their own.
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || apt_install iproute2
 
 # PostgreSQL, for the key store's tests (server/tests/auth_db.rs): only the binaries are needed;
 # each test run starts its own server on a loopback port with a data directory in a temp dir, as

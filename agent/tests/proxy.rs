@@ -61,6 +61,13 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Rules that allow exactly the lab's own address (a named address opens a non-public one).
+    fn allow_only_itself(&self) -> Value {
+        json!({"allow": [self.address.to_string().replace('.', "\\.")]})
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -463,7 +470,7 @@ fn an_unreachable_allowed_server_is_a_502_logged_as_allowed() {
         .unwrap()
         .port();
     let me = lab.address.to_string();
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let answer = proxy.exchange(format!("CONNECT {me}:{port} HTTP/1.1\r\n\r\n").as_bytes());
     let answer = text(&answer);
     assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
@@ -514,7 +521,7 @@ fn a_plain_get_goes_to_the_checked_host_without_hop_by_hop_headers() {
     let lab = Lab::new(4);
     let me = lab.address.to_string();
     let upstream = Upstream::start(&lab, b"hello from upstream".to_vec());
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let request = format!(
         "GET http://user:pw@{me}:{}/some/path?q=1#frag HTTP/1.1\r\nHost: other.example\r\n\
          Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n\
@@ -545,7 +552,7 @@ fn a_pipelined_second_request_never_reaches_the_server() {
     let lab = Lab::new(5);
     let me = lab.address.to_string();
     let upstream = Upstream::start(&lab, b"first answer".to_vec());
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let port = upstream.port;
     let first = format!("GET http://{me}:{port}/first HTTP/1.1\r\nHost: {me}\r\n\r\n");
     // Both in one write: the second (another Host, origin-form as a keep-alive client sends it)
@@ -585,7 +592,7 @@ fn a_chunked_body_is_forwarded_to_its_last_chunk_and_trailers_and_no_further() {
     let lab = Lab::new(6);
     let me = lab.address.to_string();
     let upstream = Upstream::start(&lab, b"got it".to_vec());
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let port = upstream.port;
     let body =
         "4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: t\r\n\r\n";
@@ -636,7 +643,7 @@ fn a_connect_tunnel_carries_bytes_both_ways() {
         stream.shutdown(Shutdown::Write).unwrap();
         rest.len()
     });
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let mut stream = proxy.connect();
     // Bytes sent along with the head go through too.
     stream
@@ -673,7 +680,7 @@ fn a_large_download_arrives_intact() {
         .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
         .collect();
     let upstream = Upstream::start(&lab, body.clone());
-    let proxy = Proxy::start(&lab, json!({"allow": [me.replace('.', "\\.")]}));
+    let proxy = Proxy::start(&lab, lab.allow_only_itself());
     let mut stream = proxy.connect();
     stream
         .write_all(format!("GET http://{me}:{}/big HTTP/1.1\r\n\r\n", upstream.port).as_bytes())

@@ -62,6 +62,48 @@ async fn created_since(docker: &Docker, since: u64, labels: Vec<String>) -> usiz
         .await
 }
 
+/// Creates a container from `config`, runs it to its end (10 s at most), removes it and returns
+/// what it printed, or why it did not run.
+async fn run_to_end(docker: &Docker, config: Config<String>) -> Result<String, String> {
+    let id = docker
+        .create_container(None::<CreateContainerOptions<String>>, config)
+        .await
+        .map_err(|e| e.to_string())?
+        .id;
+    let ran = async {
+        docker
+            .start_container::<String>(&id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut wait = docker.wait_container(&id, None::<WaitContainerOptions<String>>);
+            while wait.next().await.is_some() {}
+        })
+        .await
+        .map_err(|_| "it did not exit within 10 s".to_string())?;
+        let mut logs = docker.logs::<String>(
+            &id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        let mut said = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            said.push_str(&chunk.to_string());
+        }
+        Ok(said)
+    }
+    .await;
+    let remove = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    let _ = docker.remove_container(&id, Some(remove)).await;
+    ran
+}
+
 #[tokio::test]
 async fn one_volume_per_engine_is_made_once_and_every_sandbox_mounts_it_read_only() {
     let docker = Docker::connect_with_local_defaults().unwrap();
@@ -265,34 +307,7 @@ async fn the_agent_starts_in_an_image_without_a_c_library() {
         }),
         ..Default::default()
     };
-    let id = docker
-        .create_container(None::<CreateContainerOptions<String>>, config)
-        .await
-        .unwrap()
-        .id;
-    let started = docker.start_container::<String>(&id, None).await;
-    let waited = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut wait = docker.wait_container(&id, None::<WaitContainerOptions<String>>);
-        while wait.next().await.is_some() {}
-    })
-    .await;
-    let mut logs = docker.logs::<String>(
-        &id,
-        Some(LogsOptions {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        }),
-    );
-    let mut said = String::new();
-    while let Some(Ok(chunk)) = logs.next().await {
-        said.push_str(&chunk.to_string());
-    }
-    let remove = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    docker.remove_container(&id, Some(remove)).await.unwrap();
+    let ran = run_to_end(&docker, config).await;
     docker
         .remove_image(
             &tag,
@@ -304,8 +319,7 @@ async fn the_agent_starts_in_an_image_without_a_c_library() {
         )
         .await
         .unwrap();
-    started.expect("the static agent starts in an image without a C library");
-    waited.expect("and exits");
+    let said = ran.expect("the static agent starts in an image without a C library, and exits");
     assert!(said.contains("isol8-agent"), "{said}");
 }
 
@@ -358,31 +372,9 @@ async fn servers_filling_a_new_volume_at_once_all_succeed_and_it_is_complete() {
         }),
         ..Default::default()
     };
-    let id = docker
-        .create_container(None::<CreateContainerOptions<String>>, config)
+    let listing = run_to_end(&docker, config)
         .await
-        .unwrap()
-        .id;
-    docker.start_container::<String>(&id, None).await.unwrap();
-    let mut wait = docker.wait_container(&id, None::<WaitContainerOptions<String>>);
-    while wait.next().await.is_some() {}
-    let mut logs = docker.logs::<String>(
-        &id,
-        Some(LogsOptions {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        }),
-    );
-    let mut listing = String::new();
-    while let Some(Ok(chunk)) = logs.next().await {
-        listing.push_str(&chunk.to_string());
-    }
-    let remove = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    docker.remove_container(&id, Some(remove)).await.unwrap();
+        .expect("the listing container runs");
     // Unused now: what `isol8 cleanup --images` lists, and would remove (only listed here).
     let managed = engine
         .list_managed(isol8_docker::CleanupScope::Engine, true)
