@@ -61,7 +61,7 @@ const MARKER: &str = ".isol8-content";
 const AGENT_EXECUTABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/isol8-agent"));
 
 /// The volume's files: path inside it, mode, bytes.
-const FILES: [(&str, u32, &[u8]); 6] = [
+const FILES: [(&str, u32, &[u8]); 7] = [
     ("isol8-agent", 0o555, AGENT_EXECUTABLE),
     (
         "kernels/python.py",
@@ -77,6 +77,11 @@ const FILES: [(&str, u32, &[u8]); 6] = [
         "kernels/bash.sh",
         0o444,
         include_bytes!("../agent/kernels/bash.sh"),
+    ),
+    (
+        "prestart/bash.sh",
+        0o444,
+        include_bytes!("../agent/prestart/bash.sh"),
     ),
     (
         "display/isol8_display.py",

@@ -102,10 +102,10 @@ pub enum RunEvent {
 #[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
-    address: String,
+    address: Arc<str>,
     config: Arc<EngineConfig>,
     pool: Arc<Pool>,
-    images: ImageBuilder,
+    images: Arc<ImageBuilder>,
     /// Runtime → resolved image tag. Guards a small map; never held across `.await`.
     resolved: Arc<Mutex<HashMap<Runtime, String>>>,
     /// The Docker host's addresses, which filtered runs may never reach.
@@ -132,9 +132,9 @@ impl Engine {
             Err(err) => tracing::warn!(error = %err, "could not look for orphaned sandboxes"),
         }
         let engine = Engine {
-            images: ImageBuilder::new(docker.clone(), config.images.clone()),
+            images: Arc::new(ImageBuilder::new(docker.clone(), config.images.clone())),
             docker,
-            address,
+            address: address.into(),
             config: Arc::new(config),
             pool: Arc::clone(&pool),
             resolved: Arc::new(Mutex::new(HashMap::new())),
@@ -170,7 +170,7 @@ impl Engine {
             .await
             .map(|_| ())
             .map_err(|e| Error::DockerUnavailable {
-                address: self.address.clone(),
+                address: self.address.to_string(),
                 reason: e.to_string(),
             })
     }
@@ -309,7 +309,7 @@ impl Engine {
         let unavailable = |e: Error| {
             if e.is_docker_unavailable() {
                 Error::DockerUnavailable {
-                    address: self.address.clone(),
+                    address: self.address.to_string(),
                     reason: e.to_string(),
                 }
             } else {

@@ -290,12 +290,12 @@ pub(crate) fn has_display(runtime: Runtime) -> bool {
 /// What a warm sandbox of the runtime named `runtime_label` pre-starts for its next run: the
 /// interpreter of a default run (the code file in `/sandbox` with the runtime's extension, the
 /// runtime's environment), where a run can be handed to it exactly as a normal start would run
-/// it: python and node. bun and deno read configuration files of the working directory while
-/// they start (`.env`, `bunfig.toml`, `deno.json`), which the run's own files may bring, and
-/// bash starts in about a millisecond, so they start the normal way.
+/// it: python, node and bash (whose start, 3 ms here, is most of a warm `echo`). bun and deno
+/// read configuration files of the working directory while they start (`.env`, `bunfig.toml`,
+/// `deno.json`), which the run's own files may bring, so they start the normal way.
 pub(crate) fn prestart_template(runtime_label: &str) -> Option<Prestart> {
     let runtime: Runtime = runtime_label.parse().ok()?;
-    if !matches!(runtime, Runtime::Python | Runtime::Node) {
+    if !matches!(runtime, Runtime::Python | Runtime::Node | Runtime::Bash) {
         return None;
     }
     let extension = code_extension(runtime, None).ok()?;

@@ -409,6 +409,107 @@ async fn node_programs_run_the_same_in_a_prestarted_interpreter() {
     compare(node, cases).await;
 }
 
+#[tokio::test]
+async fn bash_programs_run_the_same_in_a_prestarted_shell() {
+    let sh = Runtime::Bash;
+    // Everything a script can see of its shell but the clock, its pid and the pipes' inode
+    // numbers and the sandbox uid: variables (SECONDS reads the same, only its `declare -p` form differs; BASH_ARGC
+    // is meaningful under extdebug alone, where a normal start with BASH_ENV shows the same),
+    // the environment, options, traps, functions, aliases, descriptors, limits. Not compared:
+    // /proc/$$/environ, which holds what the shell was exec'd with (as for a pre-started python
+    // or node); the shell's variables and every child's environment are the run's.
+    let probe = "echo \"_=[$_] ?=[$?] 0=[$0] #=[$#] -=[$-] SECONDS=[$SECONDS] LINENO=[$LINENO]\"\n\
+        declare -p | grep -vE '^declare -[-a-zA-Z]* (RANDOM|SRANDOM|SECONDS|EPOCHREALTIME|EPOCHSECONDS|BASHPID|BASH_COMMAND|BASH_ARGC|UID|EUID|_)(=|$)'\n\
+        echo --- env; env -0 | sort -z | tr '\\0' '\\n' | grep -v '^_='\n\
+        tr '\\0' ' ' < /proc/$$/cmdline; echo\n\
+        echo --- options; set -o; shopt; trap -p; declare -F; alias; umask; ulimit -a\n\
+        echo --- fds; for fd in /proc/$$/fd/*; do printf '%s -> %s\\n' \"${fd##*/}\" \"$(readlink \"$fd\" | sed 's/[0-9]\\+/N/')\"; done\n\
+        echo \"FUNCNAME=[${FUNCNAME[*]}] BASH_SOURCE=[${BASH_SOURCE[*]}] BASH_LINENO=[${BASH_LINENO[*]}] BASH_ARGV=[${BASH_ARGV[*]}]\"\n\
+        hash; type -a bash; echo \"$BASH $BASH_VERSION $SHLVL $PWD ${OLDPWD-unset} $HOME $PATH\"";
+    let cases = vec![
+        case("the shell's state", sh, probe),
+        Case {
+            name: "the run's environment and stdin",
+            request: with(code(sh, probe), |r| {
+                r.env = BTreeMap::from([
+                    ("GREETING".into(), "it's \"quoted\" $HOME `x` \\ \nsecond line".into()),
+                    ("EMPTY".into(), String::new()),
+                    ("LANG".into(), "C.UTF-8".into()),
+                ]);
+                r.stdin = Some("piped\n".into());
+            }),
+            prestarted: true,
+        },
+        Case {
+            name: "stdin, files, exported to children",
+            request: with(
+                code(
+                    sh,
+                    "read -r line; echo \"got $line\"; source ./lib.sh; helper; bash -c 'echo child $GREETING $SHLVL'",
+                ),
+                |r| {
+                    r.env = BTreeMap::from([("GREETING".into(), "hi".into())]);
+                    r.stdin = Some("piped\n".into());
+                    r.files = BTreeMap::from([(
+                        "lib.sh".into(),
+                        "helper() { echo \"helper from ${BASH_SOURCE[0]} line $LINENO\"; }\n".into(),
+                    )]);
+                },
+            ),
+            prestarted: true,
+        },
+        case("exit 3", sh, "echo out; echo err >&2; exit 3"),
+        case("set -e", sh, "set -e\necho before\nfalse\necho never"),
+        case(
+            "a syntax error",
+            sh,
+            "echo first\nif then fi\necho never",
+        ),
+        case("a command not found", sh, "echo a\nno-such-command --flag\necho $?"),
+        case("killed by a signal", sh, "echo going; kill -TERM $$; echo never"),
+        case(
+            "a trap and a subshell",
+            sh,
+            "trap 'echo trapped $?' EXIT; (exit 4); echo sub $?; f() { echo \"${FUNCNAME[*]} $LINENO\"; }; f",
+        ),
+        fallback(
+            "POSIXLY_CORRECT takes effect",
+            with(code(sh, "set -o | grep posix; echo $POSIXLY_CORRECT"), |r| {
+                r.env = BTreeMap::from([("POSIXLY_CORRECT".into(), "1".into())])
+            }),
+        ),
+        fallback(
+            "SHELLOPTS takes effect",
+            with(code(sh, "echo $-; [[ -o xtrace ]] && echo traced"), |r| {
+                r.env = BTreeMap::from([("SHELLOPTS".into(), "xtrace".into())])
+            }),
+        ),
+        fallback(
+            "the caller's BASH_ENV takes effect",
+            with(code(sh, "echo \"main sees $FROM_ENV_FILE\""), |r| {
+                r.env = BTreeMap::from([("BASH_ENV".into(), "/sandbox/env.sh".into())]);
+                r.files = BTreeMap::from([(
+                    "env.sh".into(),
+                    "FROM_ENV_FILE=loaded; echo sourced\n".into(),
+                )]);
+            }),
+        ),
+        fallback(
+            "SHLVL from the caller",
+            with(code(sh, "echo $SHLVL"), |r| {
+                r.env = BTreeMap::from([("SHLVL".into(), "4".into())])
+            }),
+        ),
+        fallback(
+            "another working directory",
+            with(code(sh, "pwd; echo $PWD ${OLDPWD-unset}"), |r| {
+                r.workdir = Some("/sandbox/sub".into())
+            }),
+        ),
+    ];
+    compare(sh, cases).await;
+}
+
 /// Two runs of one owner: separate processes, nothing of the first in the second, and no waiting
 /// interpreter alive beside a run.
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! A pre-started interpreter: started with the command line, working directory and start
 //! environment of a default run of its runtime (the `Template`, from the engine) before that run
-//! exists, so a run costs no interpreter start. It waits in its loader (PRESTART_DIR) for the
-//! run's working directory and environment on the handoff pipe, applies them and then runs the
-//! program file of its command line as the runtime's own start does.
+//! exists, so a run costs no interpreter start. It waits in its loader (PRESTART_DIR; bash's is
+//! BASH_LOADER) for the run's working directory and environment on the handoff pipe, applies them
+//! and then runs the program file of its command line as the runtime's own start does.
 //!
 //! It is started only at container start and after a reset found the sandbox clean, holds no
 //! descriptor but its stdio, display and handoff pipes, and serves one run: that run, or any
@@ -22,6 +22,8 @@ use crate::sys;
 
 /// Where the runtimes' loaders live (in isol8's python and node images).
 const PRESTART_DIR: &str = "/opt/isol8/prestart";
+/// bash's loader, in the agent volume: bash sources it as BASH_ENV.
+const BASH_LOADER: &str = "/opt/isol8/agent/prestart/bash.sh";
 /// How long a handoff may take before the run starts the normal way.
 const HANDOFF_WITHIN: Duration = Duration::from_secs(2);
 /// A run whose command line and environment are larger starts the normal way, so execve decides
@@ -47,6 +49,43 @@ const LIBC_START: &[&str] = &[
     "TERM",
 ];
 const PYTHON_START: &[&str] = &["PYTHON", "__PYVENV_LAUNCHER__"];
+/// What bash reads of its environment while it starts (options, imported functions, the
+/// variables it derives or keeps for itself) besides what any program's C library reads. The
+/// loader keeps SHLVL, PWD and OLDPWD as bash made them, which is right only when the run's
+/// values are the start's.
+const BASH_START: &[&str] = &[
+    "BASH",
+    "SHELLOPTS",
+    "POSIXLY_CORRECT",
+    "SHLVL",
+    "PWD",
+    "OLDPWD",
+    "IFS",
+    "PS4",
+    "ENV",
+    "HIST",
+    "COMP_",
+    "UID",
+    "EUID",
+    "PPID",
+    "GROUPS",
+    "RANDOM",
+    "SRANDOM",
+    "SECONDS",
+    "LINENO",
+    "EPOCH",
+    "FUNCNAME",
+    "FUNCNEST",
+    "DIRSTACK",
+    "OPT",
+    "GLOBIGNORE",
+    "EXECIGNORE",
+    "CHILD_MAX",
+    "TMOUT",
+    "MAIL",
+    "INPUTRC",
+    "IGNOREEOF",
+];
 const NODE_START: &[&str] = &[
     "NODE_",
     "UV_",
@@ -75,6 +114,11 @@ fn hooks(runtime: &str) -> Option<(BTreeMap<String, String>, &'static [&'static 
                 ),
             ]),
             NODE_START,
+        )),
+        // bash sources BASH_ENV before it reads its script.
+        "bash" => Some((
+            BTreeMap::from([fd, ("BASH_ENV".to_string(), BASH_LOADER.to_string())]),
+            BASH_START,
         )),
         _ => None,
     }
@@ -151,6 +195,16 @@ impl Waiting {
         if self.hook_vars.keys().any(|name| env.contains_key(name)) {
             return false;
         }
+        // A NUL cannot be handed over (nor exec'd: the normal start reports it). bash exports
+        // only names it can assign, and drops the rest at a normal start as well as here.
+        let bash = self.template.runtime == "bash";
+        let unfit_name = |name: &str| bash && !is_shell_name(name);
+        if env
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0') || unfit_name(k))
+        {
+            return false;
+        }
         let size: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
             + env
                 .iter()
@@ -184,13 +238,10 @@ impl Waiting {
     /// the run in time (it is then killed, having run nothing).
     pub(crate) fn hand_over(mut self, cwd: &str, env: &BTreeMap<String, String>) -> Option<Handed> {
         let (spawned, display, mut handoff) = self.pipes.take()?;
-        let mut data = cwd.as_bytes().to_vec();
-        for (name, value) in env {
-            data.push(0);
-            data.extend_from_slice(name.as_bytes());
-            data.push(b'=');
-            data.extend_from_slice(value.as_bytes());
-        }
+        let data = match self.template.runtime.as_str() {
+            "bash" => bash_handoff(env),
+            _ => loader_handoff(cwd, env),
+        };
         if write_within(&mut handoff, &data, HANDOFF_WITHIN).is_err() {
             self.pipes = Some((spawned, display, handoff));
             self.kill();
@@ -224,6 +275,40 @@ impl Drop for Waiting {
     }
 }
 
+/// The run for the python and node loaders: `cwd\0NAME=value\0…`.
+fn loader_handoff(cwd: &str, env: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut data = cwd.as_bytes().to_vec();
+    for (name, value) in env {
+        data.push(0);
+        data.extend_from_slice(name.as_bytes());
+        data.push(b'=');
+        data.extend_from_slice(value.as_bytes());
+    }
+    data
+}
+
+/// The run for bash's loader, which sources it: the run's variables exported (single quotes keep
+/// every byte as it is), the handoff pipe closed and SECONDS counting from now. Names are shell
+/// names (`fits`).
+fn bash_handoff(env: &BTreeMap<String, String>) -> Vec<u8> {
+    let quoted = |text: &str| format!("'{}'", text.replace('\'', r"'\''"));
+    let mut script = String::new();
+    for (name, value) in env {
+        script.push_str(&format!("export {}\n", quoted(&format!("{name}={value}"))));
+    }
+    script.push_str(&format!("exec {HANDOFF_FD}<&-\nSECONDS=0\n"));
+    script.into_bytes()
+}
+
+/// A name bash can assign: a letter or `_`, then letters, digits and `_`.
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Writes all of `data` to the pipe `file`, giving up after `within`.
 fn write_within(file: &mut File, data: &[u8], within: Duration) -> io::Result<()> {
     let deadline = Instant::now() + within;
@@ -245,4 +330,45 @@ fn write_within(file: &mut File, data: &[u8], within: Duration) -> io::Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bash_handoff_exports_every_byte_of_the_values_as_they_are() {
+        let env = BTreeMap::from([
+            ("A".to_string(), "it's $HOME `x` \\\n\"q\"".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]);
+        let script = String::from_utf8(bash_handoff(&env)).unwrap();
+        assert_eq!(
+            script,
+            "export 'A=it'\\''s $HOME `x` \\\n\"q\"'\nexport 'EMPTY='\nexec 99<&-\nSECONDS=0\n"
+        );
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("{script}\nprintf '%s|' \"$A\" \"$EMPTY\" \"$SECONDS\""),
+                "bash",
+            ])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "it's $HOME `x` \\\n\"q\"||0|"
+        );
+    }
+
+    #[test]
+    fn shell_names_are_what_bash_can_assign() {
+        for name in ["A", "_x", "PATH", "a1_B"] {
+            assert!(is_shell_name(name), "{name}");
+        }
+        for name in ["", "1A", "A-B", "A.B", "A B", "é"] {
+            assert!(!is_shell_name(name), "{name}");
+        }
+    }
 }
