@@ -1332,16 +1332,28 @@ async fn main() -> Result<()> {
         "ratio to /execute p50 + 2 ms, calls alternated",
         json!({"mcp_p50": p50(&via_mcp), "execute_p50": p50(&via_execute)}),
     );
-    let host_sh = host_runs(&["/bin/sh", "-c", "echo 1"], "1\n", 50)?;
-    let ours_sh = warm(&client, Runtime::Bash, "echo 1", "1\n", 50).await?;
+    // bash runs in a pre-started shell like python and node: the target figure is calls spaced
+    // as an agent's are (the sandbox idle between requests); back to back is shown beside it.
+    let host_sh = host_runs_spaced(&["/bin/sh", "-c", "echo 1"], "1\n", 50, GAP)?;
+    let ours_sh = warm_spaced(&client, Runtime::Bash, "echo 1", "1\n", 50, GAP).await?;
+    let plain_sh = warm_spaced(&plain, Runtime::Bash, "echo 1", "1\n", 50, GAP).await?;
+    let b2b_sh = warm(&client, Runtime::Bash, "echo 1", "1\n", 50).await?;
     report.add(
-        "warm bash p50 (ms)",
-        format!("{:.1} (p99 {:.1})", p50(&ours_sh), quantile(&ours_sh, 0.99)),
+        "warm bash p50, calls 100 ms apart (ms)",
+        format!(
+            "{:.1} (p99 {:.1}; {:.1} without pre-start, {:.1} back to back)",
+            p50(&ours_sh),
+            quantile(&ours_sh, 0.99),
+            p50(&plain_sh),
+            p50(&b2b_sh)
+        ),
         format!("{:.1} host sh", p50(&host_sh)),
         p50(&ours_sh) / 4.0,
         1.0,
         "ratio to 4 ms absolute",
-        json!({"p50": p50(&ours_sh), "host_p50": p50(&host_sh)}),
+        json!({"p50": p50(&ours_sh), "p99": quantile(&ours_sh, 0.99), "host_p50": p50(&host_sh),
+               "without_prestart_p50": p50(&plain_sh), "back_to_back_p50": p50(&b2b_sh),
+               "gap_ms": GAP.as_millis()}),
     );
 
     eprintln!("stream first byte…");

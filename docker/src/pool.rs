@@ -322,7 +322,12 @@ impl Pool {
             if let Err(err) = reset {
                 done_resetting();
                 pool.returned.notify_waiters();
-                tracing::warn!(container = %sandbox.short_id(), error = %err, "reset failed; destroying");
+                // Shutdown removes every container, those resetting too: no warning then.
+                if pool.closed.load(Ordering::SeqCst) {
+                    tracing::debug!(container = %sandbox.short_id(), error = %err, "reset ended by shutdown");
+                } else {
+                    tracing::warn!(container = %sandbox.short_id(), error = %err, "reset failed; destroying");
+                }
                 pool.destroy(sandbox).await;
                 return;
             }
