@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
@@ -424,6 +425,13 @@ impl Pool {
         self.host().await;
         let mut failures = 0u32;
         let mut last_sweep = Instant::now();
+        // After a failed start, no new one before this (a backoff that doubles per failure).
+        let mut not_before = Instant::now();
+        // Every missing fresh container, up to PARALLEL_STARTS starting at once, each replaced in
+        // flight as soon as it is up: strict mode (a fresh container per run) is bound by how
+        // many starts overlap, and waiting for a whole batch left the engine idle for its slowest.
+        let mut starting = FuturesUnordered::new();
+        let mut in_flight: HashMap<ContainerSpec, usize> = HashMap::new();
         while !self.closed.load(Ordering::SeqCst) {
             for sandbox in self.take_stale() {
                 self.destroy(sandbox).await;
@@ -435,68 +443,92 @@ impl Pool {
                     tracing::warn!(%error, "could not sweep orphaned containers");
                 }
             }
-            // Every missing fresh container, up to a few at once: starting them one after another
-            // would cap strict mode (a fresh container per run) at one container start at a time.
-            let missing: Vec<ContainerSpec> = {
-                let warm = self.warm.lock().clone();
-                let idle = self.idle.lock();
-                warm.into_iter()
-                    .flat_map(|spec| {
-                        let key = PoolKey {
-                            spec: spec.clone(),
-                            owner: None,
-                        };
-                        let have = idle.get(&key).map_or(0, Vec::len);
-                        std::iter::repeat_n(spec, self.config.size.saturating_sub(have))
-                    })
-                    .take(PARALLEL_STARTS)
-                    .collect()
-            };
-            let created =
-                futures::future::join_all(missing.iter().map(|spec| self.create(spec))).await;
-            let mut first_error = None;
-            for (spec, result) in missing.iter().zip(created) {
-                match result {
-                    Ok(mut sandbox) => {
-                        failures = 0;
-                        if let Some(prestart) = self.prestart_template(spec) {
-                            if let Err(error) = sandbox.prestart(&prestart).await {
-                                tracing::warn!(container = %sandbox.short_id(), %error, "could not pre-start an interpreter");
-                            }
-                        }
-                        let key = PoolKey {
-                            spec: spec.clone(),
-                            owner: None,
-                        };
-                        self.idle.lock().entry(key).or_default().push(Idle {
-                            sandbox,
-                            since: Instant::now(),
-                        });
-                    }
-                    Err(err) => {
-                        first_error.get_or_insert(err);
-                    }
+            if Instant::now() >= not_before {
+                for spec in self.missing(&in_flight, PARALLEL_STARTS - starting.len()) {
+                    *in_flight.entry(spec.clone()).or_default() += 1;
+                    let pool = &*self;
+                    starting.push(async move {
+                        let started = pool.create(&spec).await;
+                        (spec, started)
+                    });
                 }
             }
-            match (missing.is_empty(), first_error) {
-                (false, Some(err)) => {
-                    failures += 1;
-                    let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
-                    tracing::warn!(error = %err, ?backoff, "could not start a warm sandbox");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.wake.notified() => {}
+            let tick = match Instant::now() < not_before {
+                true => not_before,
+                false => Instant::now() + Duration::from_secs(5),
+            };
+            tokio::select! {
+                Some((spec, started)) = starting.next(), if !starting.is_empty() => {
+                    if let Some(n) = in_flight.get_mut(&spec) {
+                        *n -= 1;
+                        if *n == 0 {
+                            in_flight.remove(&spec);
+                        }
+                    }
+                    match started {
+                        Ok(sandbox) => {
+                            failures = 0;
+                            self.keep_fresh(&spec, sandbox).await;
+                        }
+                        Err(err) => {
+                            failures += 1;
+                            let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                            tracing::warn!(error = %err, ?backoff, "could not start a warm sandbox");
+                            not_before = Instant::now() + backoff;
+                        }
                     }
                 }
-                (false, None) => {}
-                (true, _) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = self.wake.notified() => {}
-                    }
-                }
+                _ = tokio::time::sleep_until(tick.into()) => {}
+                _ = self.wake.notified() => {}
             }
         }
+        // Starts still under way finish (a create dropped halfway could leave its container
+        // untracked); `create` destroys what it made once the pool is closed.
+        while let Some((_, started)) = starting.next().await {
+            if let Ok(sandbox) = started {
+                self.destroy(sandbox).await;
+            }
+        }
+    }
+
+    /// Up to `room` fresh containers to start: for each warm spec, what its bucket lacks of the
+    /// pool's size beyond those `in_flight`.
+    fn missing(
+        &self,
+        in_flight: &HashMap<ContainerSpec, usize>,
+        room: usize,
+    ) -> Vec<ContainerSpec> {
+        let warm = self.warm.lock().clone();
+        let idle = self.idle.lock();
+        warm.into_iter()
+            .flat_map(|spec| {
+                let key = PoolKey {
+                    spec: spec.clone(),
+                    owner: None,
+                };
+                let have =
+                    idle.get(&key).map_or(0, Vec::len) + in_flight.get(&spec).copied().unwrap_or(0);
+                std::iter::repeat_n(spec, self.config.size.saturating_sub(have))
+            })
+            .take(room)
+            .collect()
+    }
+
+    /// A fresh container, up: its next run's interpreter pre-started, it waits for any owner.
+    async fn keep_fresh(&self, spec: &ContainerSpec, mut sandbox: Sandbox) {
+        if let Some(prestart) = self.prestart_template(spec) {
+            if let Err(error) = sandbox.prestart(&prestart).await {
+                tracing::warn!(container = %sandbox.short_id(), %error, "could not pre-start an interpreter");
+            }
+        }
+        let key = PoolKey {
+            spec: spec.clone(),
+            owner: None,
+        };
+        self.idle.lock().entry(key).or_default().push(Idle {
+            sandbox,
+            since: Instant::now(),
+        });
     }
 
     /// Removes the idle containers kept for `owner` (its reused, reset sandboxes); returns how many.

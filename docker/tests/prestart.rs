@@ -414,7 +414,7 @@ async fn bash_programs_run_the_same_in_a_prestarted_shell() {
     let sh = Runtime::Bash;
     // Everything a script can see of its shell but the clock, its pid and the pipes' inode
     // numbers and the sandbox uid: variables (SECONDS reads the same, only its `declare -p` form differs; BASH_ARGC
-    // is meaningful under extdebug alone, where a normal start with BASH_ENV shows the same),
+    // is meaningful under extdebug alone; bash leaves an entry in it after sourcing BASH_ENV),
     // the environment, options, traps, functions, aliases, descriptors, limits. Not compared:
     // /proc/$$/environ, which holds what the shell was exec'd with (as for a pre-started python
     // or node); the shell's variables and every child's environment are the run's.
