@@ -264,10 +264,14 @@ impl Engine {
             };
             let (side, events) = run_channels();
             if ready.send(Ok(events)).is_err() {
-                // The caller is gone: the run never starts.
-                engine.pool.destroy(sandbox).await;
-                if let Some(network) = network {
-                    network.teardown(&engine.docker).await;
+                // The caller is gone: the run never starts. A pooled sandbox goes back as any
+                // released one does (it is counted busy until then); a filtered run's is its own.
+                match network {
+                    Some(network) => {
+                        engine.pool.destroy(sandbox).await;
+                        network.teardown(&engine.docker).await;
+                    }
+                    None => engine.pool.release(sandbox, plan.owner.clone(), true),
                 }
                 return;
             }

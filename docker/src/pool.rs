@@ -41,7 +41,7 @@ pub struct PoolConfig {
     pub max_idle_per_owner: usize,
     /// A reset container unused this long is removed.
     pub idle_ttl: Duration,
-    /// Keep the next run's interpreter started in each pooled python and node sandbox (see
+    /// Keep the next run's interpreter started in each pooled python, node and bash sandbox (see
     /// `Waiting` in the agent); runs that need another start, and every runtime else, start theirs
     /// the normal way.
     pub prestart: bool,

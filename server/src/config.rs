@@ -138,7 +138,7 @@ pub struct ServerConfig {
     pub pool_size: usize,
     /// Reuse a container for the same key after a verified reset (off: fresh container per run).
     pub reuse_containers: bool,
-    /// Keep the next run's interpreter (python, node) started in each warm sandbox, so a run
+    /// Keep the next run's interpreter (python, node, bash) started in each warm sandbox, so a run
     /// costs no interpreter start; started after the reset found the sandbox clean, used by one
     /// run only. Runs that need another start (`PYTHON*` or `NODE_*` variables, a `setupScript`,
     /// another `workdir` or file extension) start theirs the normal way.
