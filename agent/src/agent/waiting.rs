@@ -195,8 +195,8 @@ impl Waiting {
         if self.hook_vars.keys().any(|name| env.contains_key(name)) {
             return false;
         }
-        // A NUL cannot be handed over (nor exec'd: the normal start reports it). bash exports
-        // only names it can assign, and drops the rest at a normal start as well as here.
+        // A NUL cannot be handed over (nor exec'd: the normal start reports it), and bash's
+        // loader can export only names bash can assign: such runs start the normal way.
         let bash = self.template.runtime == "bash";
         let unfit_name = |name: &str| bash && !is_shell_name(name);
         if env
