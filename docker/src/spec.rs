@@ -113,6 +113,14 @@ impl ContainerSpec {
         }
     }
 
+    /// Containers that die with their instance also die with their connection: when the process
+    /// holding the attach goes away (exit, crash, or the engine done with it), stdin closes, the
+    /// agent exits and Docker removes the container. Kept containers and sessions must outlive
+    /// the process.
+    pub(crate) fn ends_with_connection(&self) -> bool {
+        self.kind == ContainerKind::Sandbox
+    }
+
     /// The Docker create body: read-only root, tmpfs work dirs, unprivileged user (`uid`, the
     /// sandbox's own: see `uids.rs`), no capabilities, no-new-privileges, isol8's seccomp profile,
     /// pids/memory (no swap)/CPU limits, no network; the agent volume (`agent_volume.rs`) mounted
@@ -144,10 +152,7 @@ impl ContainerSpec {
             (NetworkMode::Filtered, Some(name)) => name.as_str(),
         };
         let memory = i64::try_from(self.memory_bytes).unwrap_or(i64::MAX);
-        // Containers that die with their instance also die with their connection: when the process
-        // holding the attach goes away (exit, crash), stdin closes, the agent exits and Docker
-        // removes the container. Kept containers and sessions must outlive the process.
-        let ends_with_connection = self.kind == ContainerKind::Sandbox;
+        let ends_with_connection = self.ends_with_connection();
         let host_config = HostConfig {
             memory: Some(memory),
             memory_swap: Some(memory),

@@ -584,6 +584,9 @@ async fn live_stdin_and_signals_reach_a_prestarted_program() {
                     }
                     if stdout.contains("got hello\n") && !interrupted {
                         interrupted = true;
+                        // SIGINT lands at the program's next bytecode: let it reach its sleep
+                        // (else the traceback's frame is the print's, now and then).
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                         control
                             .send(RunControl::Signal(RunSignal::Interrupt))
                             .await
