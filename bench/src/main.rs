@@ -998,8 +998,9 @@ fn cold_runs(
     Ok((a, b))
 }
 
-/// Downloads a 50 MB file ten times (a run of about a second, long enough to be steady) from `http://$WEB:8000/f`, then prints the bytes and the
-/// seconds it took, then waits a second (so the proxy's CPU is read before its run ends).
+/// Downloads a 50 MB file ten times (about a second: five rounds were too short to be steady) from
+/// `http://$WEB:8000/f`, then prints the bytes and the seconds it took, then waits a second (so
+/// the proxy's CPU is read before its run ends).
 const DOWNLOAD: &str = r#"
 import os, time, urllib.request
 url = "http://%s:8000/f" % os.environ["WEB"]
