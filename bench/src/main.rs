@@ -1039,6 +1039,16 @@ fn container_cpu_ns(id: &str) -> Option<u64> {
         })
 }
 
+/// The tag of the python runtime image `engine` uses.
+async fn python_image(engine: &Engine) -> Result<String> {
+    engine
+        .built_runtimes()
+        .await?
+        .get(&Runtime::Python)
+        .cloned()
+        .context("python image")
+}
+
 /// DOWNLOAD's "bytes seconds" line: (MB/s, seconds).
 fn download_rate(stdout: &str) -> Result<(f64, f64)> {
     let mut parts = stdout.split_whitespace();
@@ -1303,12 +1313,7 @@ async fn main() -> Result<()> {
     // `isol8-bench proxy`: only the filtered-mode proxy figures.
     if std::env::args().nth(1).as_deref() == Some("proxy") {
         let (client, engine) = start_server(ServerConfig::default()).await?;
-        let image = engine
-            .built_runtimes()
-            .await?
-            .get(&Runtime::Python)
-            .cloned()
-            .context("python image")?;
+        let image = python_image(&engine).await?;
         let docker = bollard::Docker::connect_with_local_defaults()?;
         let (proxied, direct, cpu) = proxy_figures(&client, &docker, &image).await?;
         println!(
@@ -1484,12 +1489,7 @@ async fn main() -> Result<()> {
         "target: ≥ 75% of host",
         json!({"ours": ours_rate, "host": host_rate, "errors": errors}),
     );
-    let image = engine
-        .built_runtimes()
-        .await?
-        .get(&Runtime::Python)
-        .cloned()
-        .context("python image")?;
+    let image = python_image(&engine).await?;
     let docker = bollard::Docker::connect_with_local_defaults()?;
     let mut raw_best = 0.0f64;
     for clients in [1, 2, 4, 8] {

@@ -678,3 +678,59 @@ async fn signals_a_program_sends_the_agent_leave_the_sandbox_serving() {
     assert_eq!(again.status, ExecutionStatus::Completed, "{again:?}");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn strict_mode_lets_a_finished_sandbox_go_and_docker_removes_it_without_a_kill() {
+    use bollard::system::EventsOptions;
+    use futures::StreamExt;
+    let engine = Engine::connect(EngineConfig {
+        pool: PoolConfig {
+            size: 0,
+            reuse: false,
+            ..PoolConfig::default()
+        },
+        warm_runtimes: vec![],
+        ..EngineConfig::default()
+    })
+    .await
+    .expect("Docker must be running for these tests");
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let instance = format!("isol8.instance={}", engine.instance_id());
+    let filters = std::collections::HashMap::from([
+        ("label".to_string(), vec![instance.clone()]),
+        ("type".to_string(), vec!["container".to_string()]),
+    ]);
+    let mut events = docker.events(Some(EventsOptions::<String> {
+        filters,
+        ..Default::default()
+    }));
+    assert_eq!(py(&engine, "print(1)").await.stdout, "1\n");
+    // The run's answer comes first; its container ends in the background.
+    let mut actions = Vec::new();
+    let gone = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(event) = events.next().await {
+            let action = event.unwrap().action.unwrap_or_default();
+            actions.push(action.clone());
+            if action == "destroy" {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the container was not removed: {actions:?}");
+    assert!(actions.iter().any(|a| a == "die"), "{actions:?}");
+    assert!(
+        !actions.iter().any(|a| a == "kill"),
+        "a finished sandbox is let go, not killed: {actions:?}"
+    );
+    let left = docker
+        .list_containers(Some(bollard::container::ListContainersOptions::<String> {
+            all: true,
+            filters: [("label".to_string(), vec![instance])].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "containers left: {left:?}");
+    engine.shutdown().await;
+}
