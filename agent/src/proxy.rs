@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use tokio::net::TcpSocket;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 
 const PORT: u16 = 3128;
@@ -76,6 +77,15 @@ async fn serve(rules: rules::Rules) -> Result<(), String> {
     let policy = Arc::new(conn::Policy {
         rules,
         dns: dns::Dns::from_system()?,
+    });
+    // The engine asks for the end of a run's log with SIGUSR1 (log::END); the handler is in place
+    // before the engine can know the proxy is ready.
+    let mut end_requests =
+        signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?;
+    tokio::spawn(async move {
+        while end_requests.recv().await.is_some() {
+            log::end();
+        }
     });
     // Only once it listens: the sandbox may connect right away.
     log::line(&serde_json::json!({"ready": true}));

@@ -4,12 +4,17 @@
 
 use std::collections::HashMap;
 
-use bollard::container::{Config, CreateContainerOptions, LogOutput, LogsOptions};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::container::{Config, CreateContainerOptions, KillContainerOptions, LogsOptions};
 use bollard::models::HostConfig;
 use bollard::network::{ConnectNetworkOptions, CreateNetworkOptions};
 use bollard::Docker;
 use futures::StreamExt;
 use isol8_api::NetworkLogEntry;
+use parking_lot::Mutex;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::agent::remove;
 use crate::agent_volume::{self, PROXY_ENTRYPOINT};
@@ -23,7 +28,11 @@ pub(crate) const NETWORK_PREFIX: &str = "isol8-net-";
 pub(crate) const KIND_NETWORK: &str = "filtered-network";
 pub(crate) const KIND_PROXY: &str = "proxy";
 const KIND_PROBE: &str = "probe";
-const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The proxy's line that ends a run's log (agent/src/proxy/log.rs, `END`).
+const LOG_END: &str = r#"{"end":true}"#;
+/// How long the end of a run's network log may take to come through Docker's log.
+const LOG_END_WITHIN: Duration = Duration::from_secs(3);
 
 /// One run's network and proxy; `teardown` removes both.
 #[derive(Debug)]
@@ -220,37 +229,27 @@ impl FilteredNetwork {
         .collect()
     }
 
-    /// Every request the proxy logged so far.
-    pub(crate) async fn logs(&self, docker: &Docker, masked: &[String]) -> Vec<NetworkLogEntry> {
-        let mut stream = docker.logs::<String>(
-            &self.proxy_id,
-            Some(LogsOptions {
-                stdout: true,
-                ..Default::default()
-            }),
-        );
-        let mut text = Vec::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            if let LogOutput::StdOut { message } = chunk {
-                text.extend_from_slice(&message);
-            }
-        }
-        String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .map(|entry| mask_entry(entry, masked))
-            .collect()
-    }
-
-    /// Sends each request the proxy logs from now on as a run event, until aborted.
+    /// Follows the proxy's log from its start: each request it logs is sent as a run event as it
+    /// comes, and kept for `NetworkLog::finish`.
     pub(crate) fn follow(
         &self,
         docker: Docker,
         tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
         masked: Vec<String>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let proxy = self.proxy_id.clone();
-        async move { follow_logs(docker, proxy, tx, masked).await }
+    ) -> NetworkLog {
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(follow_logs(
+            docker,
+            self.proxy_id.clone(),
+            tx,
+            masked,
+            Arc::clone(&entries),
+        ));
+        NetworkLog {
+            proxy: self.proxy_id.clone(),
+            task: AbortOnDropHandle::new(task),
+            entries,
+        }
     }
 
     /// Removes the proxy and the network (call after the sandbox is gone).
@@ -262,11 +261,47 @@ impl FilteredNetwork {
     }
 }
 
+/// A run's network log, followed from the run's start until `finish` (dropped, it stops).
+pub(crate) struct NetworkLog {
+    proxy: String,
+    task: AbortOnDropHandle<()>,
+    /// Pushed to by the follower task, taken by `finish`; never held across an `.await`.
+    entries: Arc<Mutex<Vec<NetworkLogEntry>>>,
+}
+
+impl NetworkLog {
+    /// Every request the proxy logged until now. Docker copies a container's output to its log
+    /// on its own time, so a line the proxy wrote before the run ended may not be readable yet:
+    /// the proxy is asked (SIGUSR1) to write its end line, and the log is read up to it, for at
+    /// most `LOG_END_WITHIN`.
+    pub(crate) async fn finish(mut self, docker: &Docker) -> Vec<NetworkLogEntry> {
+        let options = KillContainerOptions { signal: "SIGUSR1" };
+        match docker.kill_container(&self.proxy, Some(options)).await {
+            Ok(()) => {
+                if tokio::time::timeout(LOG_END_WITHIN, &mut self.task)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(proxy = %self.proxy, "the network log did not come to its end; returning what was read");
+                }
+            }
+            // A proxy that is gone has no more to write; what was read is the log.
+            Err(err) => {
+                tracing::warn!(proxy = %self.proxy, error = %err, "could not ask the proxy to end its log")
+            }
+        }
+        std::mem::take(&mut *self.entries.lock())
+    }
+}
+
+/// Reads the proxy's log from its start until `LOG_END`, sending each request line as a run event
+/// and keeping it in `entries`.
 async fn follow_logs(
     docker: Docker,
     proxy: String,
     tx: tokio::sync::mpsc::Sender<crate::RunEvent>,
     masked: Vec<String>,
+    entries: Arc<Mutex<Vec<NetworkLogEntry>>>,
 ) {
     let mut stream = docker.logs::<String>(
         &proxy,
@@ -282,8 +317,12 @@ async fn follow_logs(
         pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         while let Some(end) = pending.find('\n') {
             let line: String = pending.drain(..=end).collect();
+            if line.trim_end() == LOG_END {
+                return;
+            }
             if let Ok(entry) = serde_json::from_str::<NetworkLogEntry>(&line) {
                 let entry = mask_entry(entry, &masked);
+                entries.lock().push(entry.clone());
                 if tx.send(crate::RunEvent::Network(entry)).await.is_err() {
                     return;
                 }
@@ -353,7 +392,7 @@ pub(crate) struct HostAddresses {
 }
 
 /// How long the host's addresses are trusted before they are read again.
-const HOST_ADDRESSES_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const HOST_ADDRESSES_TTL: Duration = Duration::from_secs(30);
 
 impl HostAddresses {
     pub(crate) async fn get(

@@ -144,6 +144,70 @@ async fn filtered_reaches_only_what_the_rules_allow_through_the_proxy() {
     assert!(ours.is_empty(), "networks left: {ours:?}");
 }
 
+/// Every request of a run is in its network log and among its events, also those made just
+/// before it ends: the log is read up to the proxy's end line, not as far as Docker has copied
+/// the proxy's output when the run ends (it copies on its own time).
+#[tokio::test]
+async fn the_network_log_holds_every_request_up_to_the_end_of_the_run() {
+    const REQUESTS: usize = 40;
+    let engine = common::engine_without_pool(EngineConfig::default()).await;
+    let code = format!(
+        r#"
+import urllib.request
+for i in range({REQUESTS}):
+    try: urllib.request.urlopen("http://blocked-%d.invalid/p" % i, timeout=5)
+    except Exception as e: assert "403" in str(e), e
+"#
+    );
+    let request = ExecutionRequest {
+        runtime: Runtime::Python,
+        code: Some(code),
+        ..Default::default()
+    };
+    let options = ExecutionOptions {
+        network: Some(NetworkMode::Filtered),
+        network_filter: Some(NetworkFilter {
+            whitelist: vec![r"^allowed\.invalid$".into()],
+            blacklist: vec![],
+        }),
+        log_network: Some(true),
+        ..Default::default()
+    };
+    let expected: Vec<String> = (0..REQUESTS)
+        .map(|i| format!("blocked-{i}.invalid"))
+        .collect();
+    // Four at once, so that Docker's copying lags as it does on a busy host.
+    let run = |round: usize| {
+        let (engine, request, options, expected) = (&engine, &request, &options, &expected);
+        async move {
+            let plan = RunPlan::from_request(request, options, &PlanDefaults::default(), "net-log")
+                .unwrap();
+            let mut streamed = Vec::new();
+            let events = engine.execute_stream(plan).await.unwrap();
+            let result = Engine::collect_observed(events, |event| {
+                if let isol8_docker::RunEvent::Network(entry) = event {
+                    streamed.push(entry.host.clone());
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(result.exit_code, 0, "run {round}: {}", result.stderr);
+            let logs = result.network_logs.expect("a network log");
+            let logged: Vec<String> = logs.iter().map(|entry| entry.host.clone()).collect();
+            assert_eq!(&logged, expected, "run {round}: the result's log");
+            assert_eq!(&streamed, expected, "run {round}: the streamed events");
+            assert!(
+                logs.iter()
+                    .all(|entry| entry.action == isol8_api::NetworkAction::Block
+                        && entry.path.as_deref() == Some("/p")),
+                "run {round}: {logs:?}"
+            );
+        }
+    };
+    futures::future::join_all((0..4).map(run)).await;
+    engine.shutdown().await;
+}
+
 /// Runs `code` in filtered mode with the local index as pip's, installing `packages` at run time
 /// through the proxy; `allow` is the request's allow list, `registry` the server's registry hosts.
 async fn install_run(

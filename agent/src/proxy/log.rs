@@ -15,21 +15,38 @@ const MAX_LOGGED: u32 = 1000;
 /// happens under it), so lines never interleave and the cap is exact.
 static LOGGED: Mutex<u32> = Mutex::new(0);
 
-/// Writes one line, unless the cap is reached. A failed write is dropped: the engine reads what
-/// reached it, and a proxy whose stdout is gone has nothing better to do. The write blocks the
-/// proxy's one thread until the pipe takes it; lines are short, and Docker reads them as they come.
+/// The line the proxy writes, past the cap, each time the engine asks (SIGUSR1) at a run's end.
+/// Docker copies a container's output to its log on its own time, so a line written before the
+/// run ended may not be readable yet; the engine reads up to this line and so misses none.
+pub(crate) const END: &str = r#"{"end":true}"#;
+
+/// Writes one line, unless the cap is reached.
 pub(crate) fn line(value: &impl Serialize) {
     let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
     if *logged >= MAX_LOGGED {
         return;
     }
     *logged += 1;
-    let Ok(mut text) = serde_json::to_vec(value) else {
-        return;
-    };
-    text.push(b'\n');
+    if let Ok(text) = serde_json::to_vec(value) {
+        write(&text);
+    }
+}
+
+/// Writes `END`, under the lock so that it never lands inside another line.
+pub(crate) fn end() {
+    let _logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    write(END.as_bytes());
+}
+
+/// `text` and a newline on stdout. A failed write is dropped: the engine reads what reached it,
+/// and a proxy whose stdout is gone has nothing better to do. The write blocks the proxy's one
+/// thread until the pipe takes it; lines are short, and Docker reads them as they come.
+fn write(text: &[u8]) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&text).and_then(|()| out.flush());
+    let _ = out
+        .write_all(text)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
 }
 
 /// What the proxy did with a request.

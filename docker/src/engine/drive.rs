@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant as Deadline;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::{RunEvent, BACKSTOP_GRACE};
 use crate::agent::{AgentEvent, AgentRequest, AgentUsage, Sandbox};
@@ -105,15 +104,14 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
     pub(crate) async fn drive(&mut self) -> bool {
         let started = Instant::now();
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // With logNetwork, each proxied request is also an event, as it happens; the follower
-        // task is aborted when the run ends (the handle is dropped).
-        let _network_events =
-            match (&self.network, self.plan.log_network) {
-                (Some(network), true) => Some(AbortOnDropHandle::new(tokio::spawn(
-                    network.follow(self.docker.clone(), self.tx.clone(), self.masked_values()),
-                ))),
-                _ => None,
-            };
+        // With logNetwork, each proxied request is an event as it happens, and the whole log is
+        // the result's (a cancelled run drops the follower, which stops it).
+        let network_log = match (&self.network, self.plan.log_network) {
+            (Some(network), true) => {
+                Some(network.follow(self.docker.clone(), self.tx.clone(), self.masked_values()))
+            }
+            _ => None,
+        };
         let mut outcome = None;
         if self.session_replaced {
             let message = "the session's container was replaced; state from earlier calls is gone";
@@ -180,9 +178,8 @@ impl<S: DerefMut<Target = Sandbox> + Send> Run<S> {
             session_created: self.session.then_some(self.session_created),
         };
         let mut result = result;
-        if let (Some(network), true) = (&self.network, self.plan.log_network) {
-            let masked = self.masked_values();
-            result.network_logs = Some(network.logs(&self.docker, &masked).await);
+        if let Some(network_log) = network_log {
+            result.network_logs = Some(network_log.finish(&self.docker).await);
         }
         self.emit(RunEvent::Finished(result)).await;
         outcome.reusable
