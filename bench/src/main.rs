@@ -999,11 +999,13 @@ fn cold_runs(
 }
 
 /// Downloads a 50 MB file ten times (about a second: five rounds were too short to be steady) from
-/// `http://$WEB:8000/f`, then prints the bytes and the seconds it took, then waits a second (so
-/// the proxy's CPU is read before its run ends).
+/// `http://$WEB:8000/f`, then prints the bytes, the seconds it took and its start and end (Unix
+/// time: a container reads the host's clock), then waits a second (so the proxy's CPU is sampled
+/// past the end).
 const DOWNLOAD: &str = r#"
 import os, time, urllib.request
 url = "http://%s:8000/f" % os.environ["WEB"]
+time.sleep(0.2)
 total, started = 0, time.time()
 for _ in range(10):
     with urllib.request.urlopen(url, timeout=60) as r:
@@ -1011,7 +1013,8 @@ for _ in range(10):
             chunk = r.read(1 << 20)
             if not chunk: break
             total += len(chunk)
-print(total, time.time() - started)
+ended = time.time()
+print(total, ended - started, started, ended)
 time.sleep(1.0)
 "#;
 
@@ -1049,17 +1052,32 @@ async fn python_image(engine: &Engine) -> Result<String> {
         .context("python image")
 }
 
-/// DOWNLOAD's "bytes seconds" line: (MB/s, seconds).
-fn download_rate(stdout: &str) -> Result<(f64, f64)> {
-    let mut parts = stdout.split_whitespace();
-    let (bytes, seconds): (f64, f64) = match (parts.next(), parts.next()) {
-        (Some(b), Some(s)) => (b.parse()?, s.parse()?),
-        _ => bail!("the download printed {stdout:?}"),
+/// DOWNLOAD's "bytes seconds start end" line: MB/s and the download's start and end (Unix time).
+fn download_rate(stdout: &str) -> Result<(f64, std::ops::Range<f64>)> {
+    let figures: Vec<f64> = stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the download printed {stdout:?}"))?;
+    let [bytes, seconds, start, end] = figures[..] else {
+        bail!("the download printed {stdout:?}");
     };
     if bytes < 10.0 * 50e6 {
         bail!("the download got {bytes} bytes");
     }
-    Ok((bytes / 1e6 / seconds, seconds))
+    Ok((bytes / 1e6 / seconds, start..end))
+}
+
+/// A container's CPU nanoseconds at Unix time `at`, interpolated between the `samples` (Unix time,
+/// CPU nanoseconds) either side of it.
+fn cpu_at(samples: &[(f64, u64)], at: f64) -> Option<f64> {
+    let after = samples.iter().position(|&(time, _)| time >= at)?;
+    let (t1, c1) = samples[after];
+    let Some(&(t0, c0)) = after.checked_sub(1).map(|before| &samples[before]) else {
+        return Some(c1 as f64);
+    };
+    let share = if t1 > t0 { (at - t0) / (t1 - t0) } else { 1.0 };
+    Some(c0 as f64 + (c1 as f64 - c0 as f64) * share)
 }
 
 /// The filtered-mode proxy relaying a download from a web server container of the benchmark's
@@ -1168,9 +1186,11 @@ async fn proxy_figures(
             }),
             ..Default::default()
         });
-        let proxy_cpu_ns = Arc::new(AtomicU64::new(0));
+        // The proxy's CPU is read every 5 ms, and what it used between the download's start and
+        // end is its CPU while relaying (not its container's start before, nor idle after).
+        let proxy_cpu = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
         let sampler = {
-            let (docker, last) = (docker.clone(), proxy_cpu_ns.clone());
+            let (docker, samples) = (docker.clone(), proxy_cpu.clone());
             tokio::spawn(async move {
                 let filters = std::collections::HashMap::from([(
                     "label".to_string(),
@@ -1190,9 +1210,12 @@ async fn proxy_figures(
                             .and_then(|list| list.into_iter().next()?.id);
                     }
                     if let Some(cpu) = proxy.as_deref().and_then(container_cpu_ns) {
-                        last.store(cpu, Ordering::Relaxed);
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |since| since.as_secs_f64());
+                        samples.lock().expect("samples").push((now, cpu));
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
         };
@@ -1202,8 +1225,14 @@ async fn proxy_figures(
         if result.exit_code != 0 {
             bail!("the proxied download failed: {}", result.stderr);
         }
-        let (proxied_rate, seconds) = download_rate(&result.stdout)?;
-        let cpu_percent = proxy_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9 / seconds * 100.0;
+        let (proxied_rate, window) = download_rate(&result.stdout)?;
+        let samples = proxy_cpu.lock().expect("samples").clone();
+        let (Some(start), Some(end)) =
+            (cpu_at(&samples, window.start), cpu_at(&samples, window.end))
+        else {
+            bail!("the proxy's CPU was not sampled over the download");
+        };
+        let cpu_percent = (end - start) / 1e9 / (window.end - window.start) * 100.0;
         anyhow::Ok((proxied_rate, direct_rate, cpu_percent))
     }
     .await;

