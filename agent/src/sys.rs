@@ -109,6 +109,25 @@ pub(crate) fn set_blocking(fd: BorrowedFd<'_>, blocking: bool) -> io::Result<()>
     check(unsafe { libc::fcntl(raw, libc::F_SETFL, flags) }).map(drop)
 }
 
+/// How many bytes a socket must hold before it reports itself readable (`SO_RCVLOWAT`). For TCP,
+/// the end of the stream and a nearly closed receive window still wake the reader, and lowering
+/// it wakes a reader at once when enough is already there.
+pub(crate) fn set_receive_low_water(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor the borrow keeps open, reading one c_int it is given
+    // the size of.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// What `poll` reports for one descriptor.
 pub(crate) const READABLE: i16 = libc::POLLIN;
 pub(crate) const WRITABLE: i16 = libc::POLLOUT;
