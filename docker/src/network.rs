@@ -3,7 +3,6 @@
 //! anywhere else and no working DNS, so the rules cannot be walked around with a raw socket.
 
 use std::collections::HashMap;
-
 use std::sync::Arc;
 use std::time::Duration;
 
