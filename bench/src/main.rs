@@ -1056,6 +1056,15 @@ async fn python_image(engine: &Engine) -> Result<String> {
         .context("python image")
 }
 
+/// How many times the direct and the proxied download alternate.
+const PROXY_ROUNDS: usize = 3;
+
+/// The middle of `values` (the upper one of an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// DOWNLOAD's "bytes seconds start end" line: MB/s and the download's start and end (Unix time).
 fn download_rate(stdout: &str) -> Result<(f64, std::ops::Range<f64>)> {
     let figures: Vec<f64> = stdout
@@ -1086,7 +1095,8 @@ fn cpu_at(samples: &[(f64, u64)], at: f64) -> Option<f64> {
 
 /// The filtered-mode proxy relaying a download from a web server container of the benchmark's
 /// own: (MB/s through the proxy, MB/s of the same download from a container on the bridge
-/// without it, the proxy's CPU in % of a core while it relayed).
+/// without it, the proxy's CPU in % of a core while it relayed), each the median of
+/// `PROXY_ROUNDS` alternated rounds.
 async fn proxy_figures(
     client: &Client,
     docker: &bollard::Docker,
@@ -1147,35 +1157,37 @@ async fn proxy_figures(
         }
 
         // Direct: the same program in a container on Docker's bridge.
-        let direct = docker
-            .create_container(
-                None::<CreateContainerOptions<String>>,
-                container(
-                    vec!["python3".into(), "-c".into(), DOWNLOAD.into()],
-                    vec![format!("WEB={ip}")],
-                    Some(Limits::default().cpus),
-                ),
-            )
-            .await?
-            .id;
-        let direct_out = async {
-            docker.start_container::<String>(&direct, None).await?;
-            let mut wait = docker.wait_container(&direct, None::<WaitContainerOptions<String>>);
-            while wait.next().await.is_some() {}
-            let options = LogsOptions::<String> {
-                stdout: true,
-                ..Default::default()
-            };
-            let mut logs = docker.logs(&direct, Some(options));
-            let mut out = String::new();
-            while let Some(chunk) = logs.next().await {
-                out.push_str(&chunk?.to_string());
+        let direct_once = || async {
+            let direct = docker
+                .create_container(
+                    None::<CreateContainerOptions<String>>,
+                    container(
+                        vec!["python3".into(), "-c".into(), DOWNLOAD.into()],
+                        vec![format!("WEB={ip}")],
+                        Some(Limits::default().cpus),
+                    ),
+                )
+                .await?
+                .id;
+            let direct_out = async {
+                docker.start_container::<String>(&direct, None).await?;
+                let mut wait = docker.wait_container(&direct, None::<WaitContainerOptions<String>>);
+                while wait.next().await.is_some() {}
+                let options = LogsOptions::<String> {
+                    stdout: true,
+                    ..Default::default()
+                };
+                let mut logs = docker.logs(&direct, Some(options));
+                let mut out = String::new();
+                while let Some(chunk) = logs.next().await {
+                    out.push_str(&chunk?.to_string());
+                }
+                anyhow::Ok(out)
             }
-            anyhow::Ok(out)
-        }
-        .await;
-        remove(direct).await;
-        let (direct_rate, _) = download_rate(&direct_out?)?;
+            .await;
+            remove(direct).await;
+            anyhow::Ok(download_rate(&direct_out?)?.0)
+        };
 
         // Through the proxy: a filtered run allowed exactly the web server's address, while the
         // proxy container's CPU is sampled.
@@ -1190,54 +1202,88 @@ async fn proxy_figures(
             }),
             ..Default::default()
         });
-        // The proxy's CPU is read every 5 ms, and what it used between the download's start and
-        // end is its CPU while relaying (not its container's start before, nor idle after).
-        let proxy_cpu = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
-        let sampler = {
-            let (docker, samples) = (docker.clone(), proxy_cpu.clone());
-            tokio::spawn(async move {
-                let filters = std::collections::HashMap::from([(
-                    "label".to_string(),
-                    vec!["isol8.kind=proxy".to_string()],
-                )]);
-                let mut proxy = None;
-                loop {
-                    if proxy.is_none() {
-                        let options = ListContainersOptions {
-                            filters: filters.clone(),
-                            ..Default::default()
-                        };
-                        proxy = docker
-                            .list_containers(Some(options))
-                            .await
-                            .ok()
-                            .and_then(|list| list.into_iter().next()?.id);
+        let proxied_once = || async {
+            // The proxy's CPU is read every 5 ms, and what it used between the download's start and
+            // end is its CPU while relaying (not its container's start before, nor idle after).
+            let proxy_cpu = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
+            let sampler = {
+                let (docker, samples) = (docker.clone(), proxy_cpu.clone());
+                tokio::spawn(async move {
+                    let filters = std::collections::HashMap::from([(
+                        "label".to_string(),
+                        vec!["isol8.kind=proxy".to_string()],
+                    )]);
+                    let mut proxy = None;
+                    loop {
+                        if proxy.is_none() {
+                            let options = ListContainersOptions {
+                                filters: filters.clone(),
+                                ..Default::default()
+                            };
+                            proxy = docker
+                                .list_containers(Some(options))
+                                .await
+                                .ok()
+                                .and_then(|list| list.into_iter().next()?.id);
+                        }
+                        if let Some(cpu) = proxy.as_deref().and_then(container_cpu_ns) {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |since| since.as_secs_f64());
+                            samples.lock().expect("samples").push((now, cpu));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    if let Some(cpu) = proxy.as_deref().and_then(container_cpu_ns) {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0.0, |since| since.as_secs_f64());
-                        samples.lock().expect("samples").push((now, cpu));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                })
+            };
+            let result = client.execute(&request).await;
+            sampler.abort();
+            let result = result?;
+            if result.exit_code != 0 {
+                bail!("the proxied download failed: {}", result.stderr);
+            }
+            let (proxied_rate, window) = download_rate(&result.stdout)?;
+            let samples = proxy_cpu.lock().expect("samples").clone();
+            let (Some(start), Some(end)) =
+                (cpu_at(&samples, window.start), cpu_at(&samples, window.end))
+            else {
+                bail!("the proxy's CPU was not sampled over the download");
+            };
+            let cpu_percent = (end - start) / 1e9 / (window.end - window.start) * 100.0;
+            anyhow::Ok((proxied_rate, cpu_percent))
+        };
+
+        // Rounds alternated, so that the VM's drift (its direct rate alone swings from 525 to
+        // 900 MB/s between runs) hits both alike; the medians are the figures.
+        let (mut direct, mut proxied, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..PROXY_ROUNDS {
+            direct.push(direct_once().await?);
+            // The last round's proxy is removed after its run answered: gone before the next
+            // round, so that the sampler finds this round's.
+            let filters = std::collections::HashMap::from([(
+                "label".to_string(),
+                vec!["isol8.kind=proxy".to_string()],
+            )]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: filters.clone(),
+                    ..Default::default()
+                }))
+                .await?
+                .is_empty()
+            {
+                if Instant::now() > deadline {
+                    bail!("a filtered run's proxy was not removed");
                 }
-            })
-        };
-        let result = client.execute(&request).await;
-        sampler.abort();
-        let result = result?;
-        if result.exit_code != 0 {
-            bail!("the proxied download failed: {}", result.stderr);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (rate, percent) = proxied_once().await?;
+            proxied.push(rate);
+            cpu.push(percent);
         }
-        let (proxied_rate, window) = download_rate(&result.stdout)?;
-        let samples = proxy_cpu.lock().expect("samples").clone();
-        let (Some(start), Some(end)) =
-            (cpu_at(&samples, window.start), cpu_at(&samples, window.end))
-        else {
-            bail!("the proxy's CPU was not sampled over the download");
-        };
-        let cpu_percent = (end - start) / 1e9 / (window.end - window.start) * 100.0;
-        anyhow::Ok((proxied_rate, direct_rate, cpu_percent))
+        anyhow::Ok((median(&mut proxied), median(&mut direct), median(&mut cpu)))
     }
     .await;
     remove(web).await;
