@@ -1202,17 +1202,18 @@ async fn proxy_figures(
             }),
             ..Default::default()
         });
+        let proxies = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec!["isol8.kind=proxy".to_string()],
+        )]);
         let proxied_once = || async {
             // The proxy's CPU is read every 5 ms, and what it used between the download's start and
             // end is its CPU while relaying (not its container's start before, nor idle after).
             let proxy_cpu = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
             let sampler = {
-                let (docker, samples) = (docker.clone(), proxy_cpu.clone());
+                let (docker, samples, filters) =
+                    (docker.clone(), proxy_cpu.clone(), proxies.clone());
                 tokio::spawn(async move {
-                    let filters = std::collections::HashMap::from([(
-                        "label".to_string(),
-                        vec!["isol8.kind=proxy".to_string()],
-                    )]);
                     let mut proxy = None;
                     loop {
                         if proxy.is_none() {
@@ -1260,15 +1261,11 @@ async fn proxy_figures(
             direct.push(direct_once().await?);
             // The last round's proxy is removed after its run answered: gone before the next
             // round, so that the sampler finds this round's.
-            let filters = std::collections::HashMap::from([(
-                "label".to_string(),
-                vec!["isol8.kind=proxy".to_string()],
-            )]);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !docker
                 .list_containers(Some(ListContainersOptions {
                     all: true,
-                    filters: filters.clone(),
+                    filters: proxies.clone(),
                     ..Default::default()
                 }))
                 .await?
