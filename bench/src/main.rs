@@ -1002,10 +1002,10 @@ fn cold_runs(
     Ok((a, b))
 }
 
-/// Downloads a 50 MB file ten times (about a second: five rounds were too short to be steady) from
-/// `http://$WEB:8000/f`, then prints the bytes, the seconds it took and its start and end (Unix
-/// time: a container reads the host's clock), then waits a second (so the proxy's CPU is sampled
-/// past the end).
+/// Waits 0.2 s (so the proxy's CPU is sampled before the start), downloads a 50 MB file ten times
+/// (about a second: five rounds were too short to be steady) from `http://$WEB:8000/f`, then
+/// prints the bytes, the seconds it took and its start and end (Unix time: a container reads the
+/// host's clock), then waits a second (so the proxy's CPU is sampled past the end).
 const DOWNLOAD: &str = r#"
 import os, time, urllib.request
 url = "http://%s:8000/f" % os.environ["WEB"]
