@@ -631,7 +631,16 @@ async fn a_new_engine_removes_exited_sandboxes_of_dead_instances_but_not_live_on
     docker.start_container::<String>(&live, None).await.unwrap();
 
     let engine = engine(0).await;
-    let dead_gone = docker.inspect_container(&dead, None).await.is_err();
+    // Every engine this binary's other tests connect reclaims orphans too: when one of them is
+    // removing `dead` already, ours gets "removal in progress" and returns while it still shows.
+    let mut dead_gone = false;
+    for _ in 0..50 {
+        dead_gone = docker.inspect_container(&dead, None).await.is_err();
+        if dead_gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let live_kept = docker.inspect_container(&live, None).await.is_ok();
     engine.shutdown().await;
     let force = Some(RemoveContainerOptions {
