@@ -64,5 +64,6 @@ pub use session::{
     LocalSession, ServerSession, SessionKey, SessionSandbox, SessionSlot, SessionState,
 };
 pub use spec::{
-    ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME, LABEL_SERVER,
+    socket_buffer_caps, ContainerSpec, LABEL_INSTANCE, LABEL_KIND, LABEL_MANAGED, LABEL_RUNTIME,
+    LABEL_SERVER,
 };

@@ -28,6 +28,8 @@ pub(crate) const KIND_NETWORK: &str = "filtered-network";
 pub(crate) const KIND_PROXY: &str = "proxy";
 const KIND_PROBE: &str = "probe";
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The MTU of a filtered run's network (between its sandbox and its proxy only).
+const RUN_NETWORK_MTU: &str = "65520";
 /// The proxy's line that ends a run's log (agent/src/proxy/log.rs, `END`).
 const LOG_END: &str = r#"{"end":true}"#;
 /// How long the end of a run's network log may take to come through Docker's log.
@@ -64,7 +66,13 @@ impl FilteredNetwork {
             (LABEL_KIND, KIND_NETWORK),
         ]);
         // No address for the host on this bridge: the proxy is the only thing the sandbox can reach.
-        let options = HashMap::from([("com.docker.network.bridge.inhibit_ipv4", "true")]);
+        // Its MTU is loopback's: the two ends share the host's memory, and a packet per 64 KiB
+        // rather than per 1.5 KiB halves the sandbox's acknowledgements, which cost the proxy about
+        // a sixth of its CPU per byte relayed.
+        let options = HashMap::from([
+            ("com.docker.network.bridge.inhibit_ipv4", "true"),
+            ("com.docker.network.driver.mtu", RUN_NETWORK_MTU),
+        ]);
         docker
             .create_network(CreateNetworkOptions {
                 name: name.as_str(),

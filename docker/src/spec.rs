@@ -64,8 +64,9 @@ pub(crate) fn security_options() -> Vec<String> {
 }
 
 /// Per-socket TCP buffer bounds (min, default, max bytes) inside a sandbox's network namespace:
-/// 256 KiB at most instead of the kernel's 6 MiB.
-fn socket_buffer_caps() -> HashMap<String, String> {
+/// 256 KiB at most instead of the kernel's 6 MiB. Public for the benchmark, whose baseline
+/// download without the proxy runs under the same bounds.
+pub fn socket_buffer_caps() -> HashMap<String, String> {
     ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"]
         .into_iter()
         .map(|name| (name.to_string(), "4096 65536 262144".to_string()))
