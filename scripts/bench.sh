@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # isol8's benchmark: release build, runtime images, then every figure side by side with its baseline.
 # Writes bench/results.json and prints the table. Bounded: about 3 minutes after the build.
-# `./scripts/bench.sh auth`, `ws`, `prestart` or `proxy`: only the auth, the WebSocket, the
-# pre-started interpreter or the filtered-mode proxy figures.
+# `./scripts/bench.sh auth`, `ws`, `prestart`, `proxy` or `strict`: only the auth, the WebSocket, the
+# pre-started interpreter, the filtered-mode proxy or the strict-mode figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${ISOL8_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
