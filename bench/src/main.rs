@@ -406,6 +406,39 @@ async fn raw_engine_rate(
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Waits (at most 30 s) until the machine's CPUs were at least 90 % idle over a second: the
+/// latency figures that follow are of settled servers, not of ones whose pools still start
+/// containers and interpreters, nor of what ran just before the benchmark (the build, the image
+/// check, the PostgreSQL server it starts).
+async fn wait_until_quiet() {
+    // (idle, total) jiffies of all CPUs, from /proc/stat's first line.
+    let jiffies = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        Some((*fields.get(3)?, fields.iter().sum()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some((idle0, total0)) = jiffies() else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some((idle1, total1)) = jiffies() else {
+            return;
+        };
+        if (idle1 - idle0) as f64 >= 0.9 * (total1 - total0).max(1) as f64 {
+            return;
+        }
+    }
+    eprintln!("the machine did not go quiet within 30 s; measuring anyway");
+}
+
 /// An in-process server on loopback.
 async fn start_server(config: ServerConfig) -> Result<(Client, Engine)> {
     let engine = Engine::connect(config.engine_config().map_err(anyhow::Error::msg)?).await?;
@@ -968,6 +1001,7 @@ async fn prestart_only(out_path: &str, seconds: u64, release_dir: &std::path::Pa
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until_quiet().await;
     interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
     eprintln!("throughput ({seconds} s each)…");
     let (with, without, ok, errors) = throughput_with_and_without(&client, &plain, seconds).await;
@@ -1559,6 +1593,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until_quiet().await;
 
     eprintln!("warm latency…");
     interpreter_figures(&mut report, (&client, &engine), (&plain, &plain_engine)).await?;
