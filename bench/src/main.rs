@@ -934,19 +934,8 @@ struct StrictFigures {
 /// round the strict server's pool has refilled (its container starts would slow the raw loop), and
 /// each strict round follows an uncounted second that takes the pool's ready containers (a head
 /// start the raw loop has no equivalent of).
-async fn strict_against_raw(
-    docker: &bollard::Docker,
-    image: &str,
-    seconds: u64,
-) -> Result<StrictFigures> {
+async fn strict_against_raw(docker: &bollard::Docker, seconds: u64) -> Result<StrictFigures> {
     const POOL: usize = 8;
-    let (mut best_rate, mut raw_clients) = (0.0, 1);
-    for clients in [1, 2, 4, 8] {
-        let rate = raw_engine_rate(docker, image, clients, 3).await;
-        if rate > best_rate {
-            (best_rate, raw_clients) = (rate, clients);
-        }
-    }
     let (client, engine) = start_server(ServerConfig {
         pool_size: POOL,
         reuse_containers: false,
@@ -954,6 +943,15 @@ async fn strict_against_raw(
         ..ServerConfig::default()
     })
     .await?;
+    let image = python_image(&engine).await?;
+    let image = image.as_str();
+    let (mut best_rate, mut raw_clients) = (0.0, 1);
+    for clients in [1, 2, 4, 8] {
+        let rate = raw_engine_rate(docker, image, clients, 3).await;
+        if rate > best_rate {
+            (best_rate, raw_clients) = (rate, clients);
+        }
+    }
     let rounds = 3;
     let per = (seconds / rounds).max(2);
     let mut figures = StrictFigures {
@@ -1357,7 +1355,7 @@ async fn proxy_figures(
         };
 
         // Rounds alternated, so that the VM's drift (its direct rate alone swings from 525 to
-        // 900 MB/s between runs) hits both alike; the medians are the figures.
+        // 1030 MB/s between runs) hits both alike; the medians are the figures.
         let (mut direct, mut unbounded, mut proxied, mut cpu) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..PROXY_ROUNDS {
@@ -1541,16 +1539,8 @@ async fn main() -> Result<()> {
         .unwrap_or(20);
     // `isol8-bench strict`: only strict mode against the raw container loop.
     if std::env::args().nth(1).as_deref() == Some("strict") {
-        let engine = Engine::connect(
-            ServerConfig::default()
-                .engine_config()
-                .map_err(anyhow::Error::msg)?,
-        )
-        .await?;
-        let image = python_image(&engine).await?;
-        engine.shutdown().await;
         let docker = bollard::Docker::connect_with_local_defaults()?;
-        let strict = strict_against_raw(&docker, &image, seconds).await?;
+        let strict = strict_against_raw(&docker, seconds).await?;
         println!(
             "strict mode: {:.1} runs/s, {:.0} % of the raw loop's {:.1} at {} clients (target ≥ 90 %), {} errors",
             strict.ours,
@@ -1725,7 +1715,7 @@ async fn main() -> Result<()> {
     );
     let image = python_image(&engine).await?;
     let docker = bollard::Docker::connect_with_local_defaults()?;
-    let strict = strict_against_raw(&docker, &image, seconds).await?;
+    let strict = strict_against_raw(&docker, seconds).await?;
     report.add(
         "throughput strict mode (runs/s)",
         format!(
