@@ -217,18 +217,7 @@ fn remote_runs_against_a_real_serve_with_and_without_the_right_key() {
         stderr(&wrong)
     );
     // SIGTERM: graceful shutdown removes what the server created.
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while server.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    isol8_e2e::signal_and_wait(&mut server, "TERM");
 }
 
 #[test]
@@ -421,11 +410,7 @@ fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Listening {
 }
 
 fn stop(mut child: std::process::Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+    isol8_e2e::signal_and_wait(&mut child, "TERM");
 }
 
 #[test]

@@ -497,11 +497,7 @@ fn a_default_server_runs_the_filtered_example() {
         "-e",
         code,
     ]);
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    server.wait().unwrap();
+    isol8_e2e::signal_and_wait(&mut server, "TERM");
     // Filtered is allowed (no 403); the deny rule keeps this test's traffic on the machine.
     assert_eq!(stdout(&out), "refused\n", "{}", stderr(&out));
     assert!(

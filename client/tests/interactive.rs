@@ -202,9 +202,5 @@ fn interactive_runs_against_a_remote_server_with_its_key() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    server.wait().unwrap();
+    isol8_e2e::signal_and_wait(&mut server, "TERM");
 }

@@ -14,10 +14,7 @@ struct Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        isol8_e2e::signal_and_wait(&mut self.child, "TERM");
     }
 }
 

@@ -141,7 +141,7 @@ pub async fn serve(args: ServeArgs, debug: bool) -> ExitCode {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
-    let listener = match bind(&args.bind, port).await {
+    let listener = match bind(&args.bind, port, config.max_connections).await {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -242,17 +242,17 @@ async fn shutdown_signal() {
 }
 
 /// Binds `port`; when it is taken, asks what to do on a terminal, else warns and takes a free port.
-async fn bind(address: &str, port: u16) -> Result<TcpListener, ExitCode> {
+async fn bind(address: &str, port: u16, max_connections: usize) -> Result<TcpListener, ExitCode> {
     let mut port = port;
     loop {
-        match TcpListener::bind((address, port)).await {
+        match crate::serve::listen(address, port, max_connections).await {
             Ok(listener) => return Ok(listener),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
             Err(e) => return Err(err(format!("cannot bind {address}:{port}: {e}"))),
         }
         let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         if !interactive {
-            let listener = TcpListener::bind((address, 0))
+            let listener = crate::serve::listen(address, 0, max_connections)
                 .await
                 .map_err(|e| err(format!("cannot bind {address}: {e}")))?;
             let free = listener.local_addr().map(|a| a.port()).unwrap_or_default();

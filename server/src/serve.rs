@@ -18,9 +18,43 @@ pub async fn serve_loopback(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = listen("127.0.0.1", 0, state.config.max_connections).await?;
     let base = format!("http://{}", listener.local_addr()?);
     Ok((base, tokio::spawn(serve(state, listener, shutdown))))
+}
+
+/// Binds `address:port` (the first of its addresses that binds) with a listen backlog of
+/// `max_connections`, 4096 at least: clients past the connection cap wait there, and a burst the
+/// accept loop has not caught up with yet must fit. When the backlog overflows, the kernel drops
+/// the handshake's last ACK, and a client that connects and stays silent believes it is
+/// connected to a server that never hears of it (Tokio's default of 1024 overflowed in the
+/// hostile-clients test's burst of 1350). The kernel caps the backlog at `net.core.somaxconn`.
+pub(crate) async fn listen(
+    address: &str,
+    port: u16,
+    max_connections: usize,
+) -> std::io::Result<TcpListener> {
+    let backlog = u32::try_from(max_connections.max(4096)).unwrap_or(u32::MAX);
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((address, port)).await? {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As `TcpListener::bind` does: a restarted server binds its port despite TIME_WAIT sockets.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, gives running
@@ -160,4 +194,34 @@ async fn serve_connections(
     stop.cancel();
     connections_running.close();
     connections_running.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Tokio's `TcpListener::bind` listens with a backlog of 1024: in a burst, the handshakes past
+    /// it are dropped until the server accepts. Ours holds 1500 clients nobody accepted yet.
+    #[tokio::test]
+    async fn a_burst_past_tokios_default_backlog_waits_to_be_accepted() {
+        const CLIENTS: usize = 1500;
+        rlimit::increase_nofile_limit(CLIENTS as u64 * 2 + 256).unwrap();
+        let listener = super::listen("127.0.0.1", 0, 1).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for n in 0..CLIENTS {
+            let connect = tokio::net::TcpStream::connect(address);
+            let client = tokio::time::timeout(Duration::from_secs(1), connect)
+                .await
+                .unwrap_or_else(|_| panic!("client {n}'s handshake was not answered within 1 s"))
+                .unwrap();
+            clients.push(client);
+        }
+        for n in 0..CLIENTS {
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .unwrap_or_else(|_| panic!("only {n} of {CLIENTS} clients could be accepted"))
+                .unwrap();
+        }
+    }
 }

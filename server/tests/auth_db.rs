@@ -918,10 +918,7 @@ async fn no_key_reaches_the_log(connection: &str) {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    isol8_e2e::signal_and_wait(&mut child, "TERM");
     // Everything it wrote: stdout in the file, then stderr (which ended with it).
     let mut text = std::fs::read_to_string(&log_path).unwrap();
     for line in said.into_iter().chain(rest.iter()) {

@@ -89,16 +89,39 @@ pub fn free_port() -> u16 {
 #[derive(Debug)]
 pub struct Killed(pub Child);
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // Already waited for: its pid may be another process's by now.
-        if matches!(self.0.try_wait(), Ok(Some(_))) {
+/// How long a process may take to end after a signal (a server's shutdown grace is 10 s) before it
+/// is killed and the test fails: a stuck shutdown is a finding, not a suite that never ends.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Sends `signal` (`TERM`, `KILL`) to `child` and waits for it to end. One still running after
+/// `STOP_WAIT` is killed, and the test fails (unless it is failing already).
+pub fn signal_and_wait(child: &mut Child, signal: &str) {
+    // Already waited for: its pid may be another process's by now.
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + STOP_WAIT;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                std::thread::panicking(),
+                "process {} was still running {STOP_WAIT:?} after SIG{signal}",
+                child.id()
+            );
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        signal_and_wait(&mut self.0, "TERM");
     }
 }
 
@@ -126,12 +149,7 @@ impl Drop for Server {
     /// Stops the process, then removes the sessions it leaves (frozen, for its next process):
     /// they are the test's.
     fn drop(&mut self) {
-        if !matches!(self.child.0.try_wait(), Ok(Some(_))) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.0.id().to_string()])
-                .status();
-            let _ = self.child.0.wait();
-        }
+        signal_and_wait(&mut self.child.0, "TERM");
         if !self.keep_sessions {
             remove_sessions_of(&self.server_id);
             let _ = std::fs::remove_dir_all(&self.data_dir);
@@ -207,10 +225,7 @@ impl Server {
     /// sessions for the next process with the same identity.
     pub fn kill(mut self, signal: &str) {
         self.keep_sessions = true;
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.0.id().to_string()])
-            .status();
-        let _ = self.child.0.wait();
+        signal_and_wait(&mut self.child.0, signal);
     }
 
     /// POSTs `body` to /execute: the HTTP status and the JSON answer.

@@ -401,6 +401,14 @@ async fn wrong_types_and_control_characters_in_every_field_get_a_clear_answer() 
     assert_next_run_is_clean(&server).await;
 }
 
+/// `step`, or a failure naming `what` once it has taken `seconds`: a hang is a finding, not a suite
+/// that never ends.
+async fn within<T>(seconds: u64, what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), step)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over {seconds} s"))
+}
+
 #[tokio::test]
 async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_memory() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -422,7 +430,9 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
     );
     stream.write_all(headers.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 12];
-    stream.read_exact(&mut answer).await.unwrap();
+    within(10, "the 413 answer", stream.read_exact(&mut answer))
+        .await
+        .unwrap();
     assert_eq!(answer, b"HTTP/1.1 413");
     // A body trickled a byte at a time: 408 once the read timeout passes.
     let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
@@ -440,7 +450,9 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
         }
     });
     let mut answer = vec![0u8; 12];
-    reader.read_exact(&mut answer).await.unwrap();
+    within(10, "the 408 answer", reader.read_exact(&mut answer))
+        .await
+        .unwrap();
     assert_eq!(answer, b"HTTP/1.1 408");
     assert!(started.elapsed() < Duration::from_secs(5));
     trickle.abort();
@@ -450,14 +462,17 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
         "[".repeat(50_000),
         "]".repeat(50_000)
     );
-    let r = http
-        .post(format!("{}/execute", server.base))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
+    let r = within(
+        10,
+        "the answer to deeply nested JSON",
+        http.post(format!("{}/execute", server.base))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(deep)
+            .send(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
 
     // Slowloris: 50 connections trickling headers a byte at a time, and 300 that send nothing.
@@ -483,12 +498,18 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
                 return None; // never cut off
             }
             let mut buf = [0u8; 64];
-            // Read until the server closes the connection (0 bytes) or resets it.
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            // Read until the server closes the connection (0 bytes) or resets it; a client the
+            // server never cut off gives up after 20 s (the assertion below names it).
+            let cut = async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
                 }
-            }
+            };
+            tokio::time::timeout(Duration::from_secs(20), cut)
+                .await
+                .ok()?;
             Some(Instant::now())
         }));
     }
@@ -508,14 +529,21 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
             drop(response);
         }));
     }
-    futures::future::join_all(dropped).await;
+    within(
+        60,
+        "the dropped streams' answers",
+        futures::future::join_all(dropped),
+    )
+    .await;
     // Meanwhile the server answers a normal request promptly.
     let started = Instant::now();
-    let health = http
-        .get(format!("{}/health", server.base))
-        .send()
-        .await
-        .unwrap();
+    let health = within(
+        10,
+        "/health",
+        http.get(format!("{}/health", server.base)).send(),
+    )
+    .await
+    .unwrap();
     assert_eq!(health.status(), 200);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -523,7 +551,7 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
         started.elapsed()
     );
     for task in slow {
-        let cut = task
+        let cut = within(30, "a slow client", task)
             .await
             .unwrap()
             .expect("a slow client was never cut off");
@@ -535,9 +563,13 @@ async fn hostile_clients_leave_the_server_answering_others_promptly_in_bounded_m
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, result) = server
-            .execute(&json!({"request": {"runtime": "python", "code": "print('still here')"}}))
-            .await;
+        let (_, result) = within(
+            40,
+            "a run after the flood",
+            server
+                .execute(&json!({"request": {"runtime": "python", "code": "print('still here')"}})),
+        )
+        .await;
         if result["stdout"] == "still here\n" {
             break;
         }
