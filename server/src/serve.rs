@@ -25,10 +25,10 @@ pub async fn serve_loopback(
 
 /// Binds `address:port` (the first of its addresses that binds) with a listen backlog of
 /// `max_connections`, 4096 at least: clients past the connection cap wait there, and a burst the
-/// accept loop has not caught up with yet must fit. When the backlog overflows, the kernel drops
-/// the handshake's last ACK, and a client that connects and stays silent believes it is
-/// connected to a server that never hears of it (Tokio's default of 1024 overflowed in the
-/// hostile-clients test's burst of 1350). The kernel caps the backlog at `net.core.somaxconn`.
+/// accept loop has not caught up with yet must fit. An overflowing backlog drops handshakes: a
+/// client whose last ACK was dropped believes it is connected, and if it stays silent it waits
+/// for a server that never heard of it (Tokio's default of 1024 overflowed in the hostile-clients
+/// test's burst of 1350). The kernel caps the backlog at `net.core.somaxconn`.
 pub(crate) async fn listen(
     address: &str,
     port: u16,
