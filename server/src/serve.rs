@@ -23,8 +23,11 @@ pub async fn serve_loopback(
     Ok((base, tokio::spawn(serve(state, listener, shutdown))))
 }
 
+/// The shortest listen backlog `listen` asks for, whatever `maxConnections` says.
+const MIN_LISTEN_BACKLOG: usize = 4096;
+
 /// Binds `address:port` (the first of its addresses that binds) with a listen backlog of
-/// `max_connections`, 4096 at least: clients past the connection cap wait there, and a burst the
+/// `max_connections`, `MIN_LISTEN_BACKLOG` at least: clients past the connection cap wait there, and a burst the
 /// accept loop has not caught up with yet must fit. An overflowing backlog drops handshakes: a
 /// client whose last ACK was dropped believes it is connected, and if it stays silent it waits
 /// for a server that never heard of it (Tokio's default of 1024 overflowed in the hostile-clients
@@ -34,7 +37,7 @@ pub(crate) async fn listen(
     port: u16,
     max_connections: usize,
 ) -> std::io::Result<TcpListener> {
-    let backlog = u32::try_from(max_connections.max(4096)).unwrap_or(u32::MAX);
+    let backlog = u32::try_from(max_connections.max(MIN_LISTEN_BACKLOG)).unwrap_or(u32::MAX);
     let mut last_error = None;
     for addr in tokio::net::lookup_host((address, port)).await? {
         let socket = match addr {
